@@ -1,0 +1,86 @@
+"""Reading and writing audio files with soundfile, resampled with julius.
+
+soundfile (libsndfile >= 1.1, bundled in its wheel) decodes wav, flac, ogg and mp3
+without a system FFmpeg, which is why the package reads audio through it rather than
+through ``datasets.Audio``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["AudioDecodeError", "load_audio", "resample", "write_audio"]
+
+
+class AudioDecodeError(ValueError):
+    """An audio file could not be read; the message names the file and the reason."""
+
+
+def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample ``waveform`` (..., samples) from ``orig_sr`` to ``target_sr`` Hz with julius."""
+    if orig_sr == target_sr:
+        return waveform
+    import julius
+    import torch
+
+    out = julius.resample_frac(torch.from_numpy(np.ascontiguousarray(waveform)), orig_sr, target_sr)
+    return out.numpy()
+
+
+def load_audio(
+    path: str | os.PathLike, sampling_rate: int | None = 16000, mono: bool = True
+) -> np.ndarray:
+    """Decode ``path`` to float32 at ``sampling_rate`` Hz (``None`` keeps the file's rate).
+
+    Returns shape (samples,) when ``mono`` (channels averaged), else (channels, samples).
+    Raises :class:`AudioDecodeError` naming the file when it is missing, unreadable,
+    empty or contains non-finite samples.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioDecodeError(f"{path}: no such audio file")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
+        raise AudioDecodeError(f"{path}: cannot decode audio ({err})") from err
+    if data.shape[0] == 0:
+        raise AudioDecodeError(f"{path}: the file holds no audio samples")
+    if not np.isfinite(data).all():
+        raise AudioDecodeError(f"{path}: the audio contains NaN or infinite samples")
+    wav = data.T  # (channels, samples)
+    if mono:
+        wav = wav.mean(axis=0)
+    if sampling_rate is not None and sr != sampling_rate:
+        wav = resample(wav, sr, sampling_rate)
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def write_audio(path: str | os.PathLike, waveform: np.ndarray, sampling_rate: int) -> None:
+    """Write ``waveform`` ((samples,) or (channels, samples)) atomically: temp file + rename.
+
+    The format follows the suffix (.wav, .flac, .ogg, .mp3); a crash never leaves a
+    half-written file under the final name.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(waveform, dtype=np.float32)
+    if data.ndim == 2:
+        data = data.T  # soundfile wants (samples, channels)
+    fmt = path.suffix.lstrip(".").upper()
+    fmt = {"MP3": "MP3", "OGG": "OGG", "FLAC": "FLAC"}.get(fmt, "WAV")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        sf.write(tmp, data, sampling_rate, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
