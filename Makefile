@@ -1,0 +1,45 @@
+# One way to do things: the README, CI and the scripts all go through these targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: setup system-deps test test-slow lint format bench clean
+
+# System libraries: FluidSynth renders the offline corpus (needs root for apt-get).
+system-deps:
+	@if ! ldconfig -p | grep -q libfluidsynth || ! command -v mma >/dev/null; then \
+		echo "installing fluidsynth and mma with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfluidsynth3 mma >/dev/null; \
+	fi
+
+# torch goes in first from the pinned CPU wheel: left to itself pip picks a multi-GB CUDA build.
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e ".[corpus,train,dev]"
+	touch $@
+
+setup: system-deps $(BIN)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff format --check modeling_mscl scripts tests
+	$(BIN)/ruff check modeling_mscl scripts tests
+
+format: setup
+	$(BIN)/ruff format modeling_mscl scripts tests
+	$(BIN)/ruff check --fix modeling_mscl scripts tests
+
+bench: setup
+	$(BIN)/python scripts/benchmark_foundation.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,608 @@
+"""The stems map step: track rows in, 4-second chunk rows of log-mels out.
+
+Each track is separated (:mod:`modeling_mscl.stems`), the log-mel of the mixture and of
+every stem is computed over the whole track (each waveform L2-normalised as one clip,
+METHOD.md section 2) and cut into consecutive 392-frame chunks. Every chunk row holds
+the five spectrograms (float16), the presence flag of each source (METHOD.md section 5)
+and the track's labels. :func:`prepare_chunks` runs the step shard by shard so that a
+re-run is served from the cache and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import (
+    Array2D,
+    Dataset,
+    DatasetDict,
+    Features,
+    Sequence,
+    Value,
+    concatenate_datasets,
+    load_from_disk,
+)
+from datasets.fingerprint import Hasher
+
+from .audio_io import AudioDecodeError, load_audio
+from .stems import SAMPLING_RATE, SOURCES, RowSeparator, Separator
+
+__all__ = [
+    "CHUNK_FRAMES",
+    "CHUNK_SAMPLES",
+    "DEFAULT_THRESHOLD",
+    "MIN_TRACK_SAMPLES",
+    "StemChunker",
+    "chunk_features",
+    "num_chunks",
+    "prepare_chunks",
+    "presence_flags",
+]
+
+logger = logging.getLogger(__name__)
+
+# Log-mel geometry of the COLA front end (METHOD.md section 2): 400-sample frames, hop 160.
+FRAME_LENGTH = 400
+HOP_LENGTH = 160
+N_MELS = 64
+# A chunk is 392 frames (~4 s): four 98-frame model windows (METHOD.md section 2).
+CHUNK_FRAMES = 392
+# Chunk c of the presence flags covers samples [62720 c, 62720 (c + 1)): one chunk hop of
+# spectrogram frames, so flags and spectrogram chunks share their boundaries. (The
+# reference measured activity with a 64,000-sample hop, which drifts by 1,280 samples
+# per chunk against its own 62,720-sample chunk hop.)
+CHUNK_SAMPLES = CHUNK_FRAMES * HOP_LENGTH
+# Shortest track that yields one full chunk of frames: 400 + 391 * 160 samples.
+MIN_TRACK_SAMPLES = FRAME_LENGTH + (CHUNK_FRAMES - 1) * HOP_LENGTH
+# Mean absolute amplitude above which a source counts as present (METHOD.md section 5).
+DEFAULT_THRESHOLD = 0.01
+
+TRACK_COLUMNS = ("track_id", "audio", *SOURCES)
+CHUNK_COLUMNS = ("track_id", "chunk_index", "mixture", *SOURCES, "present")
+# Bookkeeping columns of prepare_chunks: one record row per input track (chunk_index
+# -1) carries its duration and, for a skipped track, the reason. They are dropped
+# before the dataset is saved.
+_STATUS = "_mscl_skip_reason"
+_SECONDS = "_mscl_seconds"
+# Bump when the chunk format or its computation changes: old caches must not be reused.
+_FORMAT_VERSION = 1
+
+
+def num_chunks(num_samples: int) -> int:
+    """Whole 392-frame chunks in a 16 kHz track of ``num_samples`` samples."""
+    if num_samples < FRAME_LENGTH:
+        return 0
+    return (1 + (num_samples - FRAME_LENGTH) // HOP_LENGTH) // CHUNK_FRAMES
+
+
+def presence_flags(
+    stem: np.ndarray | torch.Tensor, num_chunks: int, threshold: float = DEFAULT_THRESHOLD
+) -> np.ndarray:
+    """Whether a source sounds in each chunk: mean |x| of the raw 16 kHz stem > ``threshold``.
+
+    Args:
+        stem: the raw (not normalised) stem, shape (..., samples) at 16 kHz, with at
+            least ``num_chunks * 62720`` samples.
+        num_chunks: chunks to flag; chunk c covers samples [62720 c, 62720 (c + 1)).
+        threshold: mean absolute amplitude a present source exceeds (0.01 in the paper).
+
+    Returns:
+        A bool array of shape (..., num_chunks).
+    """
+    x = torch.as_tensor(stem)
+    needed = num_chunks * CHUNK_SAMPLES
+    if x.shape[-1] < needed:
+        raise ValueError(f"{num_chunks} chunks need {needed} samples, the stem has {x.shape[-1]}")
+    x = x[..., :needed].reshape(*x.shape[:-1], num_chunks, CHUNK_SAMPLES)
+    # float64 accumulation: a sum of 62,720 float32 values would blur the threshold.
+    return (x.abs().mean(-1, dtype=torch.float64) > threshold).cpu().numpy()
+
+
+def chunk_features(label_features: Mapping[str, Any] | None = None) -> Features:
+    """Features of a chunk row, plus the passed-through label columns.
+
+    ``track_id`` (string), ``chunk_index`` (int32), ``mixture`` and each of
+    :data:`~modeling_mscl.stems.SOURCES` (``Array2D((392, 64), float16)`` log-mel) and
+    ``present`` (4 bools in :data:`SOURCES` order).
+    """
+    spec = Array2D(shape=(CHUNK_FRAMES, N_MELS), dtype="float16")
+    features = {
+        "track_id": Value("string"),
+        "chunk_index": Value("int32"),
+        "mixture": spec,
+        **{name: spec for name in SOURCES},
+        "present": Sequence(Value("bool"), length=len(SOURCES)),
+    }
+    for name, feature in (label_features or {}).items():
+        if name in features:
+            raise ValueError(f"label column '{name}' clashes with a chunk column")
+        features[name] = feature
+    return Features(features)
+
+
+def _label_columns(column_names: list[str]) -> list[str]:
+    return [c for c in column_names if c not in TRACK_COLUMNS]
+
+
+def _audio_path(value: Any) -> str:
+    # Track rows hold a path string; a datasets.Audio-style dict is accepted too.
+    if isinstance(value, Mapping):
+        value = value.get("path")
+    if not value:
+        raise AudioDecodeError("the row has no audio path")
+    return str(value)
+
+
+def _decode(path: str) -> tuple[np.ndarray, int]:
+    """(channels, samples) float32 at the file's own rate, and that rate."""
+    import soundfile as sf
+
+    try:
+        rate = int(sf.info(path).samplerate)
+    except Exception as err:  # missing or undecodable: load_audio words the reason
+        load_audio(path, sampling_rate=None, mono=False)
+        raise AudioDecodeError(f"{path}: cannot read the audio header ({err})") from err
+    return load_audio(path, sampling_rate=None, mono=False), rate
+
+
+def _to_16k_mono(wav: np.ndarray, rate: int, device: torch.device) -> torch.Tensor:
+    x = torch.from_numpy(wav).to(device).mean(0)
+    if rate == SAMPLING_RATE:
+        return x
+    import julius
+
+    return julius.resample_frac(x, rate, SAMPLING_RATE)
+
+
+class StemChunker:
+    """The map function: a batch of track rows in, chunk rows out.
+
+    Use it as ``tracks.map(StemChunker(separator), batched=True, with_rank=True,
+    remove_columns=tracks.column_names, features=chunker.features(tracks.features))``.
+    Columns other than ``track_id``, ``audio`` and the stem paths are labels, copied to
+    every chunk of the track. Tracks that cannot be decoded, are silent (all-zero
+    mixture) or shorter than one chunk are skipped with a logged reason.
+
+    It pickles to its configuration only (no loaded model, no caches), so ``datasets``
+    fingerprints it the same way in every run.
+
+    Args:
+        separator (`Separator` or `RowSeparator`):
+            :class:`~modeling_mscl.stems.DemucsSeparator`, or
+            :class:`~modeling_mscl.stems.OracleSeparator` for rows with stem paths.
+        threshold (`float`, *optional*, defaults to 0.01):
+            Presence threshold on the mean absolute amplitude of a chunk.
+        device (`str`, *optional*):
+            Where to separate and compute log-mels. By default the separator's device;
+            if it has none, ``cuda:{rank % device_count}`` when GPUs exist (so
+            ``num_proc`` = number of GPUs uses each once), else the CPU.
+        records (`bool`, *optional*, defaults to `False`):
+            Also emit one bookkeeping row per track (``chunk_index`` -1) with its
+            duration and skip reason; :func:`prepare_chunks` uses them for its report.
+    """
+
+    def __init__(
+        self,
+        separator: Separator | RowSeparator,
+        threshold: float = DEFAULT_THRESHOLD,
+        device: str | None = None,
+        records: bool = False,
+    ) -> None:
+        if not (hasattr(separator, "separate") or hasattr(separator, "stems_from_row")):
+            raise TypeError(
+                f"{type(separator).__name__} has neither separate() nor stems_from_row()"
+            )
+        if not math.isfinite(threshold) or threshold < 0:
+            raise ValueError(f"threshold must be a finite number >= 0, got {threshold}")
+        self.separator = separator
+        self.threshold = float(threshold)
+        self.device = None if device is None else str(device)
+        self.records = bool(records)
+        self._extractor = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_extractor"] = None  # caches per-device tensors; rebuilt on demand
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def features(self, track_features: Mapping[str, Any]) -> Features:
+        """Output features for input tracks with ``track_features``."""
+        labels = {c: track_features[c] for c in _label_columns(list(track_features))}
+        features = chunk_features(labels)
+        if self.records:
+            features[_STATUS] = Value("string")
+            features[_SECONDS] = Value("float64")
+        return features
+
+    def _device(self, rank: int | None) -> torch.device:
+        device = self.device or getattr(self.separator, "device", None)
+        if device is not None:
+            return torch.device(device)
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{(rank or 0) % torch.cuda.device_count()}")
+        return torch.device("cpu")
+
+    def _log_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
+        if self._extractor is None:
+            from .feature_extraction_mscl import MSCLFeatureExtractor
+
+            self._extractor = MSCLFeatureExtractor()
+        return self._extractor.log_mel(waveforms, normalize=True)
+
+    def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, list]:
+        """Separate and chunk a batch of track rows (see the class docstring)."""
+        if "track_id" not in batch or "audio" not in batch:
+            raise KeyError(f"track rows need 'track_id' and 'audio' columns, got {sorted(batch)}")
+        device = self._device(rank)
+        labels = _label_columns(list(batch))
+        rows = [
+            dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
+        ]
+        out: dict[str, list] = {name: [] for name in CHUNK_COLUMNS + tuple(labels)}
+        if self.records:
+            out[_STATUS], out[_SECONDS] = [], []
+
+        def record(row: dict, reason: str, seconds: float) -> None:
+            if reason:
+                logger.warning("skipping track %s: %s", row["track_id"], reason)
+            if not self.records:
+                return
+            out["track_id"].append(str(row["track_id"]))
+            out["chunk_index"].append(-1)
+            for name in ("mixture", *SOURCES, "present"):
+                out[name].append(None)
+            for name in labels:
+                out[name].append(row[name])
+            out[_STATUS].append(reason)
+            out[_SECONDS].append(seconds)
+
+        # 1. decode and check every mixture
+        ready = []  # (row, native audio, rate, 16 kHz mono mixture)
+        for row in rows:
+            try:
+                wav, rate = _decode(_audio_path(row.get("audio")))
+            except AudioDecodeError as err:
+                record(row, f"unreadable: {err}", 0.0)
+                continue
+            seconds = wav.shape[-1] / rate
+            if not np.any(wav):
+                record(row, "silent: every sample of the mixture is zero", seconds)
+                continue
+            mix = _to_16k_mono(wav, rate, device)
+            if mix.shape[-1] < MIN_TRACK_SAMPLES:
+                record(
+                    row,
+                    f"too short: {seconds:.2f} s, one chunk needs "
+                    f"{MIN_TRACK_SAMPLES / SAMPLING_RATE:.2f} s",
+                    seconds,
+                )
+                continue
+            ready.append((row, wav, rate, mix))
+
+        # 2. separate: oracle stems row by row (file reads), a model in one call
+        stems: list[dict[str, torch.Tensor] | None]
+        if hasattr(self.separator, "stems_from_row"):
+            stems = []
+            for row, _, _, mix in ready:
+                try:
+                    stems.append(self.separator.stems_from_row(row, mix.shape[-1]))
+                except AudioDecodeError as err:
+                    stems.append(None)
+                    record(row, f"unreadable stem: {err}", 0.0)
+        elif ready:
+            stems = list(
+                self.separator.separate(
+                    [wav for _, wav, _, _ in ready],
+                    [rate for _, _, rate, _ in ready],
+                    device=device,
+                )
+            )
+        else:
+            stems = []
+
+        # 3. log-mels of the whole track, cut into chunks
+        for (row, wav, rate, mix), track_stems in zip(ready, stems, strict=True):
+            if track_stems is None:
+                continue
+            n = mix.shape[-1]
+            raw = torch.stack(
+                [mix] + [track_stems[name].to(device)[..., :n] for name in SOURCES]
+            )  # (5, samples)
+            if raw.shape[-1] < n:
+                raise ValueError(
+                    f"the separator returned stems of {raw.shape[-1]} samples for a "
+                    f"{n}-sample mixture (track {row['track_id']})"
+                )
+            count = num_chunks(n)
+            present = presence_flags(raw[1:], count, self.threshold).T  # (chunks, 4)
+            mel = self._log_mel(raw)[:, : count * CHUNK_FRAMES]
+            mel = mel.reshape(len(raw), count, CHUNK_FRAMES, N_MELS).to(torch.float16)
+            mel = mel.cpu().numpy()
+            track_id = str(row["track_id"])
+            out["track_id"].extend([track_id] * count)
+            out["chunk_index"].extend(range(count))
+            for k, name in enumerate(("mixture", *SOURCES)):
+                out[name].extend(mel[k])
+            out["present"].extend(present.tolist())
+            for name in labels:
+                out[name].extend([row[name]] * count)
+            if self.records:
+                out[_STATUS].extend([None] * count)
+                out[_SECONDS].extend([None] * count)
+            record(row, "", wav.shape[-1] / rate)
+        return out
+
+
+# ---------------------------------------------------------------------- prepare_chunks
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically: a crash never leaves a half-written report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _remove_previous_output(output_dir: Path) -> None:
+    """Delete a previous final dataset in ``output_dir`` (not the shards, not other files)."""
+    dict_json = output_dir / "dataset_dict.json"
+    if dict_json.is_file():
+        for split in json.loads(dict_json.read_text()).get("splits", []):
+            if (output_dir / split / "state.json").is_file():
+                shutil.rmtree(output_dir / split)
+        dict_json.unlink()
+    stale = [output_dir / "state.json", output_dir / "dataset_info.json"]
+    for path in [*stale, *output_dir.glob("data-*.arrow")]:
+        if path.is_file():
+            path.unlink()
+
+
+class _Progress:
+    """Files done and real-time factor (seconds of audio per second of wall time)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="file", desc="separating", disable=not enabled)
+        self.audio_seconds = 0.0
+        self.wall_seconds = 0.0
+
+    def update(self, files: int, audio_seconds: float, wall_seconds: float | None) -> None:
+        if wall_seconds is not None:  # None: served from the cache, no timing to add
+            self.audio_seconds += audio_seconds
+            self.wall_seconds += wall_seconds
+        if self.wall_seconds > 0:
+            self.bar.set_postfix(rtf=f"{self.audio_seconds / self.wall_seconds:.1f}x")
+        self.bar.update(files)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_split(
+    tracks: Dataset,
+    chunker: StemChunker,
+    shards_dir: Path,
+    batch_size: int,
+    num_proc: int | None,
+    shard_size: int,
+    progress: _Progress,
+) -> tuple[Dataset | None, list[dict], set[str]]:
+    """Map ``tracks`` shard by shard; returns the records-and-chunks dataset, the
+    per-shard summaries and the cache files in use."""
+    features = chunker.features(tracks.features)
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    results, summaries, in_use = [], [], set()
+    for index, start in enumerate(range(0, len(tracks), shard_size)):
+        shard = tracks.select(range(start, min(start + shard_size, len(tracks))))
+        fingerprint = Hasher.hash(
+            [_FORMAT_VERSION, shard._fingerprint, chunker, batch_size, str(features)]
+        )
+        cache_file = shards_dir / f"{index:05d}-{fingerprint}.arrow"
+        prefix = str(cache_file)[: -len(".arrow")]
+        cached = cache_file.exists() or any(glob.glob(glob.escape(prefix) + "_*_of_*.arrow"))
+        started = time.perf_counter()
+        mapped = shard.map(
+            chunker,
+            batched=True,
+            batch_size=batch_size,
+            with_rank=True,
+            num_proc=num_proc if num_proc and num_proc > 1 and len(shard) > 1 else None,
+            remove_columns=shard.column_names,
+            features=features,
+            cache_file_name=str(cache_file),
+            load_from_cache_file=True,
+            new_fingerprint=fingerprint,
+            desc=f"shard {index}",
+        )
+        elapsed = time.perf_counter() - started
+        in_use.update(os.path.realpath(f["filename"]) for f in mapped.cache_files)
+        is_record = np.asarray(mapped["chunk_index"]) < 0
+        records = mapped.select(np.flatnonzero(is_record)).select_columns(
+            ["track_id", _STATUS, _SECONDS]
+        )
+        seconds = float(np.sum(records[_SECONDS]))
+        audio = dict(zip(shard["track_id"], shard["audio"], strict=True))
+        progress.update(len(shard), seconds, None if cached else elapsed)
+        summaries.append(
+            {
+                "tracks": len(shard),
+                "chunks": int((~is_record).sum()),
+                "seconds": seconds,
+                "skipped": [
+                    {
+                        "track_id": r["track_id"],
+                        "audio": audio.get(r["track_id"]),
+                        "reason": r[_STATUS],
+                    }
+                    for r in records
+                    if r[_STATUS]
+                ],
+            }
+        )
+        results.append(mapped)
+    if not results:
+        return None, summaries, in_use
+    return concatenate_datasets(results), summaries, in_use
+
+
+def _save(outputs: dict[str, Dataset], output_dir: Path) -> None:
+    """Replace any previous final dataset in ``output_dir`` by ``outputs``."""
+    _remove_previous_output(output_dir)
+    # datasets writes no data file for an empty dataset, and then cannot load it back.
+    empty = {name: 1 for name, ds in outputs.items() if len(ds) == 0}
+    if "" in outputs:
+        outputs[""].save_to_disk(str(output_dir), num_shards=empty.get(""))
+    else:
+        DatasetDict(outputs).save_to_disk(str(output_dir), num_shards=empty)
+
+
+def prepare_chunks(
+    tracks: Dataset | DatasetDict,
+    separator: Separator | RowSeparator,
+    output_dir: str | os.PathLike,
+    batch_size: int = 4,
+    num_proc: int | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    shard_size: int = 64,
+    device: str | None = None,
+    keep_shards: bool = True,
+    progress: bool = True,
+) -> Dataset | DatasetDict:
+    """Separate ``tracks`` into chunk rows and save them with ``save_to_disk(output_dir)``.
+
+    The work is split into shards of ``shard_size`` tracks; each shard is one
+    ``Dataset.map`` whose cache file is ``output_dir/shards/<split>/NNNNN-<fingerprint>.arrow``
+    (written to a temporary file and renamed by ``datasets``). The fingerprint hashes
+    the shard's rows, the separator's configuration and the settings, so a re-run with
+    the same inputs loads every shard from these files (the separator is not called)
+    and an interrupted run redoes only the shards that were not finished.
+    ``output_dir/report.json`` lists, per split, the tracks skipped (unreadable, silent,
+    too short) with the reason, and the audio duration processed.
+
+    Args:
+        tracks: track rows (``track_id``, ``audio``, optional stem paths, labels).
+        separator: a :class:`~modeling_mscl.stems.DemucsSeparator` or
+            :class:`~modeling_mscl.stems.OracleSeparator`.
+        output_dir: where the chunk dataset (and ``shards/``, ``report.json``) go.
+        batch_size: tracks per call of the map function (and of the separator).
+        num_proc: worker processes per shard; with GPUs, use the GPU count: worker
+            ``rank`` runs on ``cuda:{rank % device_count}``.
+        threshold: presence threshold (mean absolute amplitude of a chunk's stem).
+        shard_size: tracks per resumable unit.
+        device: force a device (default: see :class:`StemChunker`).
+        keep_shards: keep the shard files after the final save (2x disk) so a re-run
+            with other output-independent settings can still reuse them; the final
+            dataset alone is enough for a same-settings re-run.
+        progress: show a progress bar (files, real-time factor).
+
+    Returns:
+        The saved chunk ``Dataset`` or ``DatasetDict``, loaded back from ``output_dir``.
+    """
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    output_dir = Path(output_dir).expanduser()
+    splits = dict(tracks) if isinstance(tracks, DatasetDict) else {"": tracks}
+    chunker = StemChunker(separator, threshold=threshold, device=device, records=True)
+    report_path = output_dir / "report.json"
+
+    fingerprint = Hasher.hash(
+        [_FORMAT_VERSION, chunker, batch_size, shard_size]
+        + [(name, ds._fingerprint) for name, ds in splits.items()]
+    )
+    if report_path.is_file():
+        previous = json.loads(report_path.read_text())
+        if previous.get("complete") and previous.get("fingerprint") == fingerprint:
+            try:
+                return load_from_disk(str(output_dir))
+            except FileNotFoundError:
+                pass  # the report outlived its dataset: rebuild below
+        report_path.unlink()  # from here on, no report means "not complete"
+    if num_proc and num_proc > 1 and torch.cuda.is_available():
+        # CUDA cannot be initialised in forked children, and datasets' worker pool uses
+        # multiprocess' default start method: make it spawn (it stays so afterwards;
+        # switching back under a live pool would be worse).
+        import multiprocess
+
+        multiprocess.set_start_method("spawn", force=True)
+
+    from datasets.utils import (
+        disable_progress_bars,
+        enable_progress_bars,
+        is_progress_bar_enabled,
+    )
+
+    bars_were_enabled = is_progress_bar_enabled()
+    disable_progress_bars()  # one bar of ours instead of one per shard
+    bar = _Progress(sum(len(ds) for ds in splits.values()), progress)
+    outputs, report_splits, in_use = {}, {}, set()
+    try:
+        for name, ds in splits.items():
+            mapped, summaries, files = _run_split(
+                ds,
+                chunker,
+                output_dir / "shards" / (name or "data"),
+                batch_size,
+                num_proc,
+                shard_size,
+                bar,
+            )
+            in_use |= files
+            report_splits[name or "data"] = {
+                "tracks": len(ds),
+                "chunks": sum(s["chunks"] for s in summaries),
+                "audio_seconds": round(sum(s["seconds"] for s in summaries), 3),
+                "skipped": [item for s in summaries for item in s["skipped"]],
+            }
+            features = chunker.features(ds.features)
+            del features[_STATUS], features[_SECONDS]
+            if mapped is None:
+                outputs[name] = Dataset.from_dict({k: [] for k in features}, features=features)
+            else:
+                keep = np.flatnonzero(np.asarray(mapped["chunk_index"]) >= 0)
+                outputs[name] = mapped.select(keep).remove_columns([_STATUS, _SECONDS])
+        bar.close()
+        _save(outputs, output_dir)
+    finally:
+        bar.close()
+        if bars_were_enabled:
+            enable_progress_bars()
+    if not keep_shards:
+        shutil.rmtree(output_dir / "shards", ignore_errors=True)
+    else:
+        # Shards of earlier settings (other fingerprints) and temp files of killed runs.
+        for path in (output_dir / "shards").glob("*/*"):
+            if os.path.realpath(path) not in in_use and path.is_file():
+                path.unlink()
+    _write_json(
+        report_path,
+        {
+            "complete": True,
+            "fingerprint": fingerprint,
+            "separator": repr(separator),
+            "threshold": threshold,
+            "splits": report_splits,
+        },
+    )
+    return load_from_disk(str(output_dir))

@@ -1,0 +1,232 @@
+"""Configuration of the MSCL encoder (EfficientNet in the Keras layout) and its heads.
+
+Hub file: imports only the standard library and transformers, so a saved model keeps
+loading with ``trust_remote_code=True`` where this package is not installed.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PretrainedConfig
+
+__all__ = ["MSCLConfig", "round_filters", "round_repeats"]
+
+# EfficientNet-B0 stage layout (Tan & Le 2019; identical in keras.applications).
+_B0_KERNEL_SIZES = (3, 3, 5, 3, 5, 5, 3)
+_B0_OUT_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
+_B0_STRIDES = (1, 2, 2, 2, 1, 2, 1)
+_B0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+_B0_EXPAND_RATIOS = (1, 6, 6, 6, 6, 6, 6)
+
+_ACTIVATIONS = ("swish", "silu", "relu", "gelu")
+
+
+def round_filters(filters: int, width_coefficient: float, divisor: int = 8) -> int:
+    """Scale a channel count by ``width_coefficient`` and round it as Keras' EfficientNet does."""
+    filters = filters * width_coefficient
+    new_filters = max(divisor, int(filters + divisor / 2) // divisor * divisor)
+    # Never round down by more than 10 %.
+    if new_filters < 0.9 * filters:
+        new_filters += divisor
+    return int(new_filters)
+
+
+def round_repeats(repeats: int, depth_coefficient: float) -> int:
+    """Scale a stage's block count by ``depth_coefficient`` (ceil, as Keras does)."""
+    return int(math.ceil(depth_coefficient * repeats))
+
+
+class MSCLConfig(PretrainedConfig):
+    r"""Configuration of [`MSCLModel`] and its pre-training / classification heads.
+
+    The defaults give the model of Garoufis et al. (SMC 2023): a one-channel
+    EfficientNet-B0 over 64-bin log-mel windows, global max pooling to a 1280-d
+    feature, and a Linear(1280 -> 512) + LayerNorm + tanh projection.
+
+    Args:
+        num_mel_bins (`int`, *optional*, defaults to 64):
+            Mel bins of the input features (the frequency axis of the image).
+        width_coefficient (`float`, *optional*, defaults to 1.0):
+            EfficientNet channel multiplier (1.0 is B0). Small values give tiny test models.
+        depth_coefficient (`float`, *optional*, defaults to 1.0):
+            EfficientNet block-count multiplier (1.0 is B0).
+        depth_divisor (`int`, *optional*, defaults to 8):
+            Channel counts are rounded to multiples of this.
+        kernel_sizes (`list[int]`, *optional*, defaults to B0's `[3, 3, 5, 3, 5, 5, 3]`):
+            Depthwise kernel size of each stage.
+        stem_filters (`int`, *optional*, defaults to 32):
+            Output channels of the stem convolution before width scaling. Each stage's input
+            is the previous stage's output, so stage inputs are derived, not stored.
+        out_channels (`list[int]`, *optional*, defaults to B0's `[16, 24, 40, 80, 112, 192, 320]`):
+            Output channels of each stage before width scaling.
+        strides (`list[int]`, *optional*, defaults to B0's `[1, 2, 2, 2, 1, 2, 1]`):
+            Stride of the first block of each stage (1 or 2).
+        num_block_repeats (`list[int]`, *optional*, defaults to B0's `[1, 2, 2, 3, 3, 4, 1]`):
+            Blocks per stage before depth scaling.
+        expand_ratios (`list[int]`, *optional*, defaults to B0's `[1, 6, 6, 6, 6, 6, 6]`):
+            Inverted-bottleneck expansion of each stage.
+        squeeze_excitation_ratio (`float`, *optional*, defaults to 0.25):
+            Squeeze-excitation width relative to a block's input channels (0 disables it).
+        top_channels (`int`, *optional*, defaults to 1280):
+            Channels of the final 1x1 convolution before width scaling; after scaling this
+            is the size of `pooler_output`, the representation used downstream.
+        hidden_act (`str`, *optional*, defaults to `"swish"`):
+            Activation of the encoder (`"swish"`/`"silu"`, `"relu"`, `"gelu"`).
+        drop_connect_rate (`float`, *optional*, defaults to 0.2):
+            Stochastic-depth rate of the last block; earlier blocks use linearly smaller rates.
+        dropout_rate (`float`, *optional*, defaults to 0.2):
+            Dropout before the classification head (Keras' top dropout).
+        batch_norm_eps (`float`, *optional*, defaults to 1e-3):
+            Batch-norm epsilon (Keras' EfficientNet value).
+        batch_norm_momentum (`float`, *optional*, defaults to 0.01):
+            Batch-norm momentum in PyTorch's convention (weight of the new batch). Keras'
+            0.99 is PyTorch's 0.01; values above 0.5 are rejected as likely Keras-style.
+        input_rescale (`float`, *optional*, defaults to 1/255):
+            Factor applied to the input features first, as the Keras model's Rescaling layer.
+        pooling (`str`, *optional*, defaults to `"max"`):
+            Global pooling of the last feature map: `"max"` (the paper) or `"mean"`.
+        projection_dim (`int`, *optional*, defaults to 512):
+            Size of the contrastive embedding `audio_embeds`.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-3):
+            Epsilon of the projection's LayerNorm (Keras' default).
+        similarity (`str`, *optional*, defaults to `"bilinear"`):
+            Pre-training similarity: `"bilinear"` (u^T W v with a trainable W, no
+            temperature; the paper) or `"cosine"` (cosine divided by `similarity_temperature`).
+        similarity_temperature (`float`, *optional*, defaults to 0.1):
+            Temperature of the cosine similarity (unused for `"bilinear"`).
+        classifier_head (`str`, *optional*, defaults to `"linear"`):
+            Head of [`MSCLForAudioClassification`]: `"linear"` or `"mlp"` (one hidden layer).
+        classifier_hidden_size (`int`, *optional*, defaults to 512):
+            Hidden width of the `"mlp"` head.
+        freeze_encoder (`bool`, *optional*, defaults to `False`):
+            Keep the encoder frozen (no gradients, eval-mode batch norm) in the classifier.
+    """
+
+    model_type = "mscl"
+
+    def __init__(
+        self,
+        num_mel_bins: int = 64,
+        width_coefficient: float = 1.0,
+        depth_coefficient: float = 1.0,
+        depth_divisor: int = 8,
+        kernel_sizes: list[int] | tuple[int, ...] = _B0_KERNEL_SIZES,
+        stem_filters: int = 32,
+        out_channels: list[int] | tuple[int, ...] = _B0_OUT_CHANNELS,
+        strides: list[int] | tuple[int, ...] = _B0_STRIDES,
+        num_block_repeats: list[int] | tuple[int, ...] = _B0_REPEATS,
+        expand_ratios: list[int] | tuple[int, ...] = _B0_EXPAND_RATIOS,
+        squeeze_excitation_ratio: float = 0.25,
+        top_channels: int = 1280,
+        hidden_act: str = "swish",
+        drop_connect_rate: float = 0.2,
+        dropout_rate: float = 0.2,
+        batch_norm_eps: float = 1e-3,
+        batch_norm_momentum: float = 0.01,
+        input_rescale: float = 1.0 / 255.0,
+        pooling: str = "max",
+        projection_dim: int = 512,
+        layer_norm_eps: float = 1e-3,
+        similarity: str = "bilinear",
+        similarity_temperature: float = 0.1,
+        classifier_head: str = "linear",
+        classifier_hidden_size: int = 512,
+        freeze_encoder: bool = False,
+        **kwargs,
+    ):
+        self.num_mel_bins = num_mel_bins
+        self.width_coefficient = width_coefficient
+        self.depth_coefficient = depth_coefficient
+        self.depth_divisor = depth_divisor
+        self.kernel_sizes = list(kernel_sizes)
+        self.stem_filters = stem_filters
+        self.out_channels = list(out_channels)
+        self.strides = list(strides)
+        self.num_block_repeats = list(num_block_repeats)
+        self.expand_ratios = list(expand_ratios)
+        self.squeeze_excitation_ratio = squeeze_excitation_ratio
+        self.top_channels = top_channels
+        self.hidden_act = hidden_act
+        self.drop_connect_rate = drop_connect_rate
+        self.dropout_rate = dropout_rate
+        self.batch_norm_eps = batch_norm_eps
+        self.batch_norm_momentum = batch_norm_momentum
+        self.input_rescale = input_rescale
+        self.pooling = pooling
+        self.projection_dim = projection_dim
+        self.layer_norm_eps = layer_norm_eps
+        self.similarity = similarity
+        self.similarity_temperature = similarity_temperature
+        self.classifier_head = classifier_head
+        self.classifier_hidden_size = classifier_hidden_size
+        self.freeze_encoder = freeze_encoder
+        self._check()
+        super().__init__(**kwargs)
+
+    def _check(self) -> None:
+        """Raise ``ValueError`` naming the first invalid value."""
+
+        def fail(name: str, why: str) -> None:
+            raise ValueError(f"MSCLConfig: {name}={getattr(self, name)!r} is invalid: {why}")
+
+        for name in ("num_mel_bins", "depth_divisor", "stem_filters", "top_channels", "projection_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(name, "must be a positive integer")
+        if self.classifier_hidden_size < 1:
+            fail("classifier_hidden_size", "must be a positive integer")
+        for name in ("width_coefficient", "depth_coefficient", "input_rescale", "similarity_temperature"):
+            if not getattr(self, name) > 0:
+                fail(name, "must be > 0")
+        for name in ("batch_norm_eps", "layer_norm_eps"):
+            if not getattr(self, name) > 0:
+                fail(name, "must be > 0")
+        for name in ("drop_connect_rate", "dropout_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                fail(name, "must lie in [0, 1)")
+        if not 0.0 <= self.squeeze_excitation_ratio <= 1.0:
+            fail("squeeze_excitation_ratio", "must lie in [0, 1]")
+        if not 0.0 < self.batch_norm_momentum <= 0.5:
+            fail(
+                "batch_norm_momentum",
+                "must lie in (0, 0.5] (PyTorch convention; Keras' 0.99 is PyTorch's 0.01)",
+            )
+        stage_lists = (
+            "kernel_sizes",
+            "out_channels",
+            "strides",
+            "num_block_repeats",
+            "expand_ratios",
+        )
+        n_stages = len(self.kernel_sizes)
+        if n_stages == 0:
+            fail("kernel_sizes", "needs at least one stage")
+        for name in stage_lists:
+            values = getattr(self, name)
+            if len(values) != n_stages:
+                fail(name, f"needs one entry per stage ({n_stages}, like kernel_sizes)")
+            if any(not isinstance(v, int) or v < 1 for v in values):
+                fail(name, "entries must be positive integers")
+        if any(k % 2 == 0 for k in self.kernel_sizes):
+            fail("kernel_sizes", "kernels must be odd")
+        if any(s not in (1, 2) for s in self.strides):
+            fail("strides", "strides must be 1 or 2")
+        if self.hidden_act not in _ACTIVATIONS:
+            fail("hidden_act", f"choose one of {_ACTIVATIONS}")
+        if self.pooling not in ("max", "mean"):
+            fail("pooling", "choose 'max' (the paper) or 'mean'")
+        if self.similarity not in ("bilinear", "cosine"):
+            fail("similarity", "choose 'bilinear' (the paper) or 'cosine'")
+        if self.classifier_head not in ("linear", "mlp"):
+            fail("classifier_head", "choose 'linear' or 'mlp'")
+
+    @property
+    def stem_channels(self) -> int:
+        """Output channels of the stem convolution after width scaling."""
+        return round_filters(self.stem_filters, self.width_coefficient, self.depth_divisor)
+
+    @property
+    def encoder_hidden_size(self) -> int:
+        """Size of `pooler_output`: the top convolution's channels after width scaling."""
+        return round_filters(self.top_channels, self.width_coefficient, self.depth_divisor)

@@ -1,0 +1,618 @@
+"""MSCL models: a one-channel EfficientNet in the Keras layout, the contrastive
+pre-training head and an audio-classification head.
+
+Hub file: imports only the standard library, torch, transformers and its sibling hub
+files, so a saved folder loads with ``trust_remote_code=True`` without this package.
+The encoder is written here rather than taken from transformers' EfficientNet: that
+port passes Keras' batch-norm momentum straight to PyTorch and pads symmetrically,
+and a saved model must not change when transformers does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_mscl import MSCLConfig, round_filters, round_repeats
+from .feature_extraction_mscl import MSCLFeatureExtractor
+from .losses import info_nce_loss, null_source_contrastive_loss
+
+__all__ = [
+    "MSCLClipEmbeddingOutput",
+    "MSCLForAudioClassification",
+    "MSCLForPreTraining",
+    "MSCLForPreTrainingOutput",
+    "MSCLModel",
+    "MSCLModelOutput",
+    "MSCLPreTrainedModel",
+    "count_keras_weights",
+]
+
+# VarianceScaling(2.0, "fan_out", "truncated_normal") in Keras divides the standard
+# deviation by this constant: the std of a unit normal truncated at +-2.
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+@dataclass
+class MSCLModelOutput(ModelOutput):
+    """Output of [`MSCLModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, channels, time', mel')`):
+            Last feature map of the encoder (1280 channels for B0, time and mel / 32).
+        pooler_output (`torch.FloatTensor` of shape `(batch, channels)`):
+            Globally pooled feature (1280-d for B0): the representation used downstream.
+        audio_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`):
+            Contrastive embedding: Linear + LayerNorm + tanh of `pooler_output`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Feature map after the stem and after each stage, when `output_hidden_states=True`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MSCLForPreTrainingOutput(ModelOutput):
+    """Output of [`MSCLForPreTraining`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            Mean cross-entropy of the anchors' logits (InfoNCE, with the null column when
+            some sources are absent).
+        logits (`torch.FloatTensor` of shape `(batch, columns)`):
+            Similarities of each anchor to every positive column (gathered over processes)
+            and, when some source is absent, the null column last.
+        targets (`torch.LongTensor` of shape `(batch,)`):
+            The column each anchor must pick.
+        accuracy (`torch.FloatTensor` of shape `()`):
+            Fraction of anchors whose best column is their target.
+        anchor_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`):
+            Embeddings of the anchors (mixture crops).
+        positive_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`):
+            Embeddings of the positives (source crops; zero input where absent).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    targets: torch.LongTensor | None = None
+    accuracy: torch.FloatTensor | None = None
+    anchor_embeds: torch.FloatTensor | None = None
+    positive_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class MSCLClipEmbeddingOutput(ModelOutput):
+    """Output of [`MSCLModel.embed_audio`].
+
+    Args:
+        clip_embeds (`torch.FloatTensor` of shape `(clips, dim)`):
+            Mean of each clip's window embeddings.
+        window_embeds (`torch.FloatTensor` of shape `(windows, dim)`):
+            One embedding per 98-frame (~1 s) window.
+        window_clip_index (`torch.LongTensor` of shape `(windows,)`):
+            The clip each window belongs to.
+    """
+
+    clip_embeds: torch.FloatTensor | None = None
+    window_embeds: torch.FloatTensor | None = None
+    window_clip_index: torch.LongTensor | None = None
+
+
+def count_keras_weights(module: nn.Module) -> int:
+    """Count weights the way Keras' ``count_params`` does.
+
+    Keras counts batch-norm moving statistics and the Normalization layer's state as
+    (non-trainable) weights; PyTorch keeps them as buffers. ``num_batches_tracked`` has
+    no Keras counterpart and is left out.
+    """
+    params = sum(p.numel() for p in module.parameters())
+    buffers = sum(
+        b.numel() for name, b in module.named_buffers() if not name.endswith("num_batches_tracked")
+    )
+    return params + buffers
+
+
+def _keras_pad(kernel_size: int) -> tuple[int, int, int, int]:
+    """Padding Keras applies before a stride-2 'valid' convolution (``correct_pad``).
+
+    The reference model's time axis has no fixed length, for which Keras always pads
+    one less before than after: (k//2 - 1, k//2) on both axes.
+    """
+    before, after = kernel_size // 2 - 1, kernel_size // 2
+    return (before, after, before, after)  # F.pad order: mel left/right, time top/bottom
+
+
+def _activation(name: str) -> nn.Module:
+    return {"swish": nn.SiLU, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}[name]()
+
+
+def _output_length(length: torch.Tensor, num_stride2: int) -> torch.Tensor:
+    """Time steps left after ``num_stride2`` Keras-padded stride-2 layers.
+
+    With (k//2 - 1, k//2) padding a stride-2 'valid' conv maps n steps to
+    (n + k - 1 - k) // 2 + 1 = n // 2 (for n >= 2).
+    """
+    for _ in range(num_stride2):
+        length = torch.div(length, 2, rounding_mode="floor")
+    return length
+
+
+class MSCLInputNormalization(nn.Module):
+    """Keras' ``Normalization`` layer as the reference model has it: (x - mean) / sqrt(var).
+
+    Never adapted in the reference (mean 0, variance 1: an identity), but kept with its
+    state so converted checkpoints carry it over exactly.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1))
+        self.register_buffer("variance", torch.ones(1))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Keras guards the square root with its epsilon, 1e-7.
+        return (x - self.mean) / torch.sqrt(self.variance).clamp_min(1e-7)
+
+
+class MSCLConvBN(nn.Module):
+    """Convolution without bias, batch norm and an optional activation."""
+
+    def __init__(
+        self,
+        config: MSCLConfig,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        activation: bool = True,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.kernel_size = kernel_size
+        # Stride 1 is Keras "same" padding (symmetric for odd kernels); stride 2 pads by hand.
+        padding = kernel_size // 2 if stride == 1 else 0
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False
+        )
+        self.bn = nn.BatchNorm2d(
+            out_channels, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum
+        )
+        self.act = _activation(config.hidden_act) if activation else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 2:
+            x = F.pad(x, _keras_pad(self.kernel_size))
+        return self.act(self.bn(self.conv(x)))
+
+
+class MSCLSqueezeExcitation(nn.Module):
+    """Channel gating from the globally averaged feature map (Hu et al. 2018)."""
+
+    def __init__(self, config: MSCLConfig, channels: int, squeezed: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeezed, 1)
+        self.expand = nn.Conv2d(squeezed, channels, 1)
+        self.act = _activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean(dim=(2, 3), keepdim=True)
+        scale = torch.sigmoid(self.expand(self.act(self.reduce(scale))))
+        return x * scale
+
+
+class MSCLBlock(nn.Module):
+    """MBConv: 1x1 expansion, depthwise conv, squeeze-excitation, 1x1 projection, residual
+    with stochastic depth (whole samples dropped, survivors scaled by 1 / (1 - rate))."""
+
+    def __init__(
+        self,
+        config: MSCLConfig,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        expand_ratio: int,
+        drop_rate: float,
+    ) -> None:
+        super().__init__()
+        hidden = in_channels * expand_ratio
+        self.expand = (
+            MSCLConvBN(config, in_channels, hidden) if expand_ratio != 1 else nn.Identity()
+        )
+        self.depthwise = MSCLConvBN(config, hidden, hidden, kernel_size, stride, groups=hidden)
+        ratio = config.squeeze_excitation_ratio
+        self.se = (
+            MSCLSqueezeExcitation(config, hidden, max(1, int(in_channels * ratio)))
+            if 0 < ratio <= 1
+            else nn.Identity()
+        )
+        self.project = MSCLConvBN(config, hidden, out_channels, activation=False)
+        self.residual = stride == 1 and in_channels == out_channels
+        self.drop_rate = drop_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.se(self.depthwise(self.expand(x))))
+        if not self.residual:
+            return out
+        if self.training and self.drop_rate > 0:
+            keep = 1.0 - self.drop_rate
+            mask = torch.empty(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype)
+            out = out * mask.bernoulli_(keep) / keep
+        return out + x
+
+
+class MSCLEncoder(nn.Module):
+    """EfficientNet over a (batch, 1, time, mel) image, ending in a 1x1 conv to 1280 channels."""
+
+    def __init__(self, config: MSCLConfig) -> None:
+        super().__init__()
+        width, divisor = config.width_coefficient, config.depth_divisor
+        self.normalization = MSCLInputNormalization()
+        self.stem = MSCLConvBN(config, 1, config.stem_channels, kernel_size=3, stride=2)
+
+        repeats = [round_repeats(r, config.depth_coefficient) for r in config.num_block_repeats]
+        total_blocks = float(sum(repeats))
+        stages, block_index = [], 0
+        in_channels = config.stem_channels
+        for stage, n_blocks in enumerate(repeats):
+            out_channels = round_filters(config.out_channels[stage], width, divisor)
+            blocks = []
+            for j in range(n_blocks):
+                blocks.append(
+                    MSCLBlock(
+                        config,
+                        in_channels if j == 0 else out_channels,
+                        out_channels,
+                        config.kernel_sizes[stage],
+                        config.strides[stage] if j == 0 else 1,
+                        config.expand_ratios[stage],
+                        # Linearly increasing stochastic depth, as Keras' EfficientNet.
+                        config.drop_connect_rate * block_index / total_blocks,
+                    )
+                )
+                block_index += 1
+            stages.append(nn.Sequential(*blocks))
+            in_channels = out_channels
+        self.stages = nn.ModuleList(stages)
+        self.top = MSCLConvBN(config, in_channels, config.encoder_hidden_size)
+        # Stem plus every stage that starts with stride 2: used to shrink attention masks.
+        self.num_stride2 = 1 + sum(1 for s in config.strides if s == 2)
+
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        x = self.stem(self.normalization(pixel_values))
+        hidden_states = [x] if output_hidden_states else None
+        for stage in self.stages:
+            x = stage(x)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        x = self.top(x)
+        return x, (tuple(hidden_states) if hidden_states is not None else None)
+
+
+class MSCLPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading for the MSCL models."""
+
+    config_class = MSCLConfig
+    base_model_prefix = "mscl"
+    main_input_name = "input_features"
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Keras' initialisers, so a fresh model trains like the reference.
+        # Only torch.nn.init functions are used: transformers guards them so weights
+        # loaded from a checkpoint are never overwritten.
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            fan_out = kh * kw * module.out_channels // module.groups
+            std = (2.0 / fan_out) ** 0.5 / _TRUNCATED_NORMAL_STD
+            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            # Keras' Dense default (Glorot uniform): projection and probe heads alike.
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.zeros_(module.running_mean)
+                nn.init.ones_(module.running_var)
+                nn.init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, MSCLInputNormalization):
+            nn.init.zeros_(module.mean)
+            nn.init.ones_(module.variance)
+            nn.init.zeros_(module.count)
+        elif isinstance(module, MSCLSimilarity) and module.weight is not None:
+            nn.init.xavier_uniform_(module.weight)
+
+
+class MSCLModel(MSCLPreTrainedModel):
+    """The MSCL encoder: log-mel windows in, a pooled 1280-d feature and a 512-d embedding out."""
+
+    def __init__(self, config: MSCLConfig) -> None:
+        super().__init__(config)
+        self.encoder = MSCLEncoder(config)
+        self.projection = nn.Linear(config.encoder_hidden_size, config.projection_dim)
+        self.layer_norm = nn.LayerNorm(config.projection_dim, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MSCLModelOutput | tuple:
+        r"""Encode log-mel features.
+
+        Args:
+            input_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
+                Log-mel features from [`MSCLFeatureExtractor`] (98 frames is one window).
+            attention_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*):
+                1 for real frames, 0 for padding; padded positions are left out of the
+                global pooling.
+        """
+        if input_features.dim() != 3 or input_features.shape[-1] != self.config.num_mel_bins:
+            raise ValueError(
+                f"input_features must have shape (batch, frames, {self.config.num_mel_bins}); "
+                f"got {tuple(input_features.shape)}"
+            )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        pixel_values = input_features.unsqueeze(1) * self.config.input_rescale
+        feature_map, hidden_states = self.encoder(pixel_values, bool(output_hidden_states))
+        pooled = self._pool(feature_map, attention_mask)
+        embeds = torch.tanh(self.layer_norm(self.projection(pooled)))
+        if not return_dict:
+            return tuple(v for v in (feature_map, pooled, embeds, hidden_states) if v is not None)
+        return MSCLModelOutput(
+            last_hidden_state=feature_map,
+            pooler_output=pooled,
+            audio_embeds=embeds,
+            hidden_states=hidden_states,
+        )
+
+    def _pool(self, feature_map: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if attention_mask is None or bool(attention_mask.all()):
+            if self.config.pooling == "max":
+                return feature_map.amax(dim=(2, 3))
+            return feature_map.mean(dim=(2, 3))
+        # Keep only time steps computed from at least one real frame.
+        lengths = _output_length(attention_mask.sum(-1).long(), self.encoder.num_stride2)
+        steps = torch.arange(feature_map.shape[2], device=feature_map.device)
+        valid = (steps[None, :] < lengths[:, None].clamp_min(1))[:, None, :, None]
+        if self.config.pooling == "max":
+            masked = feature_map.masked_fill(~valid, torch.finfo(feature_map.dtype).min)
+            return masked.amax(dim=(2, 3))
+        weights = valid.to(feature_map.dtype).expand_as(feature_map)
+        return (feature_map * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
+
+    @torch.no_grad()
+    def embed_audio(
+        self,
+        audio,
+        sampling_rate: int,
+        feature_extractor: MSCLFeatureExtractor | None = None,
+        batch_size: int = 64,
+        output: str = "pooler_output",
+        resample: bool = False,
+    ) -> MSCLClipEmbeddingOutput:
+        """Embed clips of any length: cut into ~1 s windows, encode, average per clip.
+
+        Windows go through the encoder ``batch_size`` at a time, so memory stays bounded
+        whatever the length (a 10-minute track is ~610 windows). ``audio`` is anything
+        [`MSCLFeatureExtractor`] accepts (one clip or a list of clips). ``output`` picks
+        `"pooler_output"` (1280-d, the downstream feature) or `"audio_embeds"` (512-d).
+        """
+        if output not in ("pooler_output", "audio_embeds"):
+            raise ValueError(f"output must be 'pooler_output' or 'audio_embeds', got {output!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        fe = feature_extractor or MSCLFeatureExtractor(feature_size=self.config.num_mel_bins)
+        windows = fe(
+            audio,
+            sampling_rate=sampling_rate,
+            return_windows=True,
+            return_tensors="pt",
+            resample=resample,
+        )
+        features = windows["input_features"]
+        clip_index = windows["window_clip_index"].to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            outs = [
+                getattr(self(features[i : i + batch_size].to(self.device, self.dtype)), output)
+                for i in range(0, features.shape[0], batch_size)
+            ]
+        finally:
+            self.train(was_training)
+        window_embeds = torch.cat(outs).float()
+        num_clips = int(clip_index.max()) + 1
+        sums = torch.zeros(num_clips, window_embeds.shape[1], device=window_embeds.device)
+        sums.index_add_(0, clip_index, window_embeds)
+        counts = torch.bincount(clip_index, minlength=num_clips).clamp_min(1)
+        return MSCLClipEmbeddingOutput(
+            clip_embeds=sums / counts[:, None],
+            window_embeds=window_embeds,
+            window_clip_index=clip_index,
+        )
+
+
+class MSCLSimilarity(nn.Module):
+    """Similarity of anchors (B, D) to columns (C, D): logits (B, C).
+
+    ``bilinear``: u^T W v with a trainable D x D matrix and no temperature (COLA, MSCL).
+    ``cosine``: cos(u, v) / temperature.
+    """
+
+    def __init__(self, config: MSCLConfig) -> None:
+        super().__init__()
+        self.kind = config.similarity
+        self.temperature = config.similarity_temperature
+        dim = config.projection_dim
+        self.weight = nn.Parameter(torch.empty(dim, dim)) if self.kind == "bilinear" else None
+
+    def forward(self, anchors: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        if self.kind == "bilinear":
+            return anchors @ self.weight.to(anchors.dtype) @ columns.T
+        return F.normalize(anchors, dim=-1) @ F.normalize(columns, dim=-1).T / self.temperature
+
+
+class MSCLForPreTraining(MSCLPreTrainedModel):
+    """The encoder plus the similarity and the contrastive loss of COLA / MSCL."""
+
+    def __init__(self, config: MSCLConfig) -> None:
+        super().__init__(config)
+        self.mscl = MSCLModel(config)
+        self.similarity = MSCLSimilarity(config)
+        self.post_init()
+
+    def forward(
+        self,
+        anchor_features: torch.Tensor,
+        positive_features: torch.Tensor,
+        source_present: torch.Tensor | None = None,
+        gather: bool = True,
+        return_dict: bool | None = None,
+    ) -> MSCLForPreTrainingOutput | tuple:
+        r"""Contrast anchors with positives.
+
+        Args:
+            anchor_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
+                Crops of the mixture.
+            positive_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
+                Crops of one source of the same excerpts (MSCL) or second mixture crops (COLA).
+            source_present (`torch.BoolTensor` of shape `(batch,)`, *optional*):
+                Whether each pair's source is present. Absent positives are replaced by the
+                all-zero input and their anchors must pick the shared null column. `None`
+                means all present (plain InfoNCE).
+            gather (`bool`, *optional*, defaults to `True`):
+                Under torch.distributed, use the positives of every process as columns.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if anchor_features.shape != positive_features.shape:
+            raise ValueError(
+                "anchor_features and positive_features must have the same shape; got "
+                f"{tuple(anchor_features.shape)} and {tuple(positive_features.shape)}"
+            )
+        # Two passes, as the reference: anchors and positives keep separate batch statistics.
+        anchor_embeds = self.mscl(anchor_features).audio_embeds
+        if source_present is None:
+            positive_embeds = self.mscl(positive_features).audio_embeds
+            out = info_nce_loss(anchor_embeds, positive_embeds, self.similarity, gather=gather)
+        else:
+            present = source_present.to(device=positive_features.device, dtype=torch.bool)
+            if present.shape != (positive_features.shape[0],):
+                raise ValueError(
+                    f"source_present must have shape ({positive_features.shape[0]},); "
+                    f"got {tuple(present.shape)}"
+                )
+            positives = positive_features * present[:, None, None].to(positive_features.dtype)
+            positive_embeds = self.mscl(positives).audio_embeds
+            absent = (~present).nonzero()
+            # Zero inputs in one batch share batch statistics, so any absent row is h(0).
+            null_embed = positive_embeds[absent[0, 0]] if absent.numel() else None
+            out = null_source_contrastive_loss(
+                anchor_embeds, positive_embeds, present, null_embed, self.similarity, gather=gather
+            )
+        result = MSCLForPreTrainingOutput(
+            loss=out.loss,
+            logits=out.logits,
+            targets=out.targets,
+            accuracy=out.accuracy,
+            anchor_embeds=anchor_embeds,
+            positive_embeds=positive_embeds,
+        )
+        return result if return_dict else result.to_tuple()
+
+
+class MSCLForAudioClassification(MSCLPreTrainedModel):
+    """The encoder's pooled feature followed by a linear or MLP head.
+
+    Single-label (cross-entropy), multi-label (sigmoid + BCE) or regression, chosen by
+    ``config.problem_type`` as in transformers. With ``config.freeze_encoder`` the encoder
+    gets no gradients and keeps its batch-norm statistics (a frozen probe).
+    """
+
+    def __init__(self, config: MSCLConfig) -> None:
+        super().__init__(config)
+        self.mscl = MSCLModel(config)
+        hidden = config.encoder_hidden_size
+        if config.classifier_head == "linear":
+            layers = [nn.Dropout(config.dropout_rate), nn.Linear(hidden, config.num_labels)]
+        else:
+            layers = [
+                nn.Linear(hidden, config.classifier_hidden_size),
+                nn.ReLU(),
+                nn.Dropout(config.dropout_rate),
+                nn.Linear(config.classifier_hidden_size, config.num_labels),
+            ]
+        self.classifier = nn.Sequential(*layers)
+        if config.freeze_encoder:
+            self.mscl.requires_grad_(False)
+        self.post_init()
+
+    def train(self, mode: bool = True) -> MSCLForAudioClassification:
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.mscl.eval()
+        return self
+
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""Classify log-mel features; the loss is computed only when `labels` are given.
+
+        Args:
+            input_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
+                Log-mel features from [`MSCLFeatureExtractor`].
+            labels (`torch.Tensor`, *optional*):
+                `(batch,)` class indices (single-label), `(batch, num_labels)` multi-hot
+                (multi-label) or `(batch,)` / `(batch, num_labels)` floats (regression).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if self.config.freeze_encoder:
+            with torch.no_grad():
+                pooled = self.mscl(input_features, attention_mask=attention_mask).pooler_output
+        else:
+            pooled = self.mscl(input_features, attention_mask=attention_mask).pooler_output
+        logits = self.classifier(pooled)
+        loss = self._loss(logits, labels) if labels is not None else None
+        if not return_dict:
+            return (loss, logits) if loss is not None else (logits,)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(logits.device)
+        if self.config.problem_type is None:
+            if self.config.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.float().squeeze(-1))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

@@ -1,0 +1,471 @@
+"""Source separators: Demucs for any music, oracle stems for multitrack data.
+
+A separator turns mixtures into the four sources MSCL contrasts against the mixture
+(METHOD.md section 1): ``vocals``, ``drums``, ``bass`` and ``other``, as 16 kHz mono
+waveforms. :class:`DemucsSeparator` runs a Demucs model (``demucs`` is imported lazily);
+:class:`OracleSeparator` reads the real stems named in a track row (MUSDB18 layout,
+the offline corpus). The map step that turns track rows into chunk rows lives in
+:mod:`modeling_mscl.chunks`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .audio_io import AudioDecodeError, load_audio
+
+__all__ = [
+    "SAMPLING_RATE",
+    "SOURCES",
+    "DemucsSeparator",
+    "DemucsWeightsNotFoundError",
+    "OracleSeparator",
+    "RowSeparator",
+    "Separator",
+    "load_demucs_model",
+]
+
+SOURCES = ("vocals", "drums", "bass", "other")
+# The log-mel front end works at 16 kHz (METHOD.md section 2), so stems leave here at it.
+SAMPLING_RATE = 16000
+# Demucs' own input scaling (demucs.api.Separator.separate_tensor): the mono reference's
+# standard deviation is floored so digital silence does not divide by zero.
+_STD_FLOOR = 1e-8
+# More channels than this on axis 0 means the array is probably (samples, channels).
+_MAX_CHANNELS = 16
+
+
+@runtime_checkable
+class Separator(Protocol):
+    """Anything that splits mixtures into :data:`SOURCES` at :attr:`sampling_rate`."""
+
+    sampling_rate: int
+
+    def separate(
+        self,
+        waveforms: Sequence[np.ndarray | torch.Tensor],
+        sampling_rates: Sequence[int],
+        *,
+        device: str | torch.device | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Separate each waveform ((samples,) or (channels, samples) at its rate).
+
+        Returns one dict per input mapping every name in :data:`SOURCES` to a float32
+        tensor of shape (samples_16k,): mono at :attr:`sampling_rate` Hz, with
+        ``samples_16k = floor(samples * 16000 / rate)``, on ``device`` when given.
+        """
+        ...
+
+
+@runtime_checkable
+class RowSeparator(Protocol):
+    """A separator whose stems come from the track row itself (oracle stems)."""
+
+    sampling_rate: int
+
+    def stems_from_row(self, row: Mapping[str, Any], num_samples: int) -> dict[str, torch.Tensor]:
+        """The stems of ``row`` as (num_samples,) float32 tensors at :attr:`sampling_rate`."""
+        ...
+
+
+class DemucsWeightsNotFoundError(FileNotFoundError):
+    """The weights of a pretrained Demucs model could not be found or downloaded."""
+
+
+def _output_length(num_samples: int, orig_sr: int, target_sr: int) -> int:
+    """Length julius gives for a plain resampling: ``floor(n * target / orig)``."""
+    return (num_samples * target_sr) // orig_sr
+
+
+def _as_channels_first(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A float32 (channels, samples) tensor from (samples,) or (channels, samples) audio."""
+    wav = torch.as_tensor(waveform)
+    if not wav.is_floating_point():
+        raise TypeError(f"expected floating-point audio, got dtype {wav.dtype}")
+    if wav.ndim == 1:
+        wav = wav[None]
+    if wav.ndim != 2 or wav.shape[0] > _MAX_CHANNELS:
+        raise ValueError(
+            f"expected audio of shape (samples,) or (channels, samples) with at most "
+            f"{_MAX_CHANNELS} channels, got {tuple(wav.shape)}"
+        )
+    return wav.float()
+
+
+def _match_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
+    """Mono is duplicated, extra channels of a stereo model's input beyond 2 are dropped
+    (front left/right of a surround file), a mono model gets the downmix."""
+    if wav.shape[0] == channels:
+        return wav
+    if channels == 1:
+        return wav.mean(0, keepdim=True)
+    if wav.shape[0] == 1:
+        return wav.expand(channels, -1)
+    if wav.shape[0] > channels:
+        return wav[:channels]
+    raise ValueError(f"cannot map {wav.shape[0]} audio channels onto a {channels}-channel model")
+
+
+def _hf_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # an old or missing huggingface_hub: only the message loses detail
+        return "~/.cache/huggingface/hub"
+
+
+def _folder_listing(folder: Path) -> str:
+    names = sorted(p.name for p in folder.iterdir() if p.suffix in (".th", ".yaml"))
+    return ", ".join(names) if names else "no .th or .yaml files"
+
+
+def load_demucs_model(name: str = "htdemucs", repo: str | os.PathLike | None = None) -> Any:
+    """Load a pretrained Demucs model (or bag of models) for inference.
+
+    Args:
+        name: a Demucs model name (``htdemucs``, ``htdemucs_ft``, ``mdx_extra`` ...), a
+            signature, or ``hf://namespace/name``.
+        repo: a local folder holding the model's ``<name>.yaml`` bag file and its
+            ``<signature>[-<checksum>].th`` weights. Without it, Demucs looks in the
+            Hugging Face hub cache (and downloads when online), then in the torch hub
+            cache / the legacy download URL.
+
+    Raises:
+        ImportError: ``demucs`` is not installed.
+        DemucsWeightsNotFoundError: nothing could be loaded; the message lists what was
+            tried and how to provide the weights.
+    """
+    try:
+        from demucs.pretrained import get_model
+    except ImportError as err:
+        raise ImportError(
+            "DemucsSeparator needs the demucs package: `pip install demucs` "
+            "(or `pip install modeling-mscl`, which depends on it)"
+        ) from err
+
+    howto = (
+        "To provide the weights: on a machine with internet access run "
+        f"`python -c \"from demucs.pretrained import get_model; get_model('{name}')\"`, "
+        "which stores them in the Hugging Face hub cache (copy that cache folder, or set "
+        "HF_HUB_CACHE to a copy), or put the model's <name>.yaml and .th files (URLs in "
+        "demucs/remote/files.txt of the demucs package) in a folder and pass it as "
+        "repo=... / --repo."
+    )
+    if repo is not None:
+        repo = Path(repo).expanduser()
+        if not repo.is_dir():
+            # demucs itself would call sys.exit() here; a clear exception is friendlier.
+            raise DemucsWeightsNotFoundError(
+                f"Demucs model folder {repo} does not exist or is not a folder. {howto}"
+            )
+        tried = f"the local folder {repo} (it holds: {_folder_listing(repo)})"
+    elif name.startswith("hf://"):
+        tried = f"the Hugging Face hub repository {name[5:]} (cache: {_hf_cache_dir()})"
+    else:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        tried = (
+            f"(1) the Hugging Face hub (Demucs' repository for '{name}' under adefossez/, "
+            f"cache {_hf_cache_dir()}{', offline mode' if offline else ''}), "
+            f"(2) the torch hub cache {Path(torch.hub.get_dir()) / 'checkpoints'} and "
+            "Demucs' legacy download URL"
+        )
+    try:
+        model = get_model(name, repo=repo)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except BaseException as err:  # noqa: B036 - demucs can sys.exit(); anything else is "not found"
+        raise DemucsWeightsNotFoundError(
+            f"Could not load the Demucs model '{name}'. Tried {tried}; the last error was: "
+            f"{type(err).__name__}: {err}. {howto}"
+        ) from err
+    model.eval()
+    return model
+
+
+def _source_plan(model_sources: Sequence[str]) -> list[str]:
+    """For each model output, the :data:`SOURCES` name it is added to.
+
+    Sources a model has beyond the four (guitar and piano of htdemucs_6s) belong to
+    "other", as in MUSDB18's definition of the accompaniment stems.
+    """
+    missing = [s for s in SOURCES[:3] if s not in model_sources]
+    if missing:
+        raise ValueError(
+            f"the Demucs model separates {list(model_sources)}, which lacks {missing}; "
+            f"MSCL needs {list(SOURCES)}"
+        )
+    return [s if s in SOURCES else "other" for s in model_sources]
+
+
+class DemucsSeparator:
+    """Separate music into :data:`SOURCES` with Demucs (``demucs.apply.apply_model``).
+
+    Inputs may have any rate and channel count: they are converted to the model's rate
+    (44.1 kHz) and channels (stereo: mono duplicated) on the device, scaled the way
+    ``demucs.api`` does, separated several tracks per ``apply_model`` call, and returned
+    as 16 kHz mono stems. The model is loaded on first use, so a separator is cheap to
+    create, pickle and send to ``datasets`` worker processes.
+
+    Args:
+        model (`str`, *optional*, defaults to `"htdemucs"`):
+            Demucs model name or signature, see :func:`load_demucs_model`.
+        repo (`str` or `os.PathLike`, *optional*):
+            Local folder with the model's weights (``.yaml`` + ``.th`` files).
+        device (`str`, *optional*):
+            Where to run; defaults to CUDA when available, else the CPU. A ``device``
+            passed to :meth:`separate` wins.
+        segment (`float`, *optional*):
+            Seconds per model call; defaults to the model's training segment (7.8 s for
+            htdemucs, which cannot go longer).
+        overlap (`float`, *optional*, defaults to 0.25):
+            Overlap between consecutive segments, as a fraction of a segment.
+        shifts (`int`, *optional*, defaults to 0):
+            Random time-shift averaging passes ("shift trick"; 0 = off, deterministic).
+        batch_size (`int`, *optional*, defaults to 4):
+            At most this many tracks go through one ``apply_model`` call.
+        max_padding (`float`, *optional*, defaults to 0.1):
+            Tracks are batched only while the zero padding that makes them equal length
+            stays below this fraction of the real audio; longer ones get their own call.
+        model_instance (`torch.nn.Module`, *optional*):
+            An already built Demucs model (``HTDemucs``, a bag of models ...) to use
+            instead of loading ``model``; tests pass a small randomly initialised one.
+    """
+
+    sampling_rate = SAMPLING_RATE
+
+    def __init__(
+        self,
+        model: str = "htdemucs",
+        repo: str | os.PathLike | None = None,
+        device: str | None = None,
+        segment: float | None = None,
+        overlap: float = 0.25,
+        shifts: int = 0,
+        batch_size: int = 4,
+        max_padding: float = 0.1,
+        model_instance: torch.nn.Module | None = None,
+    ) -> None:
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if shifts < 0:
+            raise ValueError(f"shifts must be >= 0, got {shifts}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_padding < 0:
+            raise ValueError(f"max_padding must be >= 0, got {max_padding}")
+        if segment is not None and segment <= 0:
+            raise ValueError(f"segment must be > 0 seconds, got {segment}")
+        self.model_name = model
+        self.repo = None if repo is None else str(Path(repo).expanduser())
+        self.device = None if device is None else str(device)
+        self.segment = segment
+        self.overlap = float(overlap)
+        self.shifts = int(shifts)
+        self.batch_size = int(batch_size)
+        self.max_padding = float(max_padding)
+        self._injected = model_instance is not None
+        self._model = model_instance
+        if model_instance is not None:
+            # apply_model() calls eval(); doing it now keeps the pickled state (and so the
+            # datasets fingerprint) identical before and after the first separation.
+            model_instance.eval()
+            _source_plan(model_instance.sources)
+        self._resamplers: dict[tuple[int, int, str], torch.nn.Module] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A lazily loaded model and resampler caches are runtime state: leaving them out
+        # keeps the pickle small for worker processes and the datasets fingerprint
+        # independent of whether a separation already ran. An injected model is the
+        # configuration, so it stays.
+        state = dict(self.__dict__)
+        state["_resamplers"] = {}
+        if not self._injected:
+            state["_model"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        model = type(self._model).__name__ if self._injected else repr(self.model_name)
+        return (
+            f"DemucsSeparator(model={model}, repo={self.repo!r}, device={self.device!r}, "
+            f"segment={self.segment}, overlap={self.overlap}, shifts={self.shifts}, "
+            f"batch_size={self.batch_size})"
+        )
+
+    @property
+    def model(self) -> Any:
+        """The Demucs model, loaded on first access."""
+        if self._model is None:
+            self._model = load_demucs_model(self.model_name, self.repo)
+            _source_plan(self._model.sources)
+        return self._model
+
+    @property
+    def model_sampling_rate(self) -> int:
+        """The rate the model separates at (44,100 Hz for the released models)."""
+        return int(self.model.samplerate)
+
+    def resolve_device(self, device: str | torch.device | None = None) -> torch.device:
+        """``device``, else the configured one, else CUDA when available, else CPU."""
+        if device is None:
+            device = self.device
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(device)
+
+    def _resample(
+        self, wav: torch.Tensor, orig_sr: int, target_sr: int, output_length: int | None = None
+    ) -> torch.Tensor:
+        if orig_sr == target_sr:
+            return wav if output_length is None else wav[..., :output_length]
+        import julius
+
+        # julius rebuilds its sinc kernel on every functional call; cache one per rate pair.
+        key = (int(orig_sr), int(target_sr), str(wav.device))
+        resampler = self._resamplers.get(key)
+        if resampler is None:
+            resampler = julius.ResampleFrac(int(orig_sr), int(target_sr)).to(wav.device)
+            self._resamplers[key] = resampler
+        if output_length is None:
+            return resampler(wav, full=True)
+        return resampler(wav, output_length=output_length)
+
+    def _groups(self, lengths: list[int]) -> list[list[int]]:
+        """Indices of tracks to separate together: longest first, padding bounded."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        groups: list[list[int]] = []
+        for i in order:
+            if groups:
+                group = groups[-1]
+                longest = lengths[group[0]]
+                real = sum(lengths[j] for j in group) + lengths[i]
+                padded = longest * (len(group) + 1)
+                if len(group) < self.batch_size and padded - real <= self.max_padding * real:
+                    group.append(i)
+                    continue
+            groups.append([i])
+        return groups
+
+    @torch.inference_mode()
+    def separate(
+        self,
+        waveforms: Sequence[np.ndarray | torch.Tensor],
+        sampling_rates: Sequence[int],
+        *,
+        device: str | torch.device | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Separate mixtures into 16 kHz mono :data:`SOURCES`.
+
+        Args:
+            waveforms: one float array per track, (samples,) or (channels, samples).
+            sampling_rates: the rate of each waveform, in Hz.
+            device: where to compute; see :meth:`resolve_device`.
+
+        Returns:
+            Per track, a dict from each name in :data:`SOURCES` to a float32 tensor of
+            shape (floor(samples * 16000 / rate),) on ``device``.
+        """
+        from demucs.apply import apply_model
+
+        if len(waveforms) != len(sampling_rates):
+            raise ValueError(
+                f"got {len(waveforms)} waveforms but {len(sampling_rates)} sampling rates"
+            )
+        device = self.resolve_device(device)
+        model = self.model
+        model_sr = int(model.samplerate)
+        plan = _source_plan(model.sources)
+
+        prepared, scales, out_lengths = [], [], []
+        for wav, sr in zip(waveforms, sampling_rates, strict=True):
+            sr = int(sr)
+            wav = _as_channels_first(wav).to(device)
+            out_lengths.append(_output_length(wav.shape[-1], sr, SAMPLING_RATE))
+            wav = self._resample(_match_channels(wav, model.audio_channels), sr, model_sr)
+            # Same scaling as demucs.api: zero mean, unit variance of the mono reference.
+            ref = wav.mean(0)
+            mean, std = ref.mean(), ref.std() + _STD_FLOOR
+            prepared.append((wav - mean) / std)
+            scales.append((mean, std))
+
+        results: list[dict[str, torch.Tensor] | None] = [None] * len(prepared)
+        for group in self._groups([w.shape[-1] for w in prepared]):
+            length = prepared[group[0]].shape[-1]
+            mix = torch.zeros(len(group), prepared[group[0]].shape[0], length, device=device)
+            for row, i in enumerate(group):
+                mix[row, :, : prepared[i].shape[-1]] = prepared[i]
+            out = apply_model(
+                model,
+                mix,
+                shifts=self.shifts,
+                split=True,
+                overlap=self.overlap,
+                device=device,
+                segment=self.segment,
+                progress=False,
+            )  # (group, model sources, channels, length)
+            for row, i in enumerate(group):
+                mean, std = scales[i]
+                stems = out[row, :, :, : prepared[i].shape[-1]] * std + mean
+                mono = stems.mean(1)  # (model sources, samples at model_sr)
+                mono = self._resample(mono, model_sr, SAMPLING_RATE, out_lengths[i])
+                track = {name: torch.zeros_like(mono[0]) for name in SOURCES}
+                for k, name in enumerate(plan):
+                    track[name] = track[name] + mono[k]
+                results[i] = track
+        return [r for r in results if r is not None]
+
+
+class OracleSeparator:
+    """Stems read from the paths in a track row: MUSDB18-style folders, the offline corpus.
+
+    Args:
+        columns (`Mapping[str, str]`, *optional*):
+            Row column holding the path of each source; defaults to the source names
+            (``vocals``, ``drums``, ``bass``, ``other``). A missing column, or an empty
+            or ``None`` path, means the track has no such source: a silent stem.
+    """
+
+    sampling_rate = SAMPLING_RATE
+
+    def __init__(self, columns: Mapping[str, str] | None = None) -> None:
+        columns = dict(columns or {name: name for name in SOURCES})
+        unknown = sorted(set(columns) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"unknown sources {unknown}; expected names from {list(SOURCES)}")
+        self.columns = {name: columns.get(name, name) for name in SOURCES}
+
+    def __repr__(self) -> str:
+        return f"OracleSeparator(columns={self.columns})"
+
+    def stems_from_row(self, row: Mapping[str, Any], num_samples: int) -> dict[str, torch.Tensor]:
+        """Decode the row's stems at 16 kHz mono, cut or zero-padded to ``num_samples``.
+
+        Raises:
+            AudioDecodeError: a stem file is missing or unreadable (the map step skips
+                the track and reports the reason).
+        """
+        stems = {}
+        for name in SOURCES:
+            path = row.get(self.columns[name])
+            wav = np.zeros(num_samples, dtype=np.float32)
+            if path:
+                try:
+                    decoded = load_audio(path, sampling_rate=SAMPLING_RATE, mono=True)
+                except AudioDecodeError as err:
+                    raise AudioDecodeError(f"{name} stem: {err}") from err
+                # Stems of one multitrack song can differ from the mixture by a few
+                # samples (encoder padding); the mixture's length is the reference.
+                n = min(num_samples, decoded.shape[-1])
+                wav[:n] = decoded[:n]
+            stems[name] = torch.from_numpy(wav)
+        return stems

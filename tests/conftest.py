@@ -1,0 +1,23 @@
+"""Shared fixtures: tests run offline, on the CPU, with tiny models."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_config(**overrides):
+    """A small EfficientNet (B0 layout, ~1/4 width, one block per stage) for fast tests."""
+    from modeling_mscl import MSCLConfig
+
+    kwargs = dict(
+        width_coefficient=0.25,
+        depth_coefficient=0.25,
+        projection_dim=32,
+        classifier_hidden_size=16,
+    )
+    kwargs.update(overrides)
+    return MSCLConfig(**kwargs)

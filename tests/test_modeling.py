@@ -1,0 +1,285 @@
+"""Config, encoder, pre-training and classification models, Auto classes and pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForPreTraining,
+    pipeline,
+)
+
+from modeling_mscl import (
+    MSCLConfig,
+    MSCLFeatureExtractor,
+    MSCLForAudioClassification,
+    MSCLForPreTraining,
+    MSCLModel,
+)
+from modeling_mscl.modeling_mscl import count_keras_weights
+
+from .conftest import tiny_config
+
+
+def test_default_model_has_reference_weight_counts():
+    # Figures of the TensorFlow reference (Keras count_params, non-trainable included).
+    model = MSCLForPreTraining(MSCLConfig())
+    assert count_keras_weights(model.mscl.encoder) == 4_048_991
+    assert count_keras_weights(model.mscl) == 4_705_887
+    assert count_keras_weights(model) == 4_968_031
+    # Keras' trainable count of a one-channel EfficientNetB0 without top.
+    assert sum(p.numel() for p in model.mscl.encoder.parameters()) == 4_006_972
+    bn = model.mscl.encoder.stem.bn
+    assert bn.eps == pytest.approx(1e-3) and bn.momentum == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"pooling": "avg"}, "pooling"),
+        ({"batch_norm_momentum": 0.99}, "Keras"),
+        ({"similarity": "dot"}, "similarity"),
+        ({"kernel_sizes": [3, 4, 5, 3, 5, 5, 3]}, "odd"),
+        ({"strides": [1, 2]}, "one entry per stage"),
+        ({"drop_connect_rate": 1.0}, "drop_connect_rate"),
+        ({"projection_dim": 0}, "projection_dim"),
+        ({"hidden_act": "tanh"}, "hidden_act"),
+        ({"classifier_head": "deep"}, "classifier_head"),
+    ],
+)
+def test_config_rejects_invalid_values(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        MSCLConfig(**kwargs)
+
+
+def test_config_derives_dimensions():
+    config = MSCLConfig(width_coefficient=0.5)
+    assert config.encoder_hidden_size == 640
+    assert config.stem_channels == 16
+    assert "encoder_hidden_size" not in config.to_dict()
+
+
+def test_keras_padding_halves_time_axis():
+    model = MSCLModel(tiny_config()).eval()
+    out = model(torch.randn(2, 98, 64), output_hidden_states=True)
+    # 98 frames -> 49 (stem, then stage 1 at stride 1) -> 24 -> 12 -> 6 -> 3.
+    assert [h.shape[2] for h in out.hidden_states] == [49, 49, 24, 12, 6, 6, 3, 3]
+    assert out.last_hidden_state.shape[2] == 3
+    assert out.pooler_output.shape == (2, model.config.encoder_hidden_size)
+    assert out.audio_embeds.shape == (2, model.config.projection_dim)
+    assert out.audio_embeds.abs().max() <= 1.0  # tanh
+    torch.testing.assert_close(out.pooler_output, out.last_hidden_state.amax(dim=(2, 3)))
+
+
+def test_mean_pooling_and_tuple_output():
+    model = MSCLModel(tiny_config(pooling="mean")).eval()
+    x = torch.randn(2, 98, 64)
+    feature_map, pooled, embeds = model(x, return_dict=False)
+    torch.testing.assert_close(pooled, feature_map.mean(dim=(2, 3)))
+
+
+def test_attention_mask_ignores_padding():
+    model = MSCLModel(tiny_config()).eval()
+    short, long = torch.randn(1, 160, 64), torch.randn(1, 320, 64)
+    padded = torch.cat([torch.cat([short, torch.full((1, 160, 64), -11.5)], 1), long])
+    mask = torch.ones(2, 320, dtype=torch.long)
+    mask[0, 160:] = 0
+    batched = model(padded, attention_mask=mask).pooler_output
+    alone = model(short).pooler_output
+    # Receptive fields reach into the padding at the end; the leading steps agree.
+    torch.testing.assert_close(batched[1:], model(long).pooler_output)
+    assert not torch.allclose(batched[0], model(padded[:1]).pooler_output[0])
+    assert torch.isfinite(alone).all()
+
+
+def test_wrong_input_shape_is_explained():
+    model = MSCLModel(tiny_config())
+    with pytest.raises(ValueError, match="batch, frames, 64"):
+        model(torch.randn(2, 98, 40))
+
+
+def test_stochastic_depth_only_in_training():
+    # Full depth: with one block per stage no block has a residual branch to drop.
+    model = MSCLModel(tiny_config(drop_connect_rate=0.5, depth_coefficient=1.0))
+    x = torch.randn(3, 98, 64)
+    model.eval()
+    torch.testing.assert_close(model(x).audio_embeds, model(x).audio_embeds)
+    model.train()
+    torch.manual_seed(0)
+    a = model(x).audio_embeds
+    torch.manual_seed(1)
+    b = model(x).audio_embeds
+    assert not torch.allclose(a, b)
+
+
+def test_embed_audio_is_batch_size_invariant_and_handles_long_audio():
+    model = MSCLModel(tiny_config()).eval()
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(16000 * 5).astype(np.float32), rng.standard_normal(8000)]
+    full = model.embed_audio(clips, sampling_rate=16000, batch_size=64)
+    small = model.embed_audio(clips, sampling_rate=16000, batch_size=2)
+    torch.testing.assert_close(full.clip_embeds, small.clip_embeds, rtol=1e-4, atol=1e-5)
+    assert full.clip_embeds.shape == (2, model.config.encoder_hidden_size)
+    # 5 s -> 497 frames -> 5 windows; 0.5 s is padded to one window.
+    assert full.window_clip_index.tolist() == [0] * 5 + [1]
+    torch.testing.assert_close(full.clip_embeds[0], full.window_embeds[:5].mean(0))
+    proj = model.embed_audio(clips[0], sampling_rate=16000, output="audio_embeds")
+    assert proj.clip_embeds.shape == (1, model.config.projection_dim)
+    assert model.training is False
+
+
+def test_pretraining_null_column_and_zeroed_absent_positives():
+    torch.manual_seed(0)
+    model = MSCLForPreTraining(tiny_config()).eval()
+    anchors, positives = torch.randn(6, 98, 64), torch.randn(6, 98, 64)
+    present = torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)
+    out = model(anchors, positives, source_present=present)
+    assert out.logits.shape == (6, 5)  # 4 present columns + the null column
+    assert out.targets.tolist() == [0, 1, 4, 2, 4, 3]
+    assert torch.isfinite(out.loss)
+    # Absent positives are replaced by the zero input: their content cannot matter.
+    noisy = positives.clone()
+    noisy[~present] = torch.randn(2, 98, 64) * 100
+    again = model(anchors, noisy, source_present=present)
+    torch.testing.assert_close(out.loss, again.loss)
+    cola = model(anchors, positives)
+    assert cola.logits.shape == (6, 6) and cola.targets.tolist() == list(range(6))
+
+
+def test_pretraining_trains_bilinear_and_cosine():
+    for similarity in ("bilinear", "cosine"):
+        torch.manual_seed(0)
+        model = MSCLForPreTraining(tiny_config(similarity=similarity))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        anchors = torch.randn(8, 98, 64)
+        positives = anchors + 0.1 * torch.randn(8, 98, 64)
+        losses = []
+        for _ in range(8):
+            out = model(anchors, positives)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            losses.append(out.loss.item())
+        assert losses[-1] < losses[0], (similarity, losses)
+        has_w = model.similarity.weight is not None
+        assert has_w == (similarity == "bilinear")
+
+
+def test_classification_losses_and_frozen_encoder():
+    config = tiny_config(num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+    config.label2id = {"a": 0, "b": 1, "c": 2}
+    model = MSCLForAudioClassification(config)
+    x = torch.randn(4, 98, 64)
+    out = model(x, labels=torch.tensor([0, 1, 2, 1]))
+    assert out.logits.shape == (4, 3) and out.loss.ndim == 0
+    assert model.config.problem_type == "single_label_classification"
+    assert model(x).loss is None
+
+    multi = MSCLForAudioClassification(
+        tiny_config(num_labels=3, problem_type="multi_label_classification", classifier_head="mlp")
+    )
+    loss = multi(x, labels=torch.tensor([[1, 0, 1]] * 4, dtype=torch.float)).loss
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        multi.eval()(x).logits, torch.tensor([[1.0, 0, 1]] * 4)
+    )
+    multi.eval()
+    torch.testing.assert_close(multi(x, labels=torch.tensor([[1.0, 0, 1]] * 4)).loss, expected)
+    assert loss.ndim == 0
+
+    frozen = MSCLForAudioClassification(tiny_config(num_labels=2, freeze_encoder=True)).train()
+    assert not frozen.mscl.training  # batch-norm statistics stay fixed in a frozen probe
+    frozen(x, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    assert all(p.grad is None for p in frozen.mscl.parameters())
+    assert all(p.grad is not None for p in frozen.classifier.parameters())
+
+
+def test_auto_classes_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = MSCLForPreTraining(tiny_config()).eval()
+    fe = MSCLFeatureExtractor()
+    model.save_pretrained(tmp_path)
+    fe.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= files
+    hub_files = {"configuration_mscl.py", "modeling_mscl.py", "feature_extraction_mscl.py"}
+    assert hub_files | {"losses.py"} <= files
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForPreTraining"] == "modeling_mscl.MSCLForPreTraining"
+
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), MSCLConfig)
+    assert isinstance(AutoFeatureExtractor.from_pretrained(tmp_path), MSCLFeatureExtractor)
+    x = torch.randn(2, 98, 64)
+    reloaded = AutoModelForPreTraining.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded.mscl(x).audio_embeds, model.mscl(x).audio_embeds)
+    torch.testing.assert_close(reloaded.similarity.weight, model.similarity.weight)
+    encoder = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(encoder, MSCLModel)
+    torch.testing.assert_close(encoder(x).pooler_output, model.mscl(x).pooler_output)
+    # A classifier starts from the pre-trained encoder; only its head is new.
+    clf = AutoModelForAudioClassification.from_pretrained(tmp_path, num_labels=4).eval()
+    torch.testing.assert_close(clf.mscl(x).pooler_output, model.mscl(x).pooler_output)
+
+
+def test_trust_remote_code_without_the_package(tmp_path):
+    torch.manual_seed(0)
+    model = MSCLModel(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "model")
+    MSCLFeatureExtractor().save_pretrained(tmp_path / "model")
+    audio = np.random.default_rng(1).standard_normal(32000).astype(np.float32)
+    np.save(tmp_path / "audio.npy", audio)
+    expected = model.embed_audio(audio, sampling_rate=16000).clip_embeds[0]
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "modeling_mscl":
+                    raise ImportError("modeling_mscl is hidden for this test")
+        sys.meta_path.insert(0, Block())
+        import numpy as np, torch
+        from transformers import AutoFeatureExtractor, AutoModel
+        folder = {str(tmp_path / "model")!r}
+        fe = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        assert "modeling_mscl" not in sys.modules
+        audio = np.load({str(tmp_path / "audio.npy")!r})
+        out = model.embed_audio(audio, sampling_rate=16000, feature_extractor=fe)
+        np.save({str(tmp_path / "out.npy")!r}, out.clip_embeds[0].numpy())
+        print(type(model).__module__)
+        """
+    )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().startswith("transformers_modules")
+    got = torch.from_numpy(np.load(tmp_path / "out.npy"))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_audio_classification_pipeline(tmp_path):
+    labels = ["drums", "strings", "voice"]
+    config = tiny_config(
+        num_labels=3,
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    MSCLForAudioClassification(config).save_pretrained(tmp_path)
+    MSCLFeatureExtractor().save_pretrained(tmp_path)
+    classify = pipeline("audio-classification", model=str(tmp_path), device="cpu")
+    audio = np.random.default_rng(0).standard_normal(24000).astype(np.float32)
+    result = classify({"raw": audio, "sampling_rate": 16000}, top_k=3)
+    assert sorted(r["label"] for r in result) == labels
+    assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-4)

@@ -1,0 +1,396 @@
+"""Separators, presence flags and the stems map step (tiny random HTDemucs, oracle stems)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
+from datasets.fingerprint import Hasher
+
+from modeling_mscl.audio_io import write_audio
+from modeling_mscl.chunks import (
+    CHUNK_FRAMES,
+    CHUNK_SAMPLES,
+    MIN_TRACK_SAMPLES,
+    StemChunker,
+    chunk_features,
+    num_chunks,
+    prepare_chunks,
+    presence_flags,
+)
+from modeling_mscl.feature_extraction_mscl import MSCLFeatureExtractor
+from modeling_mscl.stems import (
+    SOURCES,
+    DemucsSeparator,
+    DemucsWeightsNotFoundError,
+    OracleSeparator,
+    load_demucs_model,
+)
+
+SR = 16000
+
+
+def tiny_htdemucs(seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised HTDemucs small enough to run in a second on a CPU."""
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(seed)
+    return HTDemucs(
+        sources=["drums", "bass", "other", "vocals"],
+        channels=4,
+        depth=3,
+        nfft=1024,
+        t_layers=1,
+        t_heads=1,
+        t_hidden_scale=1.0,
+        dconv_comp=2,
+        segment=1,
+    )
+
+
+class CountingOracle(OracleSeparator):
+    """Oracle stems that count their calls (class-level, so not part of the fingerprint)
+    and can fail on a given call to simulate an interrupted run."""
+
+    calls = 0
+    fail_at: int | None = None
+
+    def stems_from_row(self, row, num_samples):
+        type(self).calls += 1
+        if type(self).fail_at is not None and type(self).calls >= type(self).fail_at:
+            raise RuntimeError("simulated crash")
+        return super().stems_from_row(row, num_samples)
+
+
+@pytest.fixture(autouse=True)
+def _reset_counter_and_threads():
+    CountingOracle.calls, CountingOracle.fail_at = 0, None
+    # One thread: the tiny convolutions gain nothing from more, and lose a lot when the
+    # cores are shared with other processes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    CountingOracle.calls, CountingOracle.fail_at = 0, None
+
+
+def _noise(rng, n, amplitude):
+    return (amplitude * rng.uniform(-1, 1, n)).astype(np.float32)
+
+
+def make_multitrack(folder: Path, name: str, n: int, rng, loud: dict | None = None) -> dict:
+    """Write a track's four 16 kHz stems and their mixture; ``loud`` maps a source to the
+    chunk indices where it sounds (mean |x| ~0.1), silent elsewhere."""
+    loud = loud if loud is not None else {s: None for s in SOURCES}  # None: everywhere
+    row = {"track_id": name}
+    total = np.zeros(n, np.float32)
+    for source in SOURCES:
+        x = _noise(rng, n, 0.2)
+        chunks = loud.get(source, [])
+        if chunks is not None:
+            mask = np.zeros(n, bool)
+            for c in chunks:
+                mask[c * CHUNK_SAMPLES : (c + 1) * CHUNK_SAMPLES] = True
+            x = np.where(mask, x, 0).astype(np.float32)
+        path = folder / f"{name}_{source}.wav"
+        write_audio(path, x, SR)
+        row[source] = str(path)
+        total += x
+    write_audio(folder / f"{name}_mix.wav", total, SR)
+    row["audio"] = str(folder / f"{name}_mix.wav")
+    return row
+
+
+def _label_features(extra: dict) -> Features:
+    return Features(
+        {
+            "track_id": Value("string"),
+            "audio": Value("string"),
+            **{s: Value("string") for s in SOURCES},
+            **extra,
+        }
+    )
+
+
+# ------------------------------------------------------------------------- presence
+
+
+def test_num_chunks_matches_the_feature_extractor():
+    fe = MSCLFeatureExtractor()
+    for n in (0, 399, MIN_TRACK_SAMPLES - 1, MIN_TRACK_SAMPLES, 3 * CHUNK_SAMPLES + 239, 10**6):
+        assert num_chunks(n) == fe.num_frames(n) // CHUNK_FRAMES
+    assert num_chunks(MIN_TRACK_SAMPLES - 1) == 0 and num_chunks(MIN_TRACK_SAMPLES) == 1
+    assert CHUNK_SAMPLES == 62720
+
+
+def test_presence_flags_at_chunk_edges():
+    n = 4 * CHUNK_SAMPLES
+    stem = np.zeros(n, np.float32)
+    # chunk 1 loud from its first to its last sample, nothing outside
+    stem[CHUNK_SAMPLES : 2 * CHUNK_SAMPLES] = 0.5
+    # a burst straddling the chunk 2 / chunk 3 boundary: 700 samples (mean 0.0112 > 0.01)
+    # before it, 500 after (mean 0.0080)
+    boundary = 3 * CHUNK_SAMPLES
+    stem[boundary - 700 : boundary + 500] = 1.0
+    flags = presence_flags(stem, 4)
+    direct = [
+        np.abs(stem[c * CHUNK_SAMPLES : (c + 1) * CHUNK_SAMPLES]).mean() > 0.01 for c in range(4)
+    ]
+    assert flags.tolist() == direct == [False, True, True, False]
+    # a stricter threshold drops the straddling burst; the threshold itself is not "present"
+    assert presence_flags(stem, 4, threshold=0.05).tolist() == [False, True, False, False]
+    assert presence_flags(stem, 4, threshold=0.5).tolist() == [False] * 4
+
+
+def test_presence_uses_the_spectrogram_chunk_hop_not_64000():
+    # Energy in samples [125440, 128000) lies in chunk 2 of the 62,720-sample grid, but
+    # would fall into chunk 1 with the reference's drifting 64,000-sample activity hop.
+    stem = np.zeros(3 * CHUNK_SAMPLES, np.float32)
+    stem[2 * CHUNK_SAMPLES : 128000] = 1.0
+    assert presence_flags(stem, 3).tolist() == [False, False, True]
+    assert presence_flags(torch.from_numpy(np.stack([stem, -stem])), 3).shape == (2, 3)
+    with pytest.raises(ValueError, match="samples"):
+        presence_flags(stem, 4)
+
+
+# ------------------------------------------------------------------------ separators
+
+
+def test_demucs_separator_accepts_any_rate_and_channels():
+    sep = DemucsSeparator(model_instance=tiny_htdemucs(), device="cpu")
+    rng = np.random.default_rng(0)
+    mono = _noise(rng, 22050 * 2, 0.3)
+    stereo = np.stack([_noise(rng, 48000 * 2, 0.3), _noise(rng, 48000 * 2, 0.3)])
+    surround = np.stack([_noise(rng, 8000 * 2, 0.3) for _ in range(3)])
+    out = sep.separate([mono, torch.from_numpy(stereo), surround], [22050, 48000, 8000])
+    assert [tuple(o) for o in out] == [SOURCES] * 3
+    for track, n in zip(out, (32000, 32000, 32000), strict=True):
+        for stem in track.values():
+            assert stem.shape == (n,) and stem.dtype == torch.float32
+            assert torch.isfinite(stem).all()
+    # mono input is the same as a stereo input with two identical channels
+    dup = sep.separate([np.stack([mono, mono])], [22050])[0]
+    for name in SOURCES:
+        torch.testing.assert_close(dup[name], out[0][name], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="channels"):
+        sep.separate([np.zeros((1000, 2), np.float32)], [SR])
+
+
+def test_demucs_batches_equal_length_tracks_like_single_calls():
+    sep = DemucsSeparator(model_instance=tiny_htdemucs(), device="cpu")
+    rng = np.random.default_rng(1)
+    a, b = _noise(rng, SR * 2, 0.5), _noise(rng, SR * 2, 0.05)
+    together = sep.separate([a, b], [SR, SR])
+    alone = [sep.separate([a], [SR])[0], sep.separate([b], [SR])[0]]
+    for t, s in zip(together, alone, strict=True):
+        for name in SOURCES:
+            torch.testing.assert_close(t[name], s[name], atol=1e-5, rtol=1e-4)
+
+
+def test_demucs_groups_bound_the_padding():
+    sep = DemucsSeparator(model_instance=tiny_htdemucs(), batch_size=2, max_padding=0.1)
+    assert sep._groups([100, 95, 50, 98]) == [[0, 3], [1], [2]]
+    assert DemucsSeparator(model_instance=tiny_htdemucs(), batch_size=8)._groups([10] * 3) == [
+        [0, 1, 2]
+    ]
+
+
+def test_missing_weights_error_says_what_was_tried(tmp_path):
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    with pytest.raises(DemucsWeightsNotFoundError) as info:
+        _ = DemucsSeparator(model="htdemucs", repo=empty).model
+    message = str(info.value)
+    assert "htdemucs" in message and str(empty) in message and "--repo" in message
+    assert "no .th or .yaml files" in message
+    with pytest.raises(DemucsWeightsNotFoundError, match="not a folder"):
+        load_demucs_model("htdemucs", repo=tmp_path / "nowhere")
+
+
+def test_missing_demucs_names_the_package(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "demucs.pretrained", None)
+    with pytest.raises(ImportError, match="pip install demucs"):
+        load_demucs_model("htdemucs")
+
+
+def test_separator_fingerprint_ignores_runtime_state():
+    sep = DemucsSeparator(model_instance=tiny_htdemucs(), device="cpu")
+    before = Hasher.hash(StemChunker(sep))
+    sep.separate([np.ones(SR, np.float32) * 0.1], [SR])
+    assert Hasher.hash(StemChunker(sep)) == before
+    assert Hasher.hash(StemChunker(DemucsSeparator(model_instance=tiny_htdemucs()))) != Hasher.hash(
+        StemChunker(DemucsSeparator(model_instance=tiny_htdemucs(seed=1)))
+    )
+    lazy = DemucsSeparator("htdemucs")
+    lazy_hash = Hasher.hash(lazy)
+    lazy._model = tiny_htdemucs()  # as if loaded by a first separation
+    assert Hasher.hash(lazy) == lazy_hash
+
+
+def test_rank_picks_the_gpu(monkeypatch):
+    chunker = StemChunker(OracleSeparator())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert chunker._device(3) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert chunker._device(3) == torch.device("cuda:1")
+    assert chunker._device(None) == torch.device("cuda:0")
+    assert StemChunker(OracleSeparator(), device="cpu")._device(3) == torch.device("cpu")
+
+
+# ------------------------------------------------------------------------ map step
+
+
+def test_oracle_map_step_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 2 * CHUNK_SAMPLES + 5000  # 2 whole chunks and a tail that is dropped
+    loud = {"vocals": [0], "drums": [1], "bass": [0, 1], "other": []}
+    row = make_multitrack(tmp_path, "song", n, rng, loud)
+    row["label"] = 1
+    features = _label_features({"label": ClassLabel(names=["a", "b"])})
+    tracks = Dataset.from_list([row], features=features)
+    chunker = StemChunker(OracleSeparator())
+    out = tracks.map(
+        chunker,
+        batched=True,
+        with_rank=True,
+        remove_columns=tracks.column_names,
+        features=chunker.features(tracks.features),
+    )
+    assert out.features == chunk_features({"label": ClassLabel(names=["a", "b"])})
+    assert out["chunk_index"][:] == [0, 1] and out["track_id"][:] == ["song", "song"]
+    assert out["label"][:] == [1, 1]
+    assert out["present"][:] == [[True, False, True, False], [False, True, True, False]]
+
+    # the spectrograms are the whole-track log-mel, cut at 392-frame boundaries
+    fe = MSCLFeatureExtractor()
+    wav = torch.from_numpy(np.stack([_read(row[k]) for k in ("audio", *SOURCES)]))
+    mel = fe.log_mel(wav, normalize=True)
+    np_out = out.with_format("numpy")
+    for k, name in enumerate(("mixture", *SOURCES)):
+        got = np_out[name][:]  # the numpy formatter upcasts to float32 ...
+        assert got.shape == (2, CHUNK_FRAMES, 64)
+        stored = out.data.column(name).chunk(0).storage.flatten().flatten()
+        assert stored.type == "halffloat"  # ... what is stored is float16
+        want = mel[k, : 2 * CHUNK_FRAMES].reshape(2, CHUNK_FRAMES, 64).numpy()
+        np.testing.assert_allclose(got.astype(np.float32), want, atol=2e-2, rtol=2e-3)
+    # an absent source is silent: its log-mel sits at the log floor
+    assert np.allclose(np_out["other"][:], np.log(1e-5), atol=1e-2)
+
+
+def _read(path):
+    from modeling_mscl.audio_io import load_audio
+
+    return load_audio(path, SR)
+
+
+def test_demucs_map_step(tmp_path):
+    rng = np.random.default_rng(0)
+    n44 = int(1.2 * CHUNK_SAMPLES * 44100 / SR)
+    write_audio(tmp_path / "a.wav", np.stack([_noise(rng, n44, 0.3)] * 2), 44100)
+    write_audio(tmp_path / "b.flac", _noise(rng, 2 * CHUNK_SAMPLES + 400, 0.3), SR)
+    tracks = Dataset.from_dict(
+        {
+            "track_id": ["a", "b"],
+            "audio": [str(tmp_path / "a.wav"), str(tmp_path / "b.flac")],
+            "genre": ["x", "y"],
+        }
+    )
+    sep = DemucsSeparator(model_instance=tiny_htdemucs(), device="cpu")
+    out = prepare_chunks(tracks, sep, tmp_path / "out", batch_size=2, progress=False)
+    assert out["track_id"][:] == ["a", "b", "b"] and out["chunk_index"][:] == [0, 0, 1]
+    assert out["genre"][:] == ["x", "y", "y"]
+    arrays = out.with_format("numpy")
+    for name in ("mixture", *SOURCES):
+        assert arrays[name][:].shape == (3, CHUNK_FRAMES, 64)
+        assert np.isfinite(arrays[name][:]).all()
+    assert arrays["present"][:].shape == (3, 4)
+
+
+def test_report_lists_unreadable_silent_and_short_files(tmp_path):
+    rng = np.random.default_rng(0)
+    good = make_multitrack(tmp_path, "good", CHUNK_SAMPLES + 1000, rng)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF not really audio")
+    write_audio(tmp_path / "silent.wav", np.zeros(2 * CHUNK_SAMPLES, np.float32), SR)
+    write_audio(tmp_path / "short.wav", _noise(rng, SR, 0.3), SR)
+    bad_stem = dict(good, track_id="bad_stem", vocals=str(tmp_path / "missing.wav"))
+    rows = [good, bad_stem]
+    for name in ("corrupt", "silent", "short"):
+        rows.append(
+            {"track_id": name, "audio": str(tmp_path / f"{name}.wav"), **dict.fromkeys(SOURCES)}
+        )
+    rows.append(dict(good, track_id="no_file", audio=str(tmp_path / "absent.wav")))
+    tracks = Dataset.from_list(rows, features=_label_features({}))
+    out = prepare_chunks(tracks, OracleSeparator(), tmp_path / "out", progress=False)
+    assert out["track_id"][:] == ["good"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    skipped = {s["track_id"]: s["reason"] for s in report["splits"]["data"]["skipped"]}
+    assert set(skipped) == {"bad_stem", "corrupt", "silent", "short", "no_file"}
+    assert skipped["corrupt"].startswith("unreadable") and "corrupt.wav" in skipped["corrupt"]
+    assert skipped["silent"].startswith("silent")
+    assert skipped["short"].startswith("too short")
+    assert "vocals stem" in skipped["bad_stem"] and "missing.wav" in skipped["bad_stem"]
+    assert "absent.wav" in skipped["no_file"]
+    assert report["complete"] and report["splits"]["data"]["chunks"] == 1
+
+
+def test_second_run_is_served_from_the_cache(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [make_multitrack(tmp_path, f"t{i}", MIN_TRACK_SAMPLES + i, rng) for i in range(3)]
+    tracks = Dataset.from_list(rows, features=_label_features({}))
+    first = prepare_chunks(tracks, CountingOracle(), tmp_path / "out", shard_size=2, progress=False)
+    assert CountingOracle.calls == 3
+    second = prepare_chunks(
+        tracks, CountingOracle(), tmp_path / "out", shard_size=2, progress=False
+    )
+    assert CountingOracle.calls == 3 and second["track_id"][:] == first["track_id"][:]
+    # Without the finished output, the shards' map cache still serves every track.
+    (tmp_path / "out" / "report.json").unlink()
+    for path in (tmp_path / "out").glob("data-*.arrow"):
+        path.unlink()
+    third = prepare_chunks(tracks, CountingOracle(), tmp_path / "out", shard_size=2, progress=False)
+    assert CountingOracle.calls == 3
+    np.testing.assert_array_equal(
+        third.with_format("numpy")["vocals"][:], first.with_format("numpy")["vocals"][:]
+    )
+    # other settings are a different computation
+    prepare_chunks(
+        tracks, CountingOracle(), tmp_path / "out", shard_size=2, threshold=0.5, progress=False
+    )
+    assert CountingOracle.calls == 6
+
+
+def test_interrupted_run_resumes(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [make_multitrack(tmp_path, f"t{i}", MIN_TRACK_SAMPLES, rng) for i in range(3)]
+    tracks = Dataset.from_list(rows, features=_label_features({}))
+    CountingOracle.fail_at = 2  # the first shard (one track) finishes, the second crashes
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        prepare_chunks(tracks, CountingOracle(), tmp_path / "out", shard_size=1, progress=False)
+    assert not (tmp_path / "out" / "report.json").exists()
+    assert len(list((tmp_path / "out" / "shards" / "data").glob("00000-*.arrow"))) == 1
+    CountingOracle.calls, CountingOracle.fail_at = 0, None
+    out = prepare_chunks(tracks, CountingOracle(), tmp_path / "out", shard_size=1, progress=False)
+    assert CountingOracle.calls == 2  # only the unfinished tracks
+    assert out["track_id"][:] == ["t0", "t1", "t2"]
+
+
+def test_dataset_dict_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    train = [make_multitrack(tmp_path, "a", MIN_TRACK_SAMPLES, rng)]
+    (tmp_path / "bad.wav").write_bytes(b"")
+    test = [{"track_id": "bad", "audio": str(tmp_path / "bad.wav"), **dict.fromkeys(SOURCES)}]
+    features = _label_features({})
+    tracks = DatasetDict(
+        train=Dataset.from_list(train, features=features),
+        test=Dataset.from_list(test, features=features),
+    )
+    out = prepare_chunks(tracks, OracleSeparator(), tmp_path / "out", progress=False)
+    assert isinstance(out, DatasetDict) and len(out["train"]) == 1 and len(out["test"]) == 0
+    assert load_from_disk(str(tmp_path / "out"))["test"].features == out["train"].features
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [s["track_id"] for s in report["splits"]["test"]["skipped"]] == ["bad"]
