@@ -14,9 +14,7 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,14 +61,9 @@ _TAGS = ["audio", "music", "contrastive-learning", "self-supervised-learning", "
 _TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 _ENCODER_ARCHITECTURES = {"MSCLModel", "MSCLForPreTraining"}
 _HEAD_ARCHITECTURES = {"MSCLForAudioClassification"}
-_CLASSES = {
-    "MSCLModel": MSCLModel,
-    "MSCLForPreTraining": MSCLForPreTraining,
-    "MSCLForAudioClassification": MSCLForAudioClassification,
-}
 # Training-argument keys that hold local paths: they mean nothing on the Hub and may leak
 # a user's directory layout, so the card leaves them out.
-_PATH_KEY = re.compile(r"(^|_)(dir|path|file|folder|root|cache|output|logging)s?($|_)")
+_PATH_KEY = re.compile(r"(^|_)(dir|path|file|folder|root)s?($|_)")
 
 
 def register_auto_classes() -> None:
@@ -85,9 +78,7 @@ def register_auto_classes() -> None:
     AutoFeatureExtractor.register(MSCLConfig, MSCLFeatureExtractor, exist_ok=True)
     AutoModel.register(MSCLConfig, MSCLModel, exist_ok=True)
     AutoModelForPreTraining.register(MSCLConfig, MSCLForPreTraining, exist_ok=True)
-    AutoModelForAudioClassification.register(
-        MSCLConfig, MSCLForAudioClassification, exist_ok=True
-    )
+    AutoModelForAudioClassification.register(MSCLConfig, MSCLForAudioClassification, exist_ok=True)
     MSCLConfig.register_for_auto_class("AutoConfig")
     MSCLFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
     MSCLModel.register_for_auto_class("AutoModel")
@@ -196,9 +187,11 @@ def find_probe_results(folder: str | os.PathLike) -> list[Path]:
 
 
 def read_training_args(
-    folder: str | os.PathLike, path: str | os.PathLike | None = None
+    folder: str | os.PathLike,
+    path: str | os.PathLike | None = None,
+    names: Sequence[str] = ("training_args.json",),
 ) -> dict[str, Any]:
-    """The run's training arguments: ``path`` if given, else ``training_args.json`` in the
+    """The run's arguments: ``path`` if given, else the first of ``names`` found in the
     folder or its parent (a run folder whose ``final/`` subfolder is the model), else `{}`.
     ``.yaml``/``.yml`` files are read as YAML."""
     if path is not None:
@@ -207,7 +200,7 @@ def read_training_args(
             raise FileNotFoundError(f"training arguments file not found: {path}")
     else:
         folder = Path(folder)
-        candidates = [folder / "training_args.json", folder.parent / "training_args.json"]
+        candidates = [base / name for name in names for base in (folder, folder.parent)]
     for candidate in candidates:
         if candidate.is_file():
             text = candidate.read_text(encoding="utf-8")
@@ -237,7 +230,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.4f}" if 0 <= abs(value) <= 1 else f"{value:.6g}"
+        return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value) if value else "none"
     return str(value).replace("|", "\\|").replace("\n", " ")
@@ -245,7 +238,8 @@ def _fmt(value: Any) -> str:
 
 def _metric_label(name: str) -> str:
     words = {"roc": "ROC", "auc": "AUC", "pr": "PR", "ap": "AP", "f1": "F1", "map": "mAP"}
-    return "-".join(words.get(w, w) for w in re.split(r"[_\-\s]+", name) if w)
+    label = "-".join(words.get(w, w) for w in re.split(r"[_\-\s]+", name) if w)
+    return label[:1].upper() + label[1:]
 
 
 def _config_rows(args: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -276,36 +270,40 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-def _objective_text(args: Mapping[str, Any]) -> str:
+def _objective(args: Mapping[str, Any]) -> tuple[str, str]:
+    """A short name for the card's first line and a sentence for its training section."""
     objective = str(_pick(args, "objective", "method", "mode") or "").lower()
     sources = _pick(args, "sources", "source")
     if isinstance(sources, str):
         sources = [sources]
     absent = _pick(args, "absent_sources", "silent", "null_column")
     if objective in ("cola", "mixture", "instance"):
-        return (
+        return "COLA, the baseline of the MSCL paper", (
             "COLA instance discrimination: two crops of the same mixture form a positive "
             "pair; the other songs of the minibatch are the negatives."
         )
     if objective in ("s3t", "augment", "augmentation"):
-        return (
+        return "COLA with S3T-style augmentation, a baseline of the MSCL paper", (
             "COLA with S3T-style spectrogram augmentation (masking, shifting, warping) "
             "of the two mixture crops."
         )
     if objective == "mscl" or sources:
         names = _fmt(list(sources)) if sources else "vocals, drums, bass, other"
-        kind = "single-source" if sources and len(sources) == 1 else "multi-source"
+        if sources and len(sources) == 1:
+            name = f"single-source ({names}) multi-source contrastive learning (MSCL)"
+        else:
+            name = "multi-source contrastive learning (MSCL)"
         text = (
-            f"{kind} MSCL: a crop of the mixture must pick a crop of one of its separated "
-            f"sources ({names}) among the sources of the other songs in the minibatch."
+            f"MSCL: a crop of the mixture must pick a crop of one of its separated sources "
+            f"({names}) among the sources of the other songs in the minibatch."
         )
         if absent:
             text += (
                 " Minibatches may include songs where that source is absent; their anchors "
                 "must pick a shared null column (the embedding of a silent input)."
             )
-        return text
-    return "The objective was not recorded with this model."
+        return name, text
+    return "contrastive learning (MSCL or its COLA baseline)", ("not recorded with this model.")
 
 
 def _architecture_text(config: MSCLConfig) -> str:
@@ -324,7 +322,7 @@ def _architecture_text(config: MSCLConfig) -> str:
     )
 
 
-def _eval_results(results: Sequence[ProbeResult], model_name: str) -> list[Any]:
+def _eval_results(results: Sequence[ProbeResult]) -> list[Any]:
     from huggingface_hub import EvalResult
 
     out = []
@@ -406,7 +404,12 @@ def render_model_card(
         raise ValueError(f"kind must be one of {CARD_KINDS}, got {kind!r}")
     folder = Path(folder)
     config = MSCLConfig.from_pretrained(folder)
-    args = dict(training_args) if training_args is not None else read_training_args(folder)
+    if training_args is not None:
+        args = dict(training_args)
+    else:
+        # A probe run's own arguments come first for a head; the encoder's otherwise.
+        names = ("probe_args.json", "training_args.json") if kind == "probe_head" else None
+        args = read_training_args(folder, names=names or ("training_args.json",))
     if results is None:
         results = read_probe_results(find_probe_results(folder))
     elif results and not isinstance(results[0], ProbeResult):
@@ -435,13 +438,14 @@ def render_model_card(
         license=license,
         base_model=base_model if kind == "probe_head" else None,
         model_name=model_name,
-        eval_results=_eval_results(results, model_name) or None,
+        eval_results=_eval_results(results) or None,
     )
 
     steps = _pick(args, "max_steps", "num_steps", "steps", "total_steps")
     batch = _pick(args, "batch_size", "per_device_train_batch_size", "train_batch_size")
     labels = [config.id2label[i] for i in sorted(config.id2label)] if kind == "probe_head" else []
     rows = _config_rows(args)
+    objective_name, objective_text = _objective(args)
     card = ModelCard.from_template(
         card_data,
         template_path=str(_template(kind)),
@@ -449,7 +453,8 @@ def render_model_card(
         model_name=model_name,
         architecture=_architecture_text(config),
         architecture_class=(config.architectures or ["MSCLModel"])[0],
-        objective=_objective_text(args),
+        objective_name=objective_name,
+        objective=objective_text,
         has_training_args=bool(args),
         train_dataset=_fmt(train_dataset) if train_dataset else None,
         steps=_fmt(steps) if steps is not None else None,
@@ -504,26 +509,38 @@ def _git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _needs_resave(folder: Path, config: dict[str, Any]) -> bool:
-    """Whether the folder lacks what `trust_remote_code` loading needs."""
-    auto_map = config.get("auto_map") or {}
-    modules = {ref.split(".")[0] + ".py" for ref in auto_map.values() if isinstance(ref, str)}
-    fe_path = folder / "preprocessor_config.json"
-    fe = json.loads(fe_path.read_text()) if fe_path.is_file() else {}
-    return (
-        "AutoModel" not in auto_map
-        or not all((folder / m).is_file() for m in modules)
-        or "AutoFeatureExtractor" not in (fe.get("auto_map") or {})
-        or not (folder / "losses.py").is_file()
-    )
+def _auto_ref(cls: type) -> str:
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
 
 
-def _upload_files(folder: Path, kind: str, stack: ExitStack) -> dict[str, Path]:
-    """Check the folder and list the files to upload (README.md excluded).
+# Every Auto class in every repo: `save_pretrained` maps only the class it saved, so a
+# pre-training folder would not load with `AutoModel` nor a head with the pipeline's class.
+_AUTO_MAP = {
+    "AutoConfig": _auto_ref(MSCLConfig),
+    "AutoModel": _auto_ref(MSCLModel),
+    "AutoModelForPreTraining": _auto_ref(MSCLForPreTraining),
+    "AutoModelForAudioClassification": _auto_ref(MSCLForAudioClassification),
+}
+_FE_AUTO_MAP = {"AutoFeatureExtractor": _auto_ref(MSCLFeatureExtractor)}
+HUB_CODE_FILES = (
+    "configuration_mscl.py",
+    "feature_extraction_mscl.py",
+    "losses.py",
+    "modeling_mscl.py",
+)
 
-    A folder saved before the Auto classes were registered (no ``auto_map``, no code files,
-    no feature extractor) is loaded and saved again into a temporary folder, so the repo
-    always loads with ``trust_remote_code=True``.
+
+def _json_bytes(data: dict[str, Any]) -> bytes:
+    # The layout transformers writes, so an unchanged config stays byte-identical.
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _upload_files(folder: Path, kind: str) -> dict[str, bytes]:
+    """Check the folder and return the files to upload (README.md excluded).
+
+    ``config.json`` and ``preprocessor_config.json`` get a complete ``auto_map``; Hub code
+    files missing from the folder (saved before the Auto classes were registered) come
+    from this package, and a missing feature extractor is the default one.
     """
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -542,24 +559,26 @@ def _upload_files(folder: Path, kind: str, stack: ExitStack) -> dict[str, Path]:
     weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
     if not weights:
         raise FileNotFoundError(f"{folder} has no weights (*.safetensors)")
-    if _needs_resave(folder, config):
-        stage = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mscl-push-")))
-        model_class = _CLASSES[sorted(architectures & wanted)[0]]
-        model_class.from_pretrained(folder).save_pretrained(stage)
-        fe_path = folder / "preprocessor_config.json"
-        if fe_path.is_file():
-            extractor = MSCLFeatureExtractor.from_pretrained(folder)
-        else:
-            logger.warning("%s has no feature extractor; pushing the default one", folder)
-            extractor = MSCLFeatureExtractor(feature_size=config.get("num_mel_bins", 64))
-        extractor.save_pretrained(stage)
-        folder = stage
-    names = ["config.json", "preprocessor_config.json", "model.safetensors.index.json"]
-    files = {name: folder / name for name in names if (folder / name).is_file()}
-    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin")):
-        files[path.name] = path
-    for path in sorted(folder.glob("*.py")):  # the Hub code files save_pretrained copied
-        files[path.name] = path
+
+    files = {"config.json": _json_bytes({**config, "auto_map": _AUTO_MAP})}
+    fe_path = folder / "preprocessor_config.json"
+    if fe_path.is_file():
+        fe = json.loads(fe_path.read_text())
+    else:
+        logger.warning("%s has no preprocessor_config.json; pushing the default one", folder)
+        extractor = MSCLFeatureExtractor(feature_size=config.get("num_mel_bins", 64))
+        fe = json.loads(extractor.to_json_string())
+    files["preprocessor_config.json"] = _json_bytes(
+        {**fe, "auto_map": {**(fe.get("auto_map") or {}), **_FE_AUTO_MAP}}
+    )
+    index = folder / "model.safetensors.index.json"
+    for path in ([index] if index.is_file() else []) + weights:
+        files[path.name] = path.read_bytes()
+    package = Path(__file__).resolve().parent
+    for name in HUB_CODE_FILES:
+        # The folder's copy is the code its weights were saved with; prefer it.
+        source = folder / name if (folder / name).is_file() else package / name
+        files[name] = source.read_bytes()
     return files
 
 
@@ -589,46 +608,43 @@ def _push(
 
     folder = Path(folder)
     branch = revision or "main"
-    with ExitStack() as stack:
-        files = _upload_files(folder, kind, stack)
-        api = None
-        if not dry_run:
-            # The token comes from `token`, HF_TOKEN or the saved login; it is never printed.
-            api = HfApi(endpoint=endpoint, token=token)
-            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-            if branch != "main":
-                api.create_branch(repo_id, branch=branch, exist_ok=True)
-        card = render_model_card(kind, folder, repo_id=repo_id, **card_kwargs)
-        # Files are read once: weights of a B0 encoder are ~20 MB.
-        contents = {"README.md": card.encode("utf-8")}
-        contents.update({name: path.read_bytes() for name, path in files.items()})
-        listing = [(name, len(data)) for name, data in sorted(contents.items())]
-        result = PushResult(repo_id, branch, listing, card, dry_run=dry_run)
-        if api is None:
-            return result
-        remote = {
-            entry.path: entry
-            for entry in api.list_repo_tree(repo_id, revision=branch, recursive=True)
-            if isinstance(entry, RepoFile)
-        }
-        changed = [
-            name
-            for name, data in sorted(contents.items())
-            if not _same_as_remote(data, remote.get(name))
-        ]
-        if not changed:
-            return result
-        operations = [CommitOperationAdd(name, contents[name]) for name in changed]
-        default_message = "Upload MSCL encoder" if kind == "encoder" else "Upload MSCL probe head"
-        info = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message or default_message,
-            revision=branch,
-        )
-        result.uploaded = changed
-        result.commit_url = info.commit_url
+    files = _upload_files(folder, kind)
+    api = None
+    if not dry_run:
+        # The token comes from `token`, HF_TOKEN or the saved login; it is never printed.
+        api = HfApi(endpoint=endpoint, token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if branch != "main":
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+    card = render_model_card(kind, folder, repo_id=repo_id, **card_kwargs)
+    contents = {"README.md": card.encode("utf-8"), **files}
+    listing = [(name, len(data)) for name, data in sorted(contents.items())]
+    result = PushResult(repo_id, branch, listing, card, dry_run=dry_run)
+    if api is None:
         return result
+    remote = {
+        entry.path: entry
+        for entry in api.list_repo_tree(repo_id, revision=branch, recursive=True)
+        if isinstance(entry, RepoFile)
+    }
+    changed = [
+        name
+        for name, data in sorted(contents.items())
+        if not _same_as_remote(data, remote.get(name))
+    ]
+    if not changed:
+        return result
+    operations = [CommitOperationAdd(name, contents[name]) for name in changed]
+    default_message = "Upload MSCL encoder" if kind == "encoder" else "Upload MSCL probe head"
+    info = api.create_commit(
+        repo_id,
+        operations,
+        commit_message=commit_message or default_message,
+        revision=branch,
+    )
+    result.uploaded = changed
+    result.commit_url = info.commit_url
+    return result
 
 
 def push_encoder(
@@ -654,7 +670,9 @@ def push_encoder(
     `dry_run=True` nothing is sent and no token is needed. `token` and `endpoint` default
     to huggingface_hub's (`HF_TOKEN` or the saved login; `HF_ENDPOINT`).
     """
-    card_kwargs = dict(results=results, training_args=training_args, datasets=datasets, license=license)
+    card_kwargs = dict(
+        results=results, training_args=training_args, datasets=datasets, license=license
+    )
     return _push(
         "encoder",
         folder,

@@ -293,6 +293,28 @@ class DemucsSeparator:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
+    def fingerprint(self) -> str:
+        """A hash of the configuration and, for an injected model, of its weights.
+
+        Same value as hashing the pickled separator would mean, but fast: ``datasets``'
+        pickling hasher formats every tensor as text, seconds for a full-size model.
+        """
+        import hashlib
+
+        digest = hashlib.sha256()
+        config = {k: v for k, v in self.__getstate__().items() if k != "_model"}
+        digest.update(repr(sorted(config.items())).encode())
+        if self._injected:
+            digest.update(type(self._model).__qualname__.encode())
+            for key, value in self._model.state_dict().items():
+                digest.update(key.encode())
+                digest.update(str(value.dtype).encode() + repr(tuple(value.shape)).encode())
+                tensor = value.detach().cpu().contiguous()
+                if tensor.dtype == torch.bfloat16:
+                    tensor = tensor.float()
+                digest.update(tensor.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def __repr__(self) -> str:
         model = type(self._model).__name__ if self._injected else repr(self.model_name)
         return (

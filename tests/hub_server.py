@@ -84,10 +84,11 @@ class _HubError(Exception):
         message: str,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
-        self.headers = headers or {}
+        self.headers, self.extra = headers or {}, extra or {}
 
 
 class HubServer:
@@ -120,7 +121,9 @@ class HubServer:
 
     # ------------------------------------------------------------------ inspection
 
-    def requests(self, method: str | None = None, pattern: str | None = None) -> list[LoggedRequest]:
+    def requests(
+        self, method: str | None = None, pattern: str | None = None
+    ) -> list[LoggedRequest]:
         """Logged requests, filtered by method and a regular expression on the path."""
         with self._lock:
             log = list(self.log)
@@ -150,7 +153,9 @@ class HubServer:
     def create_repo(self, repo_id: str, private: bool) -> _Repo:
         with self._lock:
             if repo_id in self.repos:
-                raise _HubError(409, "You already created this model repo")
+                # The Hub names the existing repo, which `create_repo(exist_ok=True)` returns.
+                url = f"{self.url}/{repo_id}"
+                raise _HubError(409, "You already created this model repo", extra={"url": url})
             repo = _Repo(repo_id, private)
             first = _Commit(
                 self._new_oid(repo_id, "initial commit"),
@@ -259,7 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"X-Error-Message": err.message, **err.headers}
         if err.code:
             headers["X-Error-Code"] = err.code
-        body = json.dumps({"error": err.message}).encode()
+        body = json.dumps({"error": err.message, **err.extra}).encode()
         self._send(err.status, body, headers=headers, head_only=head_only)
 
     def _dispatch(self, method: str) -> None:
@@ -400,9 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         self._json(200, {"files": answer, "commitOid": commit.oid})
 
-    def _commit(
-        self, repo: _Repo, revision: str, query: dict[str, list[str]], body: bytes
-    ) -> None:
+    def _commit(self, repo: _Repo, revision: str, query: dict[str, list[str]], body: bytes) -> None:
         if query.get("create_pr"):
             raise _HubError(400, "this loopback Hub does not do pull requests")
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
@@ -450,7 +453,9 @@ class _Handler(BaseHTTPRequestHandler):
                 paths.append(path)
         if prefix and not paths and not folders:
             raise _HubError(404, f"{prefix} does not exist", "EntryNotFound")
-        folder_entries = [{"type": "directory", "path": p, "oid": "0" * 40} for p in sorted(folders)]
+        folder_entries = [
+            {"type": "directory", "path": p, "oid": "0" * 40} for p in sorted(folders)
+        ]
         self._json(200, folder_entries + self._entries(commit, paths))
 
     def _paths_info(self, repo: _Repo, revision: str, body: bytes) -> None:

@@ -225,6 +225,19 @@ def test_separator_fingerprint_ignores_runtime_state():
     assert Hasher.hash(StemChunker(DemucsSeparator(model_instance=tiny_htdemucs()))) != Hasher.hash(
         StemChunker(DemucsSeparator(model_instance=tiny_htdemucs(seed=1)))
     )
+    # the fast fingerprint prepare_chunks uses follows the same rules
+    fast = StemChunker(sep).fingerprint()
+    assert (
+        fast
+        == StemChunker(DemucsSeparator(model_instance=tiny_htdemucs(), device="cpu")).fingerprint()
+    )
+    assert (
+        fast
+        != StemChunker(
+            DemucsSeparator(model_instance=tiny_htdemucs(seed=1), device="cpu")
+        ).fingerprint()
+    )
+    assert fast != StemChunker(sep, threshold=0.02).fingerprint()
     lazy = DemucsSeparator("htdemucs")
     lazy_hash = Hasher.hash(lazy)
     lazy._model = tiny_htdemucs()  # as if loaded by a first separation
@@ -394,3 +407,25 @@ def test_dataset_dict_splits(tmp_path):
     assert load_from_disk(str(tmp_path / "out"))["test"].features == out["train"].features
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [s["track_id"] for s in report["splits"]["test"]["skipped"]] == ["bad"]
+
+
+def test_separate_script_on_a_stems_folder(tmp_path):
+    import importlib.util
+
+    rng = np.random.default_rng(0)
+    for name in ("song_a", "song_b"):
+        folder = tmp_path / "musdb" / "train" / name
+        folder.mkdir(parents=True)
+        row = make_multitrack(folder, "x", MIN_TRACK_SAMPLES + 100, rng)
+        Path(row["audio"]).rename(folder / "mixture.wav")
+        for source in SOURCES:
+            Path(row[source]).rename(folder / f"{source}.wav")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "separate.py"
+    spec = importlib.util.spec_from_file_location("separate_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "chunks"
+    module.main([str(tmp_path / "musdb"), str(out), "--separator", "oracle", "--threshold", "0.02"])
+    chunks = load_from_disk(str(out))
+    assert sorted(chunks["train"]["track_id"][:]) == ["song_a", "song_b"]
+    assert json.loads((out / "report.json").read_text())["threshold"] == 0.02

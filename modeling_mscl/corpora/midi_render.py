@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..audio_io import write_audio
-from .nsynth import NSYNTH_FAMILIES
+from .nsynth import NSYNTH_FAMILIES, NSYNTH_SOURCES
 
 logger = logging.getLogger("modeling_mscl.corpora")
 
@@ -42,12 +42,15 @@ __all__ = [
     "GMProgram",
     "assign_stems",
     "build_midi_folder_corpus",
+    "build_note_set",
     "default_soundfont",
     "gm_programs",
     "instrument_labels",
+    "load_note_config",
     "mix_stems",
     "render_instruments",
     "render_midi",
+    "render_notes",
     "resolve_soundfont",
 ]
 
@@ -159,7 +162,11 @@ def _write_float() -> Callable[..., int]:
     import fluidsynth
 
     fn = ctypes.CDLL(fluidsynth.lib).fluid_synth_write_float
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p, ctypes.c_int, ctypes.c_int] * 2
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int] + [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+    ] * 2
     fn.restype = ctypes.c_int
     return fn
 
@@ -226,6 +233,48 @@ def render_instruments(
     return 0.5 * (left + right)
 
 
+def render_notes(
+    program: int,
+    notes: Sequence[tuple[int, int]],
+    soundfont: str | os.PathLike,
+    sampling_rate: int = 16000,
+    seconds: float = 4.0,
+    hold: float = 3.0,
+) -> list[np.ndarray]:
+    """Render single notes ``(pitch, velocity)`` of one GM program, dry, one after another.
+
+    Each note is held ``hold`` seconds inside a ``seconds`` window; all sound is cut at
+    the end of a window so nothing leaks into the next. One synthesiser serves the
+    whole list (loading the SoundFont dominates the cost of a note); the output for a
+    given list is deterministic. Returns one float32 array (seconds * rate,) per note.
+    """
+    fluidsynth = _import_fluidsynth()
+    n, held = int(round(seconds * sampling_rate)), int(round(hold * sampling_rate))
+    synth = fluidsynth.Synth(
+        samplerate=sampling_rate, **{"synth.reverb.active": 0, "synth.chorus.active": 0}
+    )
+    write, out = _write_float(), []
+    try:
+        sfid = synth.sfload(str(soundfont))
+        if sfid < 0:
+            raise ValueError(f"FluidSynth could not load the SoundFont {soundfont}")
+        synth.program_select(0, sfid, 0, program)
+        for pitch, velocity in notes:
+            left = np.zeros(n, dtype=np.float32)
+            right = np.zeros(n, dtype=np.float32)
+            lptr = left.ctypes.data_as(ctypes.c_void_p)
+            rptr = right.ctypes.data_as(ctypes.c_void_p)
+            synth.noteon(0, pitch, velocity)
+            write(synth.synth, held, lptr, 0, 1, rptr, 0, 1)
+            synth.noteoff(0, pitch)
+            write(synth.synth, n - held, lptr, held, 1, rptr, held, 1)
+            synth.all_sounds_off(0)
+            out.append(0.5 * (left + right))
+    finally:
+        synth.delete()
+    return out
+
+
 def _schedule(synth: Any, sfid: int, instruments: Sequence[Any], sr: int) -> list[tuple]:
     """Give each instrument its own channel and list its events in sample order."""
     # 256 channels exist; FluidSynth treats channel 10 of each group of 16 as percussion,
@@ -252,7 +301,9 @@ def _schedule(synth: Any, sfid: int, instruments: Sequence[Any], sr: int) -> lis
         for bend in inst.pitch_bends:
             events.append((round(bend.time * sr), 1, synth.pitch_bend, (chan, bend.pitch)))
         for note in inst.notes:
-            events.append((round(note.start * sr), 2, synth.noteon, (chan, note.pitch, note.velocity)))
+            events.append(
+                (round(note.start * sr), 2, synth.noteon, (chan, note.pitch, note.velocity))
+            )
             events.append((round(note.end * sr), 0, synth.noteoff, (chan, note.pitch)))
     events.sort(key=lambda e: (e[0], e[1]))
     return events
@@ -275,9 +326,13 @@ def mix_stems(
         wav[: len(stems[name])] = stems[name]
         scaled[name] = wav * (gains or {}).get(name, 1.0)
     mixture = sum(scaled.values())
-    top = max([np.abs(mixture).max(initial=0.0)] + [np.abs(w).max(initial=0.0) for w in scaled.values()])
+    top = max(
+        [np.abs(mixture).max(initial=0.0)] + [np.abs(w).max(initial=0.0) for w in scaled.values()]
+    )
     common = peak / top if top > 0 else 1.0
-    out = {k: (np.clip(np.round(w * common * 32768), -32768, 32767) / 32768) for k, w in scaled.items()}
+    out = {
+        k: (np.clip(np.round(w * common * 32768), -32768, 32767) / 32768) for k, w in scaled.items()
+    }
     mixture = sum(out.values())
     return mixture.astype(np.float32), {k: w.astype(np.float32) for k, w in out.items()}
 
@@ -363,9 +418,13 @@ def save_dataset_dict(
     dd = DatasetDict()
     for split in ("train", "validation", "test"):
         rows = sorted(rows_by_split.get(split, []), key=lambda r: r["track_id"])
-        dd[split] = Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
+        dd[split] = Dataset.from_dict(
+            {k: [r[k] for r in rows] for k in features}, features=features
+        )
     out.mkdir(parents=True, exist_ok=True)
-    dd.save_to_disk(str(out))
+    # One shard per split: datasets 5.2 writes an empty split as zero shards, which
+    # load_from_disk then fails to read.
+    dd.save_to_disk(str(out), num_shards={split: 1 for split in dd})
     (out / "README.md").write_text(card)
     return dd
 
@@ -378,8 +437,11 @@ def run_jobs(fn: Callable, jobs: Sequence[Any], num_workers: int, desc: str) -> 
         return [fn(job) for job in tqdm(jobs, desc=desc, unit="item")]
     import multiprocessing as mp
 
-    # spawn: FluidSynth and music21 hold global state that a fork would share
-    with mp.get_context("spawn").Pool(num_workers) as pool:
+    # fork where there is one: spawn re-imports __main__, which fails for code run from
+    # stdin or a notebook. Safe here because the parent never starts FluidSynth or MMA;
+    # every job builds its own synthesiser.
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(num_workers) as pool:
         return list(tqdm(pool.imap(fn, jobs, chunksize=1), total=len(jobs), desc=desc, unit="item"))
 
 
@@ -477,18 +539,22 @@ def build_midi_folder_corpus(
     paths = sorted(p for p in midi_dir.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
     if not paths:
         raise FileNotFoundError(f"no .mid/.midi files under {midi_dir}")
-    genres = sorted({_genre_of(p, midi_dir) for p in paths})
     jobs = []
     for p in paths:
         rel = p.relative_to(midi_dir).with_suffix("")
         track_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", "__".join(rel.parts))
         jobs.append(
             dict(
-                path=str(p), track_id=track_id, track_dir=str(out / "audio" / track_id),
-                genre=genres.index(_genre_of(p, midi_dir)), soundfont=str(sf),
-                seconds=seconds, sr=sampling_rate, ext=ext,
+                path=str(p),
+                track_id=track_id,
+                track_dir=str(out / "audio" / track_id),
+                genre=_genre_of(p, midi_dir),
+                soundfont=str(sf),
+                seconds=seconds,
+                sr=sampling_rate,
+                ext=ext,
             )
-        )  # fmt: skip
+        )
     results = run_jobs(_midi_job, jobs, num_workers, "Rendering MIDI")
     rows = [r for r in results if "error" not in r]
     skipped = [r for r in results if "error" in r]
@@ -496,23 +562,204 @@ def build_midi_folder_corpus(
     if skipped:
         logger.warning("skipped %d MIDI file(s); see %s", len(skipped), out / "report.json")
     if not rows:
-        raise ValueError(f"none of the {len(paths)} MIDI files could be rendered; see {out}/report.json")
+        raise ValueError(
+            f"none of the {len(paths)} MIDI files could be rendered; see {out}/report.json"
+        )
+    # Genre names come from the files that rendered; rows hold the name until here.
+    genres = sorted({r["genre"] for r in rows})
     split_of = assign_splits([r["track_id"] for r in rows], seed)
     by_split: dict[str, list[dict]] = {}
     for r in rows:
-        by_split.setdefault(split_of[r["track_id"]], []).append(r)
+        by_split.setdefault(split_of[r["track_id"]], []).append(
+            {**r, "genre": genres.index(r["genre"])}
+        )
     sizes = "/".join(str(len(by_split.get(s, []))) for s in ("train", "validation", "test"))
     card = TRACK_CARD.format(
         title=f"MIDI folder corpus rendered from {midi_dir.name}",
         intro=f"Rendered from the MIDI files under `{midi_dir}` "
         f"({len(skipped)} unreadable or silent files skipped, see `../report.json`).",
-        sizes=sizes, split_unit="file (seeded)", sr=sampling_rate, ext=ext.upper(),
-        genres=genres, classes=list(INSTRUMENT_CLASSES), n_classes=len(INSTRUMENT_CLASSES),
+        sizes=sizes,
+        split_unit="file (seeded)",
+        sr=sampling_rate,
+        ext=ext.upper(),
+        genres=genres,
+        classes=list(INSTRUMENT_CLASSES),
+        n_classes=len(INSTRUMENT_CLASSES),
         soundfont=sf.name,
-    )  # fmt: skip
+    )
     return save_dataset_dict(by_split, track_features(genres), out / "tracks", card)
 
 
 def _genre_of(path: Path, root: Path) -> str:
     parts = path.relative_to(root).parts
     return parts[0] if len(parts) > 1 else "unknown"
+
+
+# ---------------------------------------------------------------------------
+# The NSynth-like note set
+
+
+def load_note_config(path: str | os.PathLike | None = None) -> dict:
+    """Settings of the note set from ``data/note_set.yaml`` (or ``path``)."""
+    import yaml
+
+    path = Path(path) if path is not None else DATA_DIR / "note_set.yaml"
+    cfg = yaml.safe_load(Path(path).read_text())
+    missing = {
+        "sampling_rate",
+        "seconds",
+        "hold",
+        "velocities",
+        "pitches_per_program",
+        "gain",
+        "range",
+    } - set(cfg)
+    if missing:
+        raise ValueError(f"{path}: missing settings {sorted(missing)}")
+    if set(cfg["range"]) != set(NSYNTH_FAMILIES):
+        raise ValueError(f"{path}: 'range' needs one [low, high] for each of {NSYNTH_FAMILIES}")
+    return cfg
+
+
+def _note_job(job: dict) -> list[dict]:
+    """Render the notes of one program (worker); skipped when all its files exist."""
+    notes, sr = job["notes"], job["sr"]
+    if all(Path(note["audio"]).is_file() for note in notes):
+        return notes
+    # The whole program is rendered again on resume: one synthesiser plays the notes in
+    # order, so a note's samples depend on that order (and stay deterministic).
+    waves = render_notes(
+        job["program"],
+        [(note["pitch"], note["velocity"]) for note in notes],
+        job["soundfont"],
+        sr,
+        job["seconds"],
+        job["hold"],
+    )
+    rows = []
+    for note, wav in zip(notes, waves, strict=True):
+        wav = job["gain"] * wav
+        peak = float(np.abs(wav).max())
+        if peak < 1e-4:  # the preset has no sample at this key
+            continue
+        if peak > 0.99:
+            wav *= 0.99 / peak
+        write_audio(note["audio"], wav, sr)
+        rows.append(note)
+    return rows
+
+
+def build_note_set(
+    out: str | os.PathLike,
+    soundfont: str | os.PathLike | None = None,
+    seed: int = 0,
+    num_workers: int = 2,
+    config: str | os.PathLike | dict | None = None,
+    ext: str = "flac",
+    programs: list[int] | None = None,
+) -> Any:
+    """Render single notes of the GM programs with an NSynth family into ``out/notes``.
+
+    Within each family the programs are split (seeded) into train/validation/test, so
+    no program is in two splits; ``programs`` restricts the set (tests). Audio in
+    ``out/note_audio/<program>/``; silent renders are left out. ``config``: the
+    settings of ``data/note_set.yaml`` (a path or the parsed dict). Returns the ``DatasetDict``.
+    """
+    from datasets import ClassLabel, Features, Value
+
+    out = Path(out).resolve()
+    cfg = config if isinstance(config, dict) else load_note_config(config)
+    sf = resolve_soundfont(soundfont)
+    sr = int(cfg["sampling_rate"])
+    table = gm_programs()
+    jobs, split_of = [], {}
+    for fam_id, family in enumerate(NSYNTH_FAMILIES):
+        members = [p.program for p in table if p.family == family]
+        if programs is not None:
+            members = [p for p in members if p in programs]
+        order = np.random.default_rng([seed, 3, fam_id]).permutation(members).tolist()
+        n_train, n_val, _ = split_sizes(len(order), (0.7, 0.15, 0.15))
+        for rank, prog in enumerate(order):
+            split_of[prog] = (
+                "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"
+            )
+        lo, hi = cfg["range"][family]
+        pitches = sorted({int(round(x)) for x in np.linspace(lo, hi, cfg["pitches_per_program"])})
+        for prog in members:
+            gm = table[prog]
+            notes = [
+                {
+                    "track_id": f"{family}_{prog:03d}-{pitch:03d}-{vel:03d}",
+                    "audio": str(
+                        out / "note_audio" / f"{prog:03d}" / f"{pitch:03d}-{vel:03d}.{ext}"
+                    ),
+                    "label": fam_id,
+                    "pitch": pitch,
+                    "velocity": vel,
+                    "program": prog,
+                    "instrument": gm.name,
+                    "instrument_source": NSYNTH_SOURCES.index(gm.source),
+                }
+                for pitch in pitches
+                for vel in cfg["velocities"]
+            ]
+            jobs.append(
+                dict(
+                    notes=notes,
+                    program=prog,
+                    soundfont=str(sf),
+                    sr=sr,
+                    hold=float(cfg["hold"]),
+                    seconds=float(cfg["seconds"]),
+                    gain=float(cfg["gain"]),
+                )
+            )
+    results = run_jobs(_note_job, jobs, num_workers, "Rendering notes")
+    by_split: dict[str, list[dict]] = {}
+    for rows in results:
+        for row in rows:
+            by_split.setdefault(split_of[row["program"]], []).append(row)
+    features = Features(
+        {
+            "track_id": Value("string"),
+            "audio": Value("string"),
+            "label": ClassLabel(names=list(NSYNTH_FAMILIES)),
+            "pitch": Value("int32"),
+            "velocity": Value("int32"),
+            "instrument_source": ClassLabel(names=list(NSYNTH_SOURCES)),
+            "instrument": Value("string"),
+            "program": Value("int32"),
+        }
+    )
+    sizes = "/".join(str(len(by_split.get(s, []))) for s in ("train", "validation", "test"))
+    progs = {s: sorted(p for p, v in split_of.items() if v == s) for s in ("validation", "test")}
+    card = NOTE_CARD.format(
+        sizes=sizes,
+        sr=sr,
+        ext=ext.upper(),
+        families=list(NSYNTH_FAMILIES),
+        cfg=cfg,
+        soundfont=sf.name,
+        val=progs["validation"],
+        test=progs["test"],
+    )
+    return save_dataset_dict(by_split, features, out / "notes", card)
+
+
+NOTE_CARD = """# MSCL synthetic note set (NSynth-like)
+
+Single notes of every General MIDI program that has an NSynth instrument family
+(`data/gm_programs.csv`), rendered dry (no reverb/chorus) with FluidSynth.
+
+- rows: one per note; splits {sizes} (train/validation/test), split by GM program
+  within each family (seeded), so no program is in two splits;
+  validation programs {val}; test programs {test}
+- `audio`: absolute path, {sr} Hz mono 16-bit {ext}, {cfg[seconds]} s (held {cfg[hold]} s,
+  then the release); one fixed gain ({cfg[gain]}) for all notes, so velocity shows in the level
+- `label`: ClassLabel of NSynth's families {families}
+- `pitch`, `velocity` (MIDI), `program` (GM, 0-based), `instrument` (GM name),
+  `instrument_source` (acoustic/electronic/synthetic, from the GM table)
+- pitches: {cfg[pitches_per_program]} per program spread over the family's range; velocities
+  {cfg[velocities]}; notes that render silent are left out
+- SoundFont: {soundfont}. Same columns as `modeling_mscl.corpora.load_nsynth` (plus `program`).
+"""

@@ -5,7 +5,7 @@ Everything comes from packages and Debian, so the corpus builds without a downlo
 * melody and harmony: four-voice Bach chorales of ``music21``'s bundled corpus
   (``data/bach_chorales.csv`` lists those in 4/4): soprano -> vocals (a voice
   program), alto + tenor -> an "inner" instrument (other), and the chord on every
-  beat from ``chordify()``;
+  beat named from the voices' vertical slice (what ``chordify()`` gives, faster);
 * accompaniment: Debian's MMA arranger plays a style's groove (drums, bass, chords)
   over that chord progression; the styles (``data/synthetic_styles.yaml``) are the
   genre labels, each with its tempo range, grooves and instrument programs;
@@ -13,13 +13,14 @@ Everything comes from packages and Debian, so the corpus builds without a downlo
   the presence of each source varies within a song;
 * rendering: FluidSynth with a General MIDI SoundFont (:mod:`.midi_render`).
 
-A second builder renders an NSynth-like note set (11 families from GM programs,
-split by program). Both are seeded, deterministic and resumable.
+:func:`build_default_corpus` adds the NSynth-like note set of
+:func:`.midi_render.build_note_set`. Builds are seeded, deterministic and resumable.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from .midi_render import (
     TRACK_CARD,
     VOICE_PROGRAMS,
     assign_stems,
-    assign_splits,
+    build_note_set,
     gm_programs,
     instrument_labels,
     mix_stems,
@@ -56,7 +57,6 @@ from .midi_render import (
     write_json_atomic,
     write_track,
 )
-from .nsynth import NSYNTH_FAMILIES, NSYNTH_SOURCES
 
 logger = logging.getLogger("modeling_mscl.corpora")
 
@@ -66,12 +66,13 @@ __all__ = [
     "SongPlan",
     "Style",
     "arrange_song",
+    "available_chorales",
     "build_default_corpus",
-    "build_note_set",
     "build_synthetic_corpus",
     "extract_chorale",
     "index_chorales",
     "load_recipe",
+    "name_chord",
     "plan_songs",
 ]
 
@@ -98,12 +99,11 @@ class Style:
 
 @dataclass(frozen=True)
 class Recipe:
-    """The parsed recipe file: styles, arrangement and mixing rules, note-set settings."""
+    """The parsed recipe file: styles, arrangement and mixing rules, chorale list."""
 
     styles: tuple[Style, ...]
     arrangement: dict
     mix: dict
-    notes: dict
     chorales: tuple[str, ...]
     sampling_rate: int
     path: str
@@ -142,7 +142,6 @@ def load_recipe(path: str | os.PathLike | None = None) -> Recipe:
         styles=tuple(styles),
         arrangement=raw["arrangement"],
         mix=raw["mix"],
-        notes=raw["notes"],
         chorales=tuple(_read_chorale_list(chorale_list)),
         sampling_rate=int(raw.get("sampling_rate", 16000)),
         path=str(path),
@@ -199,6 +198,20 @@ def index_chorales(out_csv: str | os.PathLike | None = None) -> list[str]:
     return [p for p, _ in found]
 
 
+def available_chorales(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """The chorales of ``paths`` that the installed music21 ships (the list was made
+    from music21 10.5; other versions may lack a few)."""
+    from music21 import corpus
+
+    shipped = {f"bach/{p.name}" for p in corpus.getComposer("bach")}
+    kept = tuple(p for p in paths if p in shipped)
+    if len(kept) < len(paths):
+        logger.warning("%d listed chorales are not in this music21", len(paths) - len(kept))
+    if not kept:
+        raise FileNotFoundError("none of the listed chorales is in music21's corpus")
+    return kept
+
+
 # ---------------------------------------------------------------------------
 # Chorales
 
@@ -220,44 +233,72 @@ class Chorale:
 
 
 def extract_chorale(path: str) -> Chorale:
-    """Parse a music21 corpus chorale (e.g. ``"bach/bwv10.7.mxl"``) into a :class:`Chorale`."""
-    from music21 import chord, corpus
+    """Parse a music21 corpus chorale (e.g. ``"bach/bwv10.7.mxl"``) into a :class:`Chorale`.
+
+    The chord of each beat is named from the pitch classes the four voices sound on it
+    (:func:`name_chord`), the vertical slice that ``chordify()`` would give; calling
+    ``chordify()`` itself cost ~0.8 s a chorale, most of the per-song budget.
+    """
+    from music21 import corpus
 
     score = corpus.parse(path)
     if len(score.parts) != 4:
         raise ValueError(f"{path}: expected 4 voices, found {len(score.parts)}")
     voices = []
     for part in score.parts:
-        notes = []
-        for n in part.stripTies().flatten().notes:
-            for pitch in n.pitches:
-                notes.append((float(n.offset), float(n.quarterLength), int(pitch.midi)))
+        notes: list[tuple[float, float, int]] = []
+        for n in part.flatten().notes:
+            onset, dur, pitch = float(n.offset), float(n.quarterLength), int(n.pitches[0].midi)
+            tied = n.tie is not None and n.tie.type in ("stop", "continue")
+            if tied and notes and notes[-1][2] == pitch and abs(sum(notes[-1][:2]) - onset) < 1e-6:
+                notes[-1] = (notes[-1][0], notes[-1][1] + dur, pitch)  # merge the tie
+            else:
+                notes.append((onset, dur, pitch))
         voices.append(tuple(notes))
     first_bar = score.parts[0].measure(1)
     pickup = float(first_bar.offset) if first_bar is not None else 0.0
     beats = float(score.highestTime)
-    chords: list[str | None] = [None] * math.ceil(beats)
-    for c in score.chordify().flatten().getElementsByClass(chord.Chord):
-        start, end = float(c.offset), float(c.offset + c.quarterLength)
-        for b in range(math.ceil(start), min(math.ceil(end), len(chords))):
-            if chords[b] is None:
-                chords[b] = _mma_chord(c)
+    chords = []
+    for b in range(math.ceil(beats)):
+        sounding = [p for v in voices for o, d, p in v if o <= b < o + d]
+        chords.append(name_chord(sounding))
     return Chorale(path, tuple(voices), tuple(chords), pickup, beats)
 
 
-def _mma_chord(c: Any) -> str | None:
-    """MMA's name for a music21 chord (``None`` for passing-note clusters)."""
-    if len({p.pitchClass for p in c.pitches}) < 3:
+# Chord templates as pitch-class intervals above the root -> MMA suffix, the most
+# specific first. Four-part writing often leaves out the fifth, so it may be missing.
+_CHORD_TEMPLATES = (
+    (frozenset({0, 4, 7, 10}), "7"),
+    (frozenset({0, 3, 6, 9}), "dim7"),
+    (frozenset({0, 3, 6, 10}), "m7b5"),
+    (frozenset({0, 4, 7, 11}), "maj7"),
+    (frozenset({0, 3, 7, 10}), "m7"),
+    (frozenset({0, 4, 7}), ""),
+    (frozenset({0, 3, 7}), "m"),
+    (frozenset({0, 3, 6}), "dim"),
+    (frozenset({0, 4, 8}), "aug"),
+)
+
+
+def name_chord(pitches: list[int]) -> str | None:
+    """MMA chord name (e.g. ``"F#m7"``) of MIDI ``pitches``, or ``None`` if none fits.
+
+    Fits: at least three pitch classes, all in the template, and every template note
+    present except perhaps the perfect fifth. Among fitting roots the bass note wins.
+    """
+    classes = {p % 12 for p in pitches}
+    if len(classes) < 3:
         return None
-    root = _PITCH_NAMES[c.root().pitchClass]
-    if c.isDominantSeventh():
-        return root + "7"
-    if c.isDiminishedSeventh():
-        return root + "dim7"
-    if c.isHalfDiminishedSeventh():
-        return root + "m7b5"
-    suffix = {"major": "", "minor": "m", "diminished": "dim", "augmented": "aug"}.get(c.quality)
-    return None if suffix is None else root + suffix
+    bass = min(pitches) % 12
+    for template, suffix in _CHORD_TEMPLATES:
+        roots = []
+        for r in sorted(classes):
+            rel = {(c - r) % 12 for c in classes}
+            if rel <= template and template - rel <= {7}:
+                roots.append(r)
+        if roots:
+            return _PITCH_NAMES[bass if bass in roots else roots[0]] + suffix
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -295,7 +336,8 @@ def plan_songs(recipe: Recipe, num_songs: int, seconds: float, seed: int) -> lis
     """Draw the plans of ``num_songs`` songs; the same arguments give the same plans.
 
     Styles take turns (balanced genres); chorales are drawn without replacement while
-    they last; the split is by chorale so that a melody never crosses splits.
+    they last; splits are stratified by style and by chorale, so a melody never
+    crosses splits.
     """
     order = np.random.default_rng([seed, 1]).permutation(len(recipe.chorales))
     arr, mix = recipe.arrangement, recipe.mix
@@ -307,6 +349,8 @@ def plan_songs(recipe: Recipe, num_songs: int, seconds: float, seed: int) -> lis
         bars = math.ceil(seconds * tempo / 60.0 / _BEATS_PER_BAR)
         intro = int(rng.integers(arr["intro_bars"][0], arr["intro_bars"][1] + 1))
         intro_tacet = ["vocals"] + [s for s, p in arr["intro_tacet"].items() if rng.random() < p]
+        if set(intro_tacet) >= set(STEMS):
+            intro_tacet.remove("other")  # an intro of silence would be no intro
         tacet = [[0, intro, intro_tacet]]
         for section in ("break", "interlude"):
             spec = arr[section]
@@ -348,10 +392,23 @@ def plan_songs(recipe: Recipe, num_songs: int, seconds: float, seed: int) -> lis
                 seed=int(rng.integers(1, 2**31 - 1)),
             )
         )
-    split_of = assign_splits([p.chorale for p in plans], seed)
-    for p in plans:
-        p.split = split_of[p.chorale]
+    _split_by_style_and_chorale(plans, seed)
     return plans
+
+
+def _split_by_style_and_chorale(plans: list[SongPlan], seed: int) -> None:
+    """Set ``plan.split``: 80/10/10 within each style (every genre in every split once a
+    style has 3 songs), and a chorale used twice stays in the split it got first."""
+    split_of_chorale: dict[str, str] = {}
+    for genre in sorted({p.genre for p in plans}):
+        songs = [i for i, p in enumerate(plans) if p.genre == genre]
+        order = np.random.default_rng([seed, 7, genre]).permutation(songs)
+        n_train, n_val, _ = split_sizes(len(songs))
+        for rank, i in enumerate(order):
+            wanted = (
+                "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"
+            )
+            plans[i].split = split_of_chorale.setdefault(plans[i].chorale, wanted)
 
 
 # ---------------------------------------------------------------------------
@@ -384,6 +441,8 @@ def mma_script(plan: SongPlan, chorale: Chorale) -> str:
         f"Transpose {plan.transpose}",
     ]
     chords, previous = _song_chords(plan, chorale), None
+    if chords[0] is None:  # MMA needs a chord on the first beat
+        chords[0] = next((c for c in chords if c), "C")
     for bar in range(plan.bars):
         tokens = []
         for c in chords[bar * _BEATS_PER_BAR : (bar + 1) * _BEATS_PER_BAR]:
@@ -409,7 +468,10 @@ def ensure_mma_groove_index() -> None:
     Only plain groove names ("Swing") need it; the recipe's "file:Groove" names do not.
     """
     exe = _mma_executable()
-    roots = [Path(exe).resolve().parent.parent / "share" / "mma" / "lib", Path("/usr/share/mma/lib")]
+    roots = [
+        Path(exe).resolve().parent.parent / "share" / "mma" / "lib",
+        Path("/usr/share/mma/lib"),
+    ]
     if any((r / "stdlib" / ".mmaDB").is_file() for r in roots):
         return
     done = subprocess.run([exe, "-G"], capture_output=True, text=True, timeout=300)
@@ -489,9 +551,7 @@ def arrange_song(plan: SongPlan, chorale: Chorale) -> Any:
                         continue
                     vel = int(np.clip(velocity + rng.integers(-8, 9), 1, 127))
                     note_pitch = int(np.clip(pitch + plan.transpose + octave, 0, 127))
-                    inst.notes.append(
-                        pretty_midi.Note(vel, note_pitch, t0, t0 + dur * beat * 0.95)
-                    )
+                    inst.notes.append(pretty_midi.Note(vel, note_pitch, t0, t0 + dur * beat * 0.95))
         midi.instruments.append(inst)
     _apply_tacet(midi, plan)
     return midi
@@ -528,8 +588,6 @@ def _active_level(wav: np.ndarray, sr: int) -> float:
 
 def _song_job(job: dict) -> dict:
     """Arrange, render and write one song (worker); resumable via its ``meta.json``."""
-    import json
-
     plan = SongPlan(**job["plan"])
     track_dir = Path(job["out"]) / "audio" / plan.track_id
     meta_path = track_dir / "meta.json"
@@ -583,6 +641,7 @@ def build_synthetic_corpus(
     """
     out = Path(out).resolve()
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    rec = replace(rec, chorales=available_chorales(rec.chorales))
     sf = resolve_soundfont(soundfont)
     plans = plan_songs(rec, num_songs, seconds, seed)
     jobs = [
@@ -604,136 +663,18 @@ def build_synthetic_corpus(
             "the intro, drums in breaks, ...). Recipe: `data/synthetic_styles.yaml`; every "
             "song's plan is in `audio/<track_id>/meta.json`, its MIDI in `arrangement.mid`."
         ),
-        sizes=sizes, split_unit="chorale (seeded; a melody never crosses splits)",
-        sr=rec.sampling_rate, ext=ext.upper(), genres=rec.genres,
-        classes=list(INSTRUMENT_CLASSES), n_classes=len(INSTRUMENT_CLASSES), soundfont=sf.name,
-    )  # fmt: skip
+        sizes=sizes,
+        split_unit="song, stratified by genre (seeded); a chorale never crosses splits",
+        sr=rec.sampling_rate,
+        ext=ext.upper(),
+        genres=rec.genres,
+        classes=list(INSTRUMENT_CLASSES),
+        n_classes=len(INSTRUMENT_CLASSES),
+        soundfont=sf.name,
+    )
     dd = save_dataset_dict(by_split, track_features(rec.genres), out / "songs", card)
     logger.info("rendered %d songs in %.1f s", num_songs, time.perf_counter() - started)
     return dd
-
-
-# ---------------------------------------------------------------------------
-# The NSynth-like note set
-
-
-def _note_job(job: dict) -> list[dict]:
-    """Render the notes of one program (worker); existing files are kept."""
-    import pretty_midi
-
-    rows, sr = [], job["sr"]
-    for note in job["notes"]:
-        path = Path(note["audio"])
-        if not path.is_file():
-            inst = pretty_midi.Instrument(program=note["program"])
-            inst.notes.append(pretty_midi.Note(note["velocity"], note["pitch"], 0.0, job["hold"]))
-            wav = job["gain"] * render_instruments(
-                [inst], job["soundfont"], sr, int(round(job["seconds"] * sr)), effects=False
-            )
-            peak = float(np.abs(wav).max())
-            if peak < 1e-4:  # a preset without a sample at this key
-                continue
-            if peak > 0.99:
-                wav *= 0.99 / peak
-            from ..audio_io import write_audio
-
-            write_audio(path, wav, sr)
-        rows.append(note)
-    return rows
-
-
-def build_note_set(
-    out: str | os.PathLike,
-    soundfont: str | os.PathLike | None = None,
-    seed: int = 0,
-    num_workers: int = 2,
-    recipe: str | os.PathLike | Recipe | None = None,
-    ext: str = "flac",
-    programs: list[int] | None = None,
-) -> Any:
-    """Render single notes of the GM programs with an NSynth family into ``out/notes``.
-
-    Within each family the programs are split (seeded) into train/validation/test, so
-    no program is in two splits; ``programs`` restricts the set (tests). Audio in
-    ``out/note_audio/<program>/``; silent renders are left out. Returns the ``DatasetDict``.
-    """
-    from datasets import ClassLabel, Features, Value
-
-    out = Path(out).resolve()
-    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    sf = resolve_soundfont(soundfont)
-    cfg, sr = rec.notes, rec.sampling_rate
-    table = gm_programs()
-    jobs, split_of = [], {}
-    for fam_id, family in enumerate(NSYNTH_FAMILIES):
-        members = [p.program for p in table if p.family == family]
-        if programs is not None:
-            members = [p for p in members if p in programs]
-        order = np.random.default_rng([seed, 3, fam_id]).permutation(members).tolist()
-        n_train, n_val, _ = split_sizes(len(order), (0.7, 0.15, 0.15))
-        for rank, prog in enumerate(order):
-            split_of[prog] = "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"  # fmt: skip
-        lo, hi = cfg["range"][family]
-        pitches = sorted({int(round(x)) for x in np.linspace(lo, hi, cfg["pitches_per_program"])})
-        for prog in members:
-            gm = table[prog]
-            notes = [
-                {
-                    "track_id": f"{family}_{prog:03d}-{pitch:03d}-{vel:03d}",
-                    "audio": str(out / "note_audio" / f"{prog:03d}" / f"{pitch:03d}-{vel:03d}.{ext}"),
-                    "label": fam_id, "pitch": pitch, "velocity": vel, "program": prog,
-                    "instrument": gm.name, "instrument_source": NSYNTH_SOURCES.index(gm.source),
-                }  # fmt: skip
-                for pitch in pitches
-                for vel in cfg["velocities"]
-            ]
-            jobs.append(
-                dict(notes=notes, soundfont=str(sf), sr=sr, hold=float(cfg["hold"]),
-                     seconds=float(cfg["seconds"]), gain=float(cfg["gain"]))
-            )  # fmt: skip
-    results = run_jobs(_note_job, jobs, num_workers, "Rendering notes")
-    by_split: dict[str, list[dict]] = {}
-    for rows in results:
-        for row in rows:
-            by_split.setdefault(split_of[row["program"]], []).append(row)
-    features = Features(
-        {
-            "track_id": Value("string"),
-            "audio": Value("string"),
-            "label": ClassLabel(names=list(NSYNTH_FAMILIES)),
-            "pitch": Value("int32"),
-            "velocity": Value("int32"),
-            "instrument_source": ClassLabel(names=list(NSYNTH_SOURCES)),
-            "instrument": Value("string"),
-            "program": Value("int32"),
-        }
-    )
-    sizes = "/".join(str(len(by_split.get(s, []))) for s in ("train", "validation", "test"))
-    progs = {s: sorted(p for p, v in split_of.items() if v == s) for s in ("validation", "test")}
-    card = NOTE_CARD.format(
-        sizes=sizes, sr=sr, ext=ext.upper(), families=list(NSYNTH_FAMILIES), cfg=cfg,
-        soundfont=sf.name, val=progs["validation"], test=progs["test"],
-    )  # fmt: skip
-    return save_dataset_dict(by_split, features, out / "notes", card)
-
-
-NOTE_CARD = """# MSCL synthetic note set (NSynth-like)
-
-Single notes of every General MIDI program that has an NSynth instrument family
-(`data/gm_programs.csv`), rendered dry (no reverb/chorus) with FluidSynth.
-
-- rows: one per note; splits {sizes} (train/validation/test), split by GM program
-  within each family (seeded), so no program is in two splits;
-  validation programs {val}; test programs {test}
-- `audio`: absolute path, {sr} Hz mono 16-bit {ext}, {cfg[seconds]} s (held {cfg[hold]} s,
-  then the release); one fixed gain ({cfg[gain]}) for all notes, so velocity shows in the level
-- `label`: ClassLabel of NSynth's families {families}
-- `pitch`, `velocity` (MIDI), `program` (GM, 0-based), `instrument` (GM name),
-  `instrument_source` (acoustic/electronic/synthetic, from the GM table)
-- pitches: {cfg[pitches_per_program]} per program spread over the family's range; velocities
-  {cfg[velocities]}; notes that render silent are left out
-- SoundFont: {soundfont}. Same columns as `modeling_mscl.corpora.load_nsynth` (plus `program`).
-"""
 
 
 def build_default_corpus(
@@ -744,24 +685,35 @@ def build_default_corpus(
     soundfont: str | os.PathLike | None = None,
     num_workers: int = 2,
     notes: bool = True,
+    ext: str = "flac",
 ) -> dict[str, Any]:
     """The package's embedded default: the song corpus and the note set under ``out``.
 
-    Writes ``out/build_report.json`` with the settings and timings; returns
-    ``{"songs": DatasetDict, "notes": DatasetDict}`` (``notes`` absent if skipped).
+    Layout: ``out/songs`` and ``out/notes`` (``DatasetDict`` folders with a README.md
+    card), ``out/audio/<track_id>/``, ``out/note_audio/<program>/`` and
+    ``out/build_report.json`` (settings, timings, sizes). Returns
+    ``{"songs": DatasetDict, "notes": DatasetDict}`` (``notes`` absent when skipped).
     """
     out = Path(out).resolve()
     recipe = load_recipe()
     report: dict[str, Any] = dict(
-        num_songs=num_songs, seconds=seconds, seed=seed, num_workers=num_workers,
-        soundfont=str(resolve_soundfont(soundfont)), recipe=recipe.path,
-    )  # fmt: skip
+        num_songs=num_songs,
+        seconds=seconds,
+        seed=seed,
+        num_workers=num_workers,
+        soundfont=str(resolve_soundfont(soundfont)),
+        recipe=recipe.path,
+    )
     t0 = time.perf_counter()
-    result = {"songs": build_synthetic_corpus(out, num_songs, seconds, seed, soundfont, num_workers, recipe)}
+    result = {
+        "songs": build_synthetic_corpus(
+            out, num_songs, seconds, seed, soundfont, num_workers, recipe, ext
+        )
+    }
     report["songs_seconds"] = round(time.perf_counter() - t0, 1)
     if notes:
         t0 = time.perf_counter()
-        result["notes"] = build_note_set(out, soundfont, seed, num_workers, recipe)
+        result["notes"] = build_note_set(out, soundfont, seed, num_workers, ext=ext)
         report["notes_seconds"] = round(time.perf_counter() - t0, 1)
     report["sizes"] = {k: {s: len(d) for s, d in v.items()} for k, v in result.items()}
     write_json_atomic(out / "build_report.json", report)

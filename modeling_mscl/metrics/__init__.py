@@ -46,7 +46,8 @@ def classification_metrics(
     Single-label: ``labels`` (clips,) class indices, the prediction is the arg-max of the
     scores; returns ``accuracy`` and per-class accuracy. Multi-label: ``labels`` (clips,
     classes) 0/1; returns macro ``roc_auc`` and ``pr_auc`` (average precision) over the
-    classes that have both positives and negatives, ``num_scored`` and per-class values.
+    classes that have both positives and negatives, and per-class values (None for a
+    class without positives or without negatives, left out of the means).
 
     Returns ``(metrics, per_class)`` with ``per_class[metric][label_name]``.
     """
@@ -68,7 +69,6 @@ def classification_metrics(
     metrics = {
         "roc_auc": auc["roc_auc"],
         "pr_auc": ap["average_precision"],
-        "num_scored": float(auc["num_scored"]),
     }
     per_class = {
         "roc_auc": dict(zip(label_names, auc["per_class"], strict=True)),

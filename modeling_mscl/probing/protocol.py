@@ -1,0 +1,196 @@
+"""The whole protocol of a task, the export of a trained head, and result tables."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..feature_extraction_mscl import MSCLFeatureExtractor
+from ..modeling_mscl import MSCLForAudioClassification
+from .embeddings import (
+    WindowEmbeddings,
+    _encoder_of,
+    cached_window_embeddings,
+    encoder_fingerprint,
+)
+from .heads import TrainedProbe, evaluate_probe, train_probe
+from .tasks import ProbeTask, clip_labels
+
+__all__ = ["ProbeResult", "export_probe", "markdown_row", "results_table", "run_probe"]
+
+
+@dataclass
+class ProbeResult:
+    """Outcome of :func:`run_probe`: metrics, per-class figures and the trained head."""
+
+    task: ProbeTask
+    metrics: dict[str, float]
+    validation_metrics: dict[str, float]
+    per_class: dict[str, dict[str, float | None]]
+    probe: TrainedProbe
+    num_clips: dict[str, int]
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (no weights).
+
+        ``task``, ``head``, ``split`` and ``metrics`` are the fields the model-card code
+        (:func:`modeling_mscl.hub.read_probe_results`) reads; the rest is detail.
+        """
+        scored = {
+            metric: sum(v is not None for v in values.values())
+            for metric, values in self.per_class.items()
+        }
+        return {
+            "task": self.task.name,
+            "head": self.task.head,
+            "split": "test",
+            "metrics": self.metrics,
+            "num_scored_classes": scored,
+            "task_config": dataclasses.asdict(self.task),
+            "validation_metrics": self.validation_metrics,
+            "per_class": self.per_class,
+            "num_clips": self.num_clips,
+            "best_epoch": self.probe.best_epoch,
+            "epochs": len(self.probe.history),
+            "history": self.probe.history,
+            "label_names": self.probe.label_names,
+        }
+
+
+def _subset(split: Any, max_clips: int | None, seed: int) -> Any:
+    if max_clips is None or len(split) <= max_clips:
+        return split
+    rows = np.sort(np.random.default_rng(seed).permutation(len(split))[:max_clips])
+    return split.select(rows.tolist())
+
+
+def run_probe(
+    model: nn.Module,
+    task: ProbeTask,
+    dataset: Mapping[str, Any],
+    cache_dir: str | os.PathLike | None = None,
+    feature_extractor: MSCLFeatureExtractor | None = None,
+    batch_size: int = 64,
+    max_clips: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> ProbeResult:
+    """The full protocol of ``task`` on a ``DatasetDict`` with train/validation/test splits.
+
+    Embeds the splits (cached), trains the head with early stopping on validation (a
+    seeded 10 % of the training clips when there is no validation split), and scores the
+    test clips. ``max_clips`` caps each split (seeded subset) for quick runs.
+    """
+    encoder = _encoder_of(model)
+    fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    model_key = encoder_fingerprint(encoder) if cache_dir is not None else None
+    splits = {name: _subset(dataset[name], max_clips, seed) for name in dataset}
+    if "train" not in splits or "test" not in splits:
+        raise KeyError(f"need 'train' and 'test' splits, got {sorted(splits)}")
+
+    def embed(name: str, hop: int | None, max_windows: int | None) -> WindowEmbeddings:
+        return cached_window_embeddings(
+            encoder, splits[name][task.audio_column], cache_dir, name, feature_extractor=fe,
+            hop_frames=hop, max_windows=max_windows, batch_size=batch_size, progress=progress,
+            model_key=model_key,
+        )  # fmt: skip
+
+    train_labels, names = clip_labels(splits["train"], task)
+    train = embed("train", task.train_hop, task.train_windows)
+    test_labels, _ = clip_labels(splits["test"], task)
+    test = embed("test", None, task.test_windows)
+    if "validation" in splits and len(splits["validation"]):
+        val_labels, _ = clip_labels(splits["validation"], task)
+        val = embed("validation", None, task.test_windows)
+    else:
+        order = np.random.default_rng(seed).permutation(train.num_clips)
+        n_val = max(1, train.num_clips // 10)
+        val_clips, train_clips = np.sort(order[:n_val]), np.sort(order[n_val:])
+        val, val_labels = train.select_clips(val_clips), train_labels[val_clips]
+        train, train_labels = train.select_clips(train_clips), train_labels[train_clips]
+    probe = train_probe(task, train, train_labels, names, val, val_labels, seed)
+    metrics, per_class = evaluate_probe(probe, test, test_labels)
+    val_metrics, _ = evaluate_probe(probe, val, val_labels)
+    sizes = {"train": train.num_clips, "validation": val.num_clips, "test": test.num_clips}
+    return ProbeResult(task, metrics, val_metrics, per_class, probe, sizes, seed)
+
+
+def export_probe(
+    model: nn.Module,
+    probe: TrainedProbe | ProbeResult,
+    output_dir: str | os.PathLike,
+    feature_extractor: MSCLFeatureExtractor | None = None,
+) -> MSCLForAudioClassification:
+    """Save the frozen encoder + trained head as an ``MSCLForAudioClassification`` folder.
+
+    The folder holds the config (``id2label``, ``label2id``, ``problem_type``, the head
+    layout, ``freeze_encoder=True``), the weights and the feature extractor, so
+    ``pipeline("audio-classification", model=output_dir)`` runs on it. Given a
+    :class:`ProbeResult`, also writes ``probe_results.json`` (its :meth:`~ProbeResult.to_dict`)
+    and ``probe_args.json`` (the task settings), which the model card reads. Returns the model.
+    """
+    result = probe if isinstance(probe, ProbeResult) else None
+    probe = probe.probe if isinstance(probe, ProbeResult) else probe
+    encoder = _encoder_of(model)
+    task = probe.task
+    config = copy.deepcopy(encoder.config)
+    config.num_labels = len(probe.label_names)
+    config.id2label = dict(enumerate(probe.label_names))
+    config.label2id = {name: i for i, name in enumerate(probe.label_names)}
+    config.problem_type = task.problem_type
+    config.classifier_head = task.head
+    config.classifier_hidden_size = task.hidden_size
+    config.dropout_rate = task.dropout
+    config.freeze_encoder = True
+    classifier = MSCLForAudioClassification(config)
+    classifier.mscl.load_state_dict(encoder.state_dict())
+    classifier.classifier.load_state_dict(probe.head.state_dict())
+    classifier.eval()
+    classifier.save_pretrained(output_dir)
+    fe = feature_extractor or MSCLFeatureExtractor(feature_size=config.num_mel_bins)
+    fe.save_pretrained(output_dir)
+    if result is not None:
+        folder = Path(output_dir)
+        (folder / "probe_results.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        args = {**dataclasses.asdict(task), "probe_seed": result.seed}
+        (folder / "probe_args.json").write_text(json.dumps(args, indent=1) + "\n")
+    return classifier
+
+
+def markdown_row(encoder_name: str, result: ProbeResult | Mapping[str, Any]) -> str:
+    """One markdown table row: ``| encoder | task | metric=value ... |`` (values in %)."""
+    data = result.to_dict() if isinstance(result, ProbeResult) else result
+    cells = [f"{k} {100 * v:.1f}" for k, v in data["metrics"].items()]
+    return f"| {encoder_name} | {data['task']} | {', '.join(cells)} |"
+
+
+def results_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """Markdown table of ``results[encoder][task] = ProbeResult.to_dict()``, values in %.
+
+    One row per encoder, one column per (task, metric).
+    """
+    columns: list[tuple[str, str]] = []
+    for per_task in results.values():
+        for task_name, data in per_task.items():
+            for metric in data["metrics"]:
+                if (task_name, metric) not in columns:
+                    columns.append((task_name, metric))
+    header = "| encoder | " + " | ".join(f"{t} {m}" for t, m in columns) + " |"
+    lines = [header, "|---" * (len(columns) + 1) + "|"]
+    for encoder_name, per_task in results.items():
+        cells = []
+        for task_name, metric in columns:
+            value = per_task.get(task_name, {}).get("metrics", {}).get(metric)
+            cells.append("" if value is None else f"{100 * value:.1f}")
+        lines.append(f"| {encoder_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,635 @@
+"""Contrastive pre-training with Accelerate: COLA, MSCL (one or several sources) and S3T.
+
+Run it as ``accelerate launch scripts/pretrain.py --config scripts/configs/NAME.yaml``
+(one CPU, one GPU or many) or call :func:`pretrain` from Python.
+
+How the pieces fit:
+
+- minibatches come from :class:`~modeling_mscl.pairs.PairDataset`, a pure function of
+  ``(seed, minibatch index)``; every process takes its slice of the same global
+  minibatch, so the data is sharded by us and the DataLoader is *not* prepared by
+  Accelerate. Resuming at optimizer step k restarts the loader at minibatch
+  ``k * gradient_accumulation_steps``: the sequence of batches is exactly that of an
+  uninterrupted run.
+- one ``accelerator.prepare(model, optimizer, scheduler)``; gradient accumulation with
+  ``accelerator.accumulate``; mixed precision through Accelerate (bf16 autocast).
+- a step whose loss or gradients are not finite, or whose batch could not be built, is
+  skipped (no update), counted and logged; the run stops after ``max_bad_steps`` in a row.
+- checkpoints are written by ``accelerator.save_state`` into a temporary folder renamed
+  into ``checkpoints/step-XXXXXXX`` (a killed run never leaves a half checkpoint behind).
+- at the end: ``encoder/`` (an :class:`~modeling_mscl.MSCLModel` + feature extractor +
+  ``training_args.json``, ready for ``AutoModel.from_pretrained``) and ``pretraining/``
+  (the full :class:`~modeling_mscl.MSCLForPreTraining`).
+
+Under several processes each process's batch normalisation sees only its slice (there is
+no SyncBatchNorm on the CPU); the loss itself is over the global minibatch (positives are
+gathered with gradient), and DDP averages the gradients.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .configuration_mscl import MSCLConfig
+from .feature_extraction_mscl import MSCLFeatureExtractor
+from .modeling_mscl import MSCLForPreTraining, MSCLModel
+from .pairs import (
+    TRAIN_STREAM,
+    VALIDATION_STREAM,
+    ChunkStore,
+    PairDataset,
+    SourceBatchSampler,
+    apply_augmentation,
+    holdout_mask,
+)
+from .stems import SOURCES
+from .training_args import PretrainingArguments, parse_args
+
+__all__ = [
+    "LearningRateSchedule",
+    "PretrainingResult",
+    "ProbeHook",
+    "build_model",
+    "build_sampler",
+    "latest_checkpoint",
+    "load_chunk_stores",
+    "pretrain",
+    "resolve_probe_hook",
+]
+
+logger = logging.getLogger(__name__)
+
+ProbeHook = Callable[[MSCLModel, int], dict[str, float]]
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "step-"
+TRAINER_STATE = "trainer_state.json"
+ARGS_FILE = "training_args.json"
+# Keras' Adam epsilon (the reference trained with tf.keras); torch's default is 1e-8.
+ADAM_EPS = 1e-7
+
+
+@dataclass
+class PretrainingResult:
+    """What :func:`pretrain` leaves behind.
+
+    ``metrics`` holds the last value of every logged metric, ``history`` every logged
+    dict (with its ``step``) of this process's run (not of an earlier, resumed part).
+    """
+
+    output_dir: str
+    encoder_dir: str
+    pretraining_dir: str
+    step: int
+    skipped_steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class LearningRateSchedule:
+    """Multiplier of the peak learning rate at each optimizer step (for ``LambdaLR``).
+
+    ``step``: ``lr_decay_factor`` from ``lr_decay_at * max_steps`` on (the paper: 0.5 at
+    half-way); ``cosine``: half a cosine from 1 to 0 after the warm-up; ``constant``.
+    A linear warm-up over ``warmup_steps`` comes first in every schedule. A class, not a
+    closure, so the scheduler's state pickles into checkpoints.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        max_steps: int,
+        warmup_steps: int = 0,
+        decay_at: float = 0.5,
+        decay_factor: float = 0.5,
+    ) -> None:
+        self.kind = kind
+        self.max_steps = max_steps
+        self.warmup_steps = warmup_steps
+        self.decay_step = int(round(decay_at * max_steps))
+        self.decay_factor = decay_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "step":
+            return self.decay_factor if step >= self.decay_step else 1.0
+        if self.kind == "cosine":
+            progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def build_model(args: PretrainingArguments) -> MSCLForPreTraining:
+    """A freshly initialised :class:`MSCLForPreTraining` from the model arguments."""
+    return MSCLForPreTraining(MSCLConfig(**asdict(args.model)))
+
+
+def load_chunk_stores(args: PretrainingArguments) -> tuple[ChunkStore, ChunkStore | None]:
+    """The training and validation stores of ``data_dir`` (memory-mapped).
+
+    A DatasetDict gives ``train_split`` and, if present, ``validation_split``; otherwise
+    ``validation_fraction`` of the tracks (chosen by a hash of ``track_id``) are held out.
+    """
+    from datasets import DatasetDict, load_from_disk
+
+    d = args.data
+    loaded = load_from_disk(str(Path(d.data_dir).expanduser()))
+    validation = None
+    if isinstance(loaded, DatasetDict):
+        if d.train_split not in loaded:
+            raise ValueError(
+                f"train_split={d.train_split!r} is not a split of {d.data_dir} "
+                f"(splits: {sorted(loaded)})"
+            )
+        train = loaded[d.train_split]
+        if d.validation_split in loaded and len(loaded[d.validation_split]):
+            validation = ChunkStore(loaded[d.validation_split])
+    else:
+        train = loaded
+    store = ChunkStore(train)
+    if len(store) == 0:
+        raise ValueError(f"the training split of {d.data_dir} has no chunks")
+    if validation is None and d.validation_fraction > 0:
+        held = holdout_mask(store.track_ids(), d.validation_fraction)
+        if held.all():
+            raise ValueError("validation_fraction holds out every track; lower it")
+        if held.any():
+            validation = store.subset(np.flatnonzero(held))
+            store = store.subset(np.flatnonzero(~held))
+    return store, validation
+
+
+def build_sampler(
+    args: PretrainingArguments, store: ChunkStore, stream: int = TRAIN_STREAM
+) -> SourceBatchSampler:
+    """The sampler a run uses on ``store`` (``stream`` 0: training, 1: validation)."""
+    d = args.data
+    return SourceBatchSampler(
+        store.present,
+        args.training.batch_size,
+        objective=d.objective,
+        sources=d.sources,
+        absent_sources=d.absent_sources,
+        random_batch_prob=d.random_batch_prob,
+        seed=args.training.seed,
+        chunk_frames=store.chunk_frames,
+        augmentation=args.spec_augmentation() if d.objective == "s3t" else None,
+        stream=stream,
+        num_bins=store.num_bins,
+    )
+
+
+def resolve_probe_hook(spec: str | None) -> ProbeHook | None:
+    """Import ``'package.module:function'``; None stays None."""
+    if not spec:
+        return None
+    module_name, _, attr = spec.partition(":")
+    try:
+        hook = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"probe_hook={spec!r} cannot be imported: {err}") from err
+    if not callable(hook):
+        raise ValueError(f"probe_hook={spec!r} is not callable")
+    return hook
+
+
+def _make_optimizer(args: PretrainingArguments, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = args.training
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    return torch.optim.Adam(
+        model.parameters(), lr=t.learning_rate, eps=ADAM_EPS, weight_decay=t.weight_decay
+    )
+
+
+def _has_accelerator() -> bool:
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    return bool(xpu is not None and xpu.is_available())
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith(CHECKPOINT_PREFIX) or not (path / TRAINER_STATE).is_file():
+        return None
+    try:
+        return int(name[len(CHECKPOINT_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return None
+    found = [(s, p) for p in root.iterdir() if (s := _checkpoint_step(p)) is not None]
+    return max(found)[1] if found else None
+
+
+def _save_checkpoint(
+    accelerator: Any, args: PretrainingArguments, step: int, state: dict[str, Any]
+) -> Path:
+    """save_state into a temporary folder, then rename it; keep the newest checkpoints."""
+    root = Path(args.training.output_dir) / CHECKPOINT_DIR
+    final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
+    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        args.save(tmp / ARGS_FILE)
+        # Written last: a folder with trainer_state.json is a complete checkpoint.
+        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        kept = sorted((s, p) for p in root.iterdir() if (s := _checkpoint_step(p)) is not None)
+        for _, old in kept[: -args.training.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _batch_inputs(
+    batch: dict[str, Any], device: torch.device, objective: str, augmentation: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(anchor, positive, source_present or None) on ``device`` as float32."""
+    moved = dict(batch)
+    moved["anchor"] = batch["anchor"].to(device, non_blocking=True).float()
+    moved["positive"] = batch["positive"].to(device, non_blocking=True).float()
+    moved = apply_augmentation(moved, augmentation)  # s3t parameters still in the batch
+    present = batch["present"].to(device) if objective == "mscl" else None
+    return moved["anchor"], moved["positive"], present
+
+
+def _all_true(accelerator: Any, flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (one tiny all-reduce; free on one process)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum").item() == accelerator.num_processes)
+
+
+class _Meter:
+    """Sums of loss / accuracy per source (slot 0 = mixture positives) between two logs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(len(SOURCES) + 1, 3, device=device)  # loss, accuracy, count
+
+    def add(self, source: int, loss: torch.Tensor, accuracy: torch.Tensor) -> None:
+        row = torch.stack([loss.detach().float(), accuracy.detach().float(), loss.new_ones(())])
+        self.sums[source + 1] += row
+
+    def collect(self, accelerator: Any, prefix: str) -> dict[str, float]:
+        sums = accelerator.reduce(self.sums, reduction="sum").cpu()
+        self.sums.zero_()
+        out = {}
+        total = sums.sum(0)
+        if total[2] > 0:
+            out[f"{prefix}/loss"] = float(total[0] / total[2])
+            out[f"{prefix}/accuracy"] = float(total[1] / total[2])
+        for slot, name in enumerate(SOURCES, start=1):
+            if sums[slot, 2] > 0:
+                out[f"{prefix}/loss_{name}"] = float(sums[slot, 0] / sums[slot, 2])
+        return out
+
+
+def _evaluate(
+    accelerator: Any,
+    model: Any,
+    batches: list[dict[str, Any]],
+    args: PretrainingArguments,
+    aug: Any,
+) -> dict[str, float]:
+    """Contrastive loss and accuracy on the fixed validation minibatches (eval mode)."""
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    meter = _Meter(accelerator.device)
+    with torch.no_grad(), accelerator.autocast():
+        for batch in batches:
+            anchor, positive, present = _batch_inputs(
+                batch, accelerator.device, args.data.objective, aug
+            )
+            out = unwrapped(anchor, positive, source_present=present)
+            meter.add(batch["source"], out.loss, out.accuracy)
+    unwrapped.train(was_training)
+    return meter.collect(accelerator, "val")
+
+
+def _run_probe(accelerator: Any, model: Any, hook: ProbeHook, step: int) -> dict[str, float]:
+    """Call the probe hook on the main process with the encoder in eval mode.
+
+    The hook runs under ``fork_rng``: whatever randomness it uses does not shift the
+    training's random stream, so runs with and without probes (and resumed runs) agree.
+    """
+    results: dict[str, float] = {}
+    if accelerator.is_main_process:
+        encoder = accelerator.unwrap_model(model).mscl
+        was_training = encoder.training
+        encoder.eval()
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                raw = hook(encoder, step) or {}
+            results = {f"probe/{k}": float(v) for k, v in raw.items()}
+        except Exception as err:  # noqa: BLE001 - a failing probe must not kill the run
+            logger.warning("probe_hook failed at step %d: %s: %s", step, type(err).__name__, err)
+        finally:
+            encoder.train(was_training)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _tracker_config(args: PretrainingArguments) -> dict[str, Any]:
+    # TensorBoard's hparams accept scalars and strings only.
+    return {
+        k: (", ".join(v) if isinstance(v, list) else ("none" if v is None else v))
+        for k, v in args.to_dict().items()
+    }
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    ignore = {"resume", "max_steps", "progress_bar", "log_every", "log_with", "num_workers"}
+    ignore |= {"prefetch_factor", "checkpoint_every", "keep_checkpoints", "eval_every"}
+    ignore |= {"probe_every", "probe_hook", "max_bad_steps", "output_dir", "data_dir"}
+    keys = sorted((set(saved) | set(current)) - ignore)
+    return [k for k in keys if saved.get(k) != current.get(k)]
+
+
+def pretrain(
+    args: PretrainingArguments | list[str] | None = None, probe_hook: ProbeHook | None = None
+) -> PretrainingResult:
+    """Pre-train an MSCL encoder; see the module docstring for what happens.
+
+    Args:
+        args: parsed arguments, or a command line for :func:`parse_args`.
+        probe_hook: ``fn(encoder: MSCLModel, step: int) -> dict[str, float]`` called on the
+            main process every ``probe_every`` steps (and at the end), its results logged
+            as ``probe/<name>``. Overrides the ``probe_hook`` argument.
+
+    Returns:
+        A :class:`PretrainingResult` (folders, final step, last metrics).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    if not isinstance(args, PretrainingArguments):
+        args = parse_args(args)
+    args.validate()
+    t, d = args.training, args.data
+    hook = probe_hook or resolve_probe_hook(t.probe_hook)
+    out_dir = Path(t.output_dir).expanduser()
+
+    on_cpu = t.cpu or not _has_accelerator()
+    precision = t.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if not on_cpu and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(
+        cpu=on_cpu,
+        mixed_precision=precision,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        log_with=None if t.log_with == "none" else t.log_with,
+        project_config=ProjectConfiguration(
+            project_dir=str(out_dir), logging_dir=str(out_dir / "logs")
+        ),
+        # Our batch_size is global and split over the processes: the scheduler then steps
+        # once per optimizer step (not once per process).
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if t.batch_size % world:
+        raise ValueError(f"batch_size={t.batch_size} must be a multiple of the {world} processes")
+
+    store, val_store = load_chunk_stores(args)
+    sampler = build_sampler(args, store, TRAIN_STREAM)
+    augmentation = sampler.augmentation
+    in_loader = d.augment_on == "loader" or (d.augment_on == "auto" and on_cpu)
+    accum = t.gradient_accumulation_steps
+
+    set_seed(t.seed)  # the same initial weights on every process and in every run
+    model = build_model(args)
+    optimizer = _make_optimizer(args, model)
+    schedule = LearningRateSchedule(
+        t.lr_schedule, t.max_steps, t.warmup_steps, t.lr_decay_at, t.lr_decay_factor
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # Stochastic depth draws differ across processes (seed + rank), as rows of one batch do.
+    set_seed(t.seed, device_specific=True)
+
+    start_step, skipped, bad_in_row = 0, 0, 0
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (out_dir / CHECKPOINT_DIR).glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
+    accelerator.wait_for_everyone()
+    checkpoint = latest_checkpoint(out_dir) if t.resume else None
+    if t.resume and checkpoint is None:
+        logger.warning("resume: no checkpoint in %s, starting from scratch", out_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        start_step, skipped = int(state["step"]), int(state.get("skipped_steps", 0))
+        bad_in_row = int(state.get("bad_steps_in_row", 0))
+        if state.get("sampler_fingerprint") != sampler.fingerprint():
+            logger.warning(
+                "resume: the data or the sampler settings changed since %s; the batches "
+                "will not continue the original sequence",
+                checkpoint,
+            )
+        saved_args = json.loads((checkpoint / ARGS_FILE).read_text())
+        changed = _differences(saved_args, args.to_dict())
+        if changed:
+            logger.warning("resume: arguments changed since the checkpoint: %s", changed)
+        accelerator.print(f"resumed from {checkpoint} at step {start_step}")
+    if accelerator.is_main_process:
+        args.save(out_dir / ARGS_FILE)
+
+    val_batches: list[dict[str, Any]] = []
+    if val_store is not None and t.eval_every and t.eval_batches:
+        try:
+            val_sampler = build_sampler(args, val_store, VALIDATION_STREAM)
+            val_data = PairDataset(val_store, val_sampler, t.eval_batches, rank, world, in_loader)
+            val_batches = [val_data[i] for i in range(t.eval_batches)]
+            errors = [b["error"] for b in val_batches if "error" in b]
+            if errors:
+                raise ValueError(errors[0])
+        except ValueError as err:
+            logger.warning("validation disabled: %s", err)
+            val_batches = []
+
+    dataset = PairDataset(store, sampler, t.max_steps * accum, rank, world, in_loader)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=range(start_step * accum, t.max_steps * accum),
+        num_workers=d.num_workers,
+        prefetch_factor=d.prefetch_factor if d.num_workers else None,
+        pin_memory=accelerator.device.type == "cuda",
+        # Its own generator: creating the iterator must not consume the global RNG,
+        # whose state a resumed run restores from the checkpoint.
+        generator=torch.Generator().manual_seed(t.seed),
+    )
+
+    accelerator.init_trackers("pretrain", config=_tracker_config(args))
+    bar = tqdm(
+        total=t.max_steps,
+        initial=start_step,
+        desc="pretraining",
+        disable=not (t.progress_bar and accelerator.is_local_main_process),
+    )
+    meter = _Meter(accelerator.device)
+    metrics: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    step = start_step
+    step_ok, grad_norm = True, float("nan")
+    wait_seconds, interval_start, interval_steps = 0.0, time.perf_counter(), 0
+    model.train()
+    batches = iter(loader)
+    for _ in range(start_step * accum, t.max_steps * accum):
+        waited = time.perf_counter()
+        batch = next(batches)
+        wait_seconds += time.perf_counter() - waited
+        with accelerator.accumulate(model):
+            data_ok = _all_true(accelerator, "error" not in batch)
+            if data_ok:
+                anchor, positive, present = _batch_inputs(
+                    batch, accelerator.device, d.objective, augmentation
+                )
+                out = model(anchor, positive, source_present=present)
+                accelerator.backward(out.loss)
+                step_ok &= bool(torch.isfinite(out.loss.detach()))
+                if step_ok:
+                    meter.add(batch["source"], out.loss, out.accuracy)
+            else:
+                step_ok = False
+                if "error" in batch:
+                    logger.warning(
+                        "minibatch %d could not be built: %s", batch["step"], batch["error"]
+                    )
+            if accelerator.sync_gradients:
+                if data_ok:  # with a bad last minibatch no gradient was synchronised
+                    norm = accelerator.clip_grad_norm_(
+                        model.parameters(), t.max_grad_norm or float("inf")
+                    )
+                    grad_norm = float(norm)
+                    step_ok &= math.isfinite(grad_norm)
+                step_ok = _all_true(accelerator, step_ok)
+                if step_ok:
+                    optimizer.step()
+                    bad_in_row = 0
+                else:
+                    skipped += 1
+                    bad_in_row += 1
+                    logger.warning(
+                        "step %d skipped (non-finite loss or gradients, or a bad batch); "
+                        "%d skipped so far",
+                        step,
+                        skipped,
+                    )
+                with warnings.catch_warnings():
+                    # After a skipped update torch warns of "scheduler before optimizer":
+                    # intended here, the schedule follows steps, not updates.
+                    warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                interval_steps += 1
+                step_ok = True
+                bar.update(1)
+                if bad_in_row >= t.max_bad_steps:
+                    accelerator.end_training()
+                    raise RuntimeError(
+                        f"{bad_in_row} optimizer steps in a row were skipped (last: step "
+                        f"{step - 1}); the run stops. Check the data and the learning rate."
+                    )
+                logs: dict[str, float] = {}
+                if step % t.log_every == 0 or step == t.max_steps:
+                    elapsed = time.perf_counter() - interval_start
+                    logs.update(meter.collect(accelerator, "train"))
+                    logs["train/lr"] = scheduler.get_last_lr()[0]
+                    logs["train/grad_norm"] = grad_norm
+                    logs["train/skipped_steps"] = float(skipped)
+                    logs["train/pairs_per_second"] = interval_steps * accum * t.batch_size / elapsed
+                    logs["train/data_wait_fraction"] = wait_seconds / elapsed
+                    wait_seconds, interval_start, interval_steps = 0.0, time.perf_counter(), 0
+                    if "train/loss" in logs:
+                        bar.set_postfix(
+                            loss=f"{logs['train/loss']:.3f}", acc=f"{logs['train/accuracy']:.2f}"
+                        )
+                if val_batches and (step % t.eval_every == 0 or step == t.max_steps):
+                    logs.update(_evaluate(accelerator, model, val_batches, args, augmentation))
+                if (
+                    hook is not None
+                    and t.probe_every
+                    and (step % t.probe_every == 0 or step == t.max_steps)
+                ):
+                    logs.update(_run_probe(accelerator, model, hook, step))
+                if logs:
+                    accelerator.log(logs, step=step)
+                    metrics.update(logs)
+                    history.append({"step": float(step), **logs})
+                if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.max_steps:
+                    trainer_state = {
+                        "step": step,
+                        "minibatch": step * accum,
+                        "skipped_steps": skipped,
+                        "bad_steps_in_row": bad_in_row,
+                        "num_processes": world,
+                        "sampler": sampler.state_dict(),
+                        "sampler_fingerprint": sampler.fingerprint(),
+                    }
+                    _save_checkpoint(accelerator, args, step, trainer_state)
+    bar.close()
+
+    encoder_dir, pretraining_dir = out_dir / "encoder", out_dir / "pretraining"
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.mscl.save_pretrained(str(encoder_dir))
+        MSCLFeatureExtractor(feature_size=unwrapped.config.num_mel_bins).save_pretrained(
+            str(encoder_dir)
+        )
+        args.save(encoder_dir / ARGS_FILE)
+        unwrapped.save_pretrained(str(pretraining_dir))
+        args.save(pretraining_dir / ARGS_FILE)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return PretrainingResult(
+        output_dir=str(out_dir),
+        encoder_dir=str(encoder_dir),
+        pretraining_dir=str(pretraining_dir),
+        step=step,
+        skipped_steps=skipped,
+        metrics=metrics,
+        history=history,
+    )

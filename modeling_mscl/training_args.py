@@ -1,0 +1,411 @@
+"""Arguments of pre-training: typed dataclasses read from YAML and the command line.
+
+Four groups (model, data, augmentation, training) share one flat namespace, so a YAML
+config is a flat mapping and any key can be overridden as ``--key value`` (or
+``--key=value``; a bare ``--flag`` sets a boolean). Values are converted to the field's
+type and checked; unknown keys, bad values and a missing data directory raise a
+``ValueError`` that names the key. The flat dict (:meth:`PretrainingArguments.to_dict`)
+is what is saved as ``training_args.json`` and can be passed back as ``--config``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .pairs import OBJECTIVES
+from .stems import SOURCES
+
+__all__ = [
+    "AugmentArguments",
+    "DataArguments",
+    "ModelArguments",
+    "PretrainingArguments",
+    "TrainingArguments",
+    "parse_args",
+]
+
+LR_SCHEDULES = ("step", "cosine", "constant")
+OPTIMIZERS = ("adam", "sgd")
+MIXED_PRECISION = ("auto", "no", "bf16")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
+AUGMENT_ON = ("auto", "loader", "device")
+
+
+def _help(text: str, default: Any = None, **kwargs: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class ModelArguments:
+    """The encoder (see :class:`~modeling_mscl.MSCLConfig`; other values keep its defaults)."""
+
+    width_coefficient: float = _help("EfficientNet width multiplier (1.0 = B0)", 1.0)
+    depth_coefficient: float = _help("EfficientNet depth multiplier (1.0 = B0)", 1.0)
+    projection_dim: int = _help("size of the contrastive embedding", 512)
+    similarity: str = _help("'bilinear' (the paper) or 'cosine'", "bilinear")
+    similarity_temperature: float = _help("temperature of the cosine similarity", 0.1)
+    pooling: str = _help("global pooling: 'max' (the paper) or 'mean'", "max")
+    drop_connect_rate: float = _help("stochastic depth rate of the last block", 0.2)
+
+
+@dataclass
+class DataArguments:
+    """The chunk dataset and how pairs are drawn from it."""
+
+    data_dir: str | None = _help("chunk dataset saved by prepare_chunks (load_from_disk)", None)
+    train_split: str = _help("split to train on when data_dir holds a DatasetDict", "train")
+    validation_split: str = _help("split to validate on, if data_dir holds it", "validation")
+    validation_fraction: float = _help(
+        "without a validation split: fraction of tracks held out (by a hash of track_id)", 0.05
+    )
+    objective: str = _help("'cola', 'mscl' or 's3t'", "mscl")
+    sources: list[str] = _help("mscl sources (one = a source-targeted model)", list(SOURCES))
+    absent_sources: bool = _help("mscl: random minibatches with a null class", True)
+    random_batch_prob: float = _help("probability of a random minibatch (absent_sources)", 0.5)
+    num_workers: int = _help("DataLoader worker processes (0 = build batches inline)", 2)
+    prefetch_factor: int = _help("batches prepared ahead per worker", 4)
+    augment_on: str = _help(
+        "s3t: augment in the loader workers or on the training device ('auto': loader on "
+        "CPU, device on GPU)",
+        "auto",
+    )
+
+
+@dataclass
+class AugmentArguments:
+    """The S3T-style augmentation of the ``s3t`` objective (ignored otherwise)."""
+
+    time_warp_frames: int = _help("largest time-warp displacement, frames", 10)
+    freq_shift_bins: int = _help("largest frequency shift, mel bins", 4)
+    freq_masks: int = _help("frequency masks per crop", 2)
+    freq_mask_bins: int = _help("largest frequency mask, bins", 8)
+    time_masks: int = _help("time masks per crop", 2)
+    time_mask_frames: int = _help("largest time mask, frames", 10)
+    augment_prob: float = _help("probability of each transform per crop", 0.5)
+
+
+@dataclass
+class TrainingArguments:
+    """The optimisation loop, checkpoints and logging."""
+
+    output_dir: str = _help("where checkpoints, logs and the final models go", "runs/pretrain")
+    seed: int = _help("seed of the initialisation and of every minibatch", 0)
+    max_steps: int = _help("optimizer steps", 1000)
+    batch_size: int = _help("pairs per minibatch, over all processes (the softmax width)", 128)
+    gradient_accumulation_steps: int = _help(
+        "minibatches per optimizer step (each one its own source and softmax)", 1
+    )
+    optimizer: str = _help("'adam' (the paper) or 'sgd' (plain, for diagnostics)", "adam")
+    learning_rate: float = _help("peak learning rate", 1e-3)
+    weight_decay: float = _help("weight decay (coupled, as torch's Adam)", 0.0)
+    lr_schedule: str = _help(
+        "'step' (x lr_decay_factor at lr_decay_at), 'cosine', 'constant'", "step"
+    )
+    lr_decay_at: float = _help("step schedule: fraction of max_steps where the lr drops", 0.5)
+    lr_decay_factor: float = _help("step schedule: lr multiplier after the drop", 0.5)
+    warmup_steps: int = _help("linear warm-up steps", 0)
+    max_grad_norm: float = _help("clip the gradient norm to this (0 = no clipping)", 0.0)
+    mixed_precision: str = _help("'auto' (bf16 on a GPU that has it), 'no' or 'bf16'", "auto")
+    cpu: bool = _help("train on the CPU even if a GPU is present", False)
+    checkpoint_every: int = _help("steps between checkpoints (0 = only at the end)", 1000)
+    keep_checkpoints: int = _help("checkpoints kept (the newest)", 3)
+    resume: bool = _help("continue from the newest checkpoint in output_dir", False)
+    eval_every: int = _help("steps between validations (0 = never)", 500)
+    eval_batches: int = _help("fixed validation minibatches", 8)
+    probe_every: int = _help("steps between probe_hook calls (0 = never)", 0)
+    probe_hook: str | None = _help("'module:function' called as fn(encoder, step) -> dict", None)
+    log_every: int = _help("steps between logged training metrics", 50)
+    log_with: str = _help("tracker: 'tensorboard', 'wandb', 'mlflow' or 'none'", "tensorboard")
+    max_bad_steps: int = _help("stop after this many skipped steps in a row", 10)
+    progress_bar: bool = _help("show a progress bar on the main process", True)
+
+
+_GROUPS = (
+    ("model", ModelArguments),
+    ("data", DataArguments),
+    ("augment", AugmentArguments),
+    ("training", TrainingArguments),
+)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert ``value`` (from YAML or a command-line string) to ``hint`` or raise ValueError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(key, v, args[0]) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"{key}: unsupported field type {hint!r}")
+
+
+@dataclass
+class PretrainingArguments:
+    """All pre-training arguments: ``.model``, ``.data``, ``.augment``, ``.training``."""
+
+    model: ModelArguments = field(default_factory=ModelArguments)
+    data: DataArguments = field(default_factory=DataArguments)
+    augment: AugmentArguments = field(default_factory=AugmentArguments)
+    training: TrainingArguments = field(default_factory=TrainingArguments)
+
+    @staticmethod
+    def keys() -> dict[str, tuple[str, Any]]:
+        """Every flat key -> (group name, type hint)."""
+        out = {}
+        for group, cls in _GROUPS:
+            hints = _hints(cls)
+            for f in fields(cls):
+                out[f.name] = (group, hints[f.name])
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainingArguments:
+        """Build from a flat mapping (YAML, JSON or overrides); unknown keys raise ValueError."""
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"a config must be a mapping of key: value, got {type(values).__name__}"
+            )
+        known = cls.keys()
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, known, n=1)
+                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise ValueError(f"unknown argument(s): {', '.join(hints)}")
+        groups: dict[str, dict[str, Any]] = {g: {} for g, _ in _GROUPS}
+        for key, value in values.items():
+            group, hint = known[key]
+            groups[group][key] = _coerce(key, value, hint)
+        return cls(
+            model=ModelArguments(**groups["model"]),
+            data=DataArguments(**groups["data"]),
+            augment=AugmentArguments(**groups["augment"]),
+            training=TrainingArguments(**groups["training"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat mapping (what ``training_args.json`` holds)."""
+        out: dict[str, Any] = {}
+        for group, _ in _GROUPS:
+            out.update(asdict(getattr(self, group)))
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the flat mapping as JSON (atomically: a temporary file renamed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def validate(self) -> PretrainingArguments:
+        """Check every value; raise ValueError naming the first bad one. Returns self."""
+        m, d, t = self.model, self.data, self.training
+
+        def bad(key: str, why: str) -> None:
+            value = self.to_dict()[key]
+            raise ValueError(f"{key}={value!r} is invalid: {why}")
+
+        # The model's own checks (MSCLConfig) cover the model group.
+        from .configuration_mscl import MSCLConfig
+
+        MSCLConfig(**asdict(m))
+        if m.similarity not in ("bilinear", "cosine"):
+            bad("similarity", "expected 'bilinear' or 'cosine'")
+        if m.pooling not in ("max", "mean"):
+            bad("pooling", "expected 'max' or 'mean'")
+
+        if not d.data_dir:
+            raise ValueError("data_dir is required: the chunk dataset saved by prepare_chunks")
+        data_dir = Path(d.data_dir).expanduser()
+        if not data_dir.is_dir():
+            bad("data_dir", "no such directory")
+        if not any((data_dir / f).is_file() for f in ("dataset_dict.json", "state.json")):
+            bad(
+                "data_dir",
+                "not a dataset saved with save_to_disk (no dataset_dict.json/state.json)",
+            )
+        if d.objective not in OBJECTIVES:
+            bad("objective", f"expected one of {OBJECTIVES}")
+        if not d.sources or any(s not in SOURCES for s in d.sources):
+            bad("sources", f"expected a non-empty subset of {SOURCES}")
+        if len(set(d.sources)) != len(d.sources):
+            bad("sources", "a source is listed twice")
+        if not 0.0 <= d.random_batch_prob <= 1.0:
+            bad("random_batch_prob", "must lie in [0, 1]")
+        if not 0.0 <= d.validation_fraction < 1.0:
+            bad("validation_fraction", "must lie in [0, 1)")
+        if d.num_workers < 0:
+            bad("num_workers", "must be >= 0")
+        if d.prefetch_factor < 1:
+            bad("prefetch_factor", "must be >= 1")
+        if d.augment_on not in AUGMENT_ON:
+            bad("augment_on", f"expected one of {AUGMENT_ON}")
+
+        self.spec_augmentation()  # SpecAugmentation checks its own ranges
+
+        if t.max_steps < 1:
+            bad("max_steps", "must be >= 1")
+        if t.batch_size < 2:
+            bad("batch_size", "a contrastive minibatch needs >= 2 pairs")
+        if t.gradient_accumulation_steps < 1:
+            bad("gradient_accumulation_steps", "must be >= 1")
+        if t.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"expected one of {OPTIMIZERS}")
+        if not t.learning_rate > 0:
+            bad("learning_rate", "must be > 0")
+        if t.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if t.lr_schedule not in LR_SCHEDULES:
+            bad("lr_schedule", f"expected one of {LR_SCHEDULES}")
+        if not 0.0 < t.lr_decay_at <= 1.0:
+            bad("lr_decay_at", "must lie in (0, 1]")
+        if not 0.0 < t.lr_decay_factor <= 1.0:
+            bad("lr_decay_factor", "must lie in (0, 1]")
+        if not 0 <= t.warmup_steps < t.max_steps:
+            bad("warmup_steps", "must lie in [0, max_steps)")
+        if t.max_grad_norm < 0:
+            bad("max_grad_norm", "must be >= 0 (0 disables clipping)")
+        if t.mixed_precision not in MIXED_PRECISION:
+            bad("mixed_precision", f"expected one of {MIXED_PRECISION}")
+        for key in ("checkpoint_every", "eval_every", "probe_every", "eval_batches"):
+            if getattr(t, key) < 0:
+                bad(key, "must be >= 0")
+        for key in ("keep_checkpoints", "log_every", "max_bad_steps"):
+            if getattr(t, key) < 1:
+                bad(key, "must be >= 1")
+        if t.probe_hook is not None and ":" not in t.probe_hook:
+            bad("probe_hook", "expected 'module:function'")
+        if t.log_with not in TRACKERS:
+            bad("log_with", f"expected one of {TRACKERS}")
+        return self
+
+    def spec_augmentation(self):
+        """The :class:`~modeling_mscl.augment.SpecAugmentation` of the augment group."""
+        from .augment import SpecAugmentation
+
+        a = self.augment
+        return SpecAugmentation(
+            time_warp_frames=a.time_warp_frames,
+            freq_shift_bins=a.freq_shift_bins,
+            freq_masks=a.freq_masks,
+            freq_mask_bins=a.freq_mask_bins,
+            time_masks=a.time_masks,
+            time_mask_frames=a.time_mask_frames,
+            prob=a.augment_prob,
+        )
+
+
+def format_help() -> str:
+    """Usage text: every key with its type, default and meaning, by group."""
+    lines = [
+        "usage: pretrain.py [--config FILE.yaml] [--key value ...]",
+        "",
+        "Values from --config are overridden by --key value pairs; a bare --flag sets a boolean.",
+    ]
+    for group, cls in _GROUPS:
+        lines += ["", f"{group} arguments:"]
+        hints = _hints(cls)
+        for f in fields(cls):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
+            lines.append(f"  --{f.name} ({type_name}, default {default!r})")
+            lines.append(f"      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
+    """Parse ``[--config FILE] [--key value | --key=value | --flag] ...`` and validate.
+
+    ``--help`` prints every key and exits. Raises ValueError on unknown keys, bad values
+    or a missing data directory.
+    """
+    import yaml
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known = PretrainingArguments.keys()
+    config_path, overrides = None, {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in ("-h", "--help"):
+            print(format_help())
+            raise SystemExit(0)
+        if not token.startswith("--") or len(token) == 2:
+            raise ValueError(f"expected --key value, got {token!r}")
+        key, eq, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            takes_next = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            if takes_next:
+                value, i = argv[i + 1], i + 1
+            elif key in known and known[key][1] is bool:
+                value = "true"
+            else:
+                raise ValueError(f"--{key} needs a value")
+        if key == "config":
+            config_path = value
+        else:
+            overrides[key] = value
+        i += 1
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        path = Path(config_path).expanduser()
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config must be a mapping of key: value")
+        values.update(loaded)
+    values.update(overrides)
+    return PretrainingArguments.from_dict(values).validate()

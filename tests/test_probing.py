@@ -1,0 +1,443 @@
+"""Probes: metrics vs scikit-learn, heads on synthetic embeddings, aggregation, the
+embedding cache, export + pipeline, the convergence hook and plot, the probe script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
+from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
+from torch import nn
+
+from modeling_mscl import MSCLFeatureExtractor, MSCLModel
+from modeling_mscl.audio_io import write_audio
+from modeling_mscl.metrics import classification_metrics, load_metric
+from modeling_mscl.probing import (
+    PRESETS,
+    ProbeTask,
+    TrainedProbe,
+    WindowEmbeddings,
+    aggregate_clip_scores,
+    append_probe_log,
+    cached_window_embeddings,
+    evaluate_probe,
+    export_probe,
+    get_task,
+    make_probe_hook,
+    read_probe_log,
+    results_table,
+    run_probe,
+    spread_indices,
+    train_probe,
+    window_features,
+)
+
+from .conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+GENRES = ["low", "mid", "high"]
+INSTRUMENTS = ["bass", "keys", "drums", "voice"]
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def audio_corpus(tmp_path_factory) -> DatasetDict:
+    """Tiny corpus in the offline corpus' schema: tones whose pitch gives the genre."""
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    features = Features(
+        {
+            "track_id": Value("string"),
+            "audio": Value("string"),
+            "genre": ClassLabel(names=GENRES),
+            "instruments": List(ClassLabel(names=INSTRUMENTS)),
+        }
+    )
+    splits = {}
+    for split, n in (("train", 12), ("validation", 6), ("test", 6)):
+        rows = {name: [] for name in features}
+        for i in range(n):
+            genre = i % 3
+            t = np.arange(int(16000 * 2.1)) / 16000  # two windows
+            freq = (150, 700, 3000)[genre] * (1 + 0.03 * rng.standard_normal())
+            wav = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
+            path = folder / f"{split}_{i}.wav"
+            write_audio(path, wav.astype(np.float32), 16000)
+            rows["track_id"].append(f"{split}-{i}")
+            rows["audio"].append(str(path))
+            rows["genre"].append(genre)
+            rows["instruments"].append([genre, 3] if i % 2 else [genre])
+        splits[split] = Dataset.from_dict(rows, features=features)
+    return DatasetDict(splits)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """Embedding cache shared by the tests that probe the same encoder."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder() -> MSCLModel:
+    torch.manual_seed(0)
+    return MSCLModel(tiny_config()).eval()
+
+
+def _clusters(num_clips: int, labels: np.ndarray, centres: np.ndarray, seed: int, windows=3):
+    """Window embeddings scattered around each clip's class centre."""
+    rng = np.random.default_rng(seed)
+    index = np.repeat(np.arange(num_clips), windows)
+    embeds = centres[labels][index] + 0.5 * rng.standard_normal((index.size, centres.shape[1]))
+    return WindowEmbeddings(embeds.astype(np.float32), index, num_clips)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_metrics_equal_scikit_learn():
+    rng = np.random.default_rng(1)
+    labels = (rng.random((60, 5)) < 0.3).astype(int)
+    labels[:, 4] = 0  # a tag without positives: no ROC curve, left out of the means
+    scores = np.round(rng.random((60, 5)) + 0.6 * labels, 1)  # rounded: many ties
+    metrics, per_class = classification_metrics(scores, labels, True, list("abcde"))
+    assert set(metrics) == {"roc_auc", "pr_auc"}
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels[:, :4], scores[:, :4]))
+    assert metrics["pr_auc"] == pytest.approx(average_precision_score(labels[:, :4], scores[:, :4]))
+    for j, name in enumerate("abcd"):
+        assert per_class["roc_auc"][name] == pytest.approx(
+            roc_auc_score(labels[:, j], scores[:, j])
+        )
+        assert per_class["pr_auc"][name] == pytest.approx(
+            average_precision_score(labels[:, j], scores[:, j])
+        )
+    assert per_class["roc_auc"]["e"] is None
+
+    classes = rng.integers(0, 3, 50)
+    logits = rng.standard_normal((50, 3))
+    metrics, per_class = classification_metrics(logits, classes, False, ["x", "y", "z"])
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(classes, logits.argmax(1)))
+    members = classes == 1
+    assert per_class["accuracy"]["y"] == pytest.approx(np.mean(logits[members].argmax(1) == 1))
+
+
+def test_metric_modules_load_offline_with_evaluate():
+    out = load_metric("average_precision").compute(
+        predictions=[[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], references=[[1, 0], [0, 1], [0, 1]]
+    )
+    assert out["per_class"][0] == pytest.approx(1.0)
+    assert out["per_class"][1] == pytest.approx(average_precision_score([0, 1, 1], [0.1, 0.8, 0.4]))
+
+
+# --------------------------------------------------------------------------- heads
+
+
+def test_probe_separates_separable_data_and_not_shuffled_labels():
+    rng = np.random.default_rng(0)
+    centres = 3.0 * rng.standard_normal((4, 16))
+    train_y, val_y, test_y = rng.integers(0, 4, 80), rng.integers(0, 4, 20), rng.integers(0, 4, 80)
+    train = _clusters(80, train_y, centres, 1)
+    val, test = _clusters(20, val_y, centres, 2), _clusters(80, test_y, centres, 3)
+    task = ProbeTask("t", "label", False, "mlp", hidden_size=16, learning_rate=1e-2,
+                     max_epochs=30, crops_per_clip=None)  # fmt: skip
+    names = ["a", "b", "c", "d"]
+    probe = train_probe(task, train, train_y, names, val, val_y)
+    assert evaluate_probe(probe, test, test_y)[0]["accuracy"] >= 0.95
+
+    # Labels shuffled in every split: no relation left between features and labels.
+    shuffled = [rng.permutation(y) for y in (train_y, val_y, test_y)]
+    probe = train_probe(task, train, shuffled[0], names, val, shuffled[1])
+    assert evaluate_probe(probe, test, shuffled[2])[0]["accuracy"] < 0.45  # chance is 0.25
+    # Early stopping: the validation loss stops improving, the best epoch is kept.
+    assert len(probe.history) < task.max_epochs
+    assert len(probe.history) == probe.best_epoch + task.patience
+
+
+def test_multi_label_probe_scores_high_on_separable_tags_and_chance_on_shuffled():
+    rng = np.random.default_rng(0)
+
+    def tagged(n, seed):
+        index = np.repeat(np.arange(n), 2)
+        clip_x = rng.standard_normal((n, 8))
+        x = clip_x[index] + 0.1 * np.random.default_rng(seed).standard_normal((2 * n, 8))
+        return WindowEmbeddings(x.astype(np.float32), index, n), (clip_x[:, :4] > 0).astype(float)
+
+    (train, train_y), (val, val_y), (test, test_y) = tagged(100, 1), tagged(30, 2), tagged(80, 3)
+    task = ProbeTask("t", "tags", True, learning_rate=1e-2, max_epochs=30, crops_per_clip=None)
+    probe = train_probe(task, train, train_y, list("abcd"), val, val_y)
+    assert evaluate_probe(probe, test, test_y)[0]["roc_auc"] > 0.95
+    shuffled = [y[rng.permutation(len(y))] for y in (train_y, val_y, test_y)]
+    probe = train_probe(task, train, shuffled[0], list("abcd"), val, shuffled[1])
+    assert abs(evaluate_probe(probe, test, shuffled[2])[0]["roc_auc"] - 0.5) < 0.15
+
+
+def test_standardisation_learns_tiny_features_and_is_folded_into_the_head():
+    # A random-init B0 gives pooled features of ~1e-7: without z-scoring, Adam at 5e-4
+    # would barely move the logits. The exported head must take the raw features.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    train = _clusters(60, y, 3.0 * rng.standard_normal((3, 8)), 1)
+    train.embeds = (1e-7 * train.embeds + 2e-7).astype(np.float32)
+    task = ProbeTask("t", "label", False, learning_rate=5e-3, max_epochs=20, crops_per_clip=None)
+    probe = train_probe(task, train, y, ["a", "b", "c"])
+    scores = aggregate_clip_scores(
+        probe.window_logits(train.embeds), train.clip_index, train.num_clips, False
+    )
+    assert np.mean(scores.argmax(1) == y) >= 0.95
+
+
+def test_clip_aggregation_by_hand():
+    logits = np.array([[0.0, 2.0], [2.0, -2.0], [1.0, 1.0]])
+    index = np.array([0, 0, 1])
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    tagging = aggregate_clip_scores(logits, index, 2, multi_label=True)
+    expected = [[(0.5 + sig(2)) / 2, (sig(2) + sig(-2)) / 2], [sig(1), sig(1)]]
+    np.testing.assert_allclose(tagging, expected)
+    np.testing.assert_allclose(aggregate_clip_scores(logits, index, 2, False), [[2, 0], [1, 1]])
+
+    # At test only the first `test_windows` windows of a clip count.
+    head = nn.Sequential(nn.Dropout(0.0), nn.Linear(2, 2))
+    with torch.no_grad():
+        head[1].weight.copy_(torch.eye(2))
+        head[1].bias.zero_()
+    embeds = WindowEmbeddings(logits.astype(np.float32), index, 2)
+    task = ProbeTask("t", "label", False, test_windows=1)
+    probe = TrainedProbe(head, task, ["a", "b"])
+    # Sum of both windows says class 0 for clip 0, the first window alone says class 1.
+    assert evaluate_probe(probe, embeds, np.array([1, 0]))[0]["accuracy"] == 1.0
+    full = TrainedProbe(head, ProbeTask("t", "label", False), ["a", "b"])
+    assert evaluate_probe(full, embeds, np.array([1, 0]))[0]["accuracy"] == 0.5
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def test_presets_follow_the_paper_protocol():
+    assert PRESETS["mtat"].multi_label and PRESETS["mtat"].head == "linear"
+    assert PRESETS["mtat"].test_windows == 29 and PRESETS["mtat"].learning_rate == 5e-4
+    nsynth = PRESETS["nsynth"]
+    assert (nsynth.head, nsynth.hidden_size, nsynth.learning_rate) == ("mlp", 512, 3e-4)
+    assert PRESETS["fma"].test_windows == 30 and not PRESETS["fma"].multi_label
+    assert all(t.patience == 5 and t.max_epochs == 50 for t in PRESETS.values())
+    assert PRESETS["corpus_instruments"].label_column == "instruments"
+    assert get_task("corpus_genre", max_epochs=3).max_epochs == 3
+    with pytest.raises(ValueError, match="head"):
+        ProbeTask("t", "label", False, head="deep")
+    with pytest.raises(KeyError, match="presets"):
+        get_task("gtzan")
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def test_window_features_match_the_feature_extractor():
+    fe = MSCLFeatureExtractor()
+    wav = torch.randn(16000 * 2)
+    windows = fe(wav, sampling_rate=16000, return_windows=True, return_tensors="pt")
+    torch.testing.assert_close(window_features(wav, fe), windows["input_features"])
+    # 198 frames: windows start at 0 and 98, or at 0, 49 and 98 with a half-window hop.
+    assert window_features(wav, fe, hop_frames=49).shape[0] == 3
+    assert window_features(wav[:4000], fe).shape == (1, 98, 64)  # padded to one window
+    long = torch.randn(16000 * 9)  # 898 frames, 9 windows: keep 3 spread over the clip
+    np.testing.assert_array_equal(spread_indices(9, 3), [0, 4, 8])
+    torch.testing.assert_close(
+        window_features(long, fe, max_windows=3), window_features(long, fe)[[0, 4, 8]]
+    )
+
+
+def test_embedding_cache_skips_recomputation(tmp_path, audio_corpus, tiny_encoder, monkeypatch):
+    from modeling_mscl.probing import embeddings
+
+    paths = audio_corpus["test"]["audio"][:3]
+    calls = []
+    real = embeddings.extract_window_embeddings
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embeddings, "extract_window_embeddings", counting)
+    first = cached_window_embeddings(tiny_encoder, paths, tmp_path, "test")
+    second = cached_window_embeddings(tiny_encoder, paths, tmp_path, "test")
+    assert len(calls) == 1
+    np.testing.assert_array_equal(first.embeds, second.embeds)
+    np.testing.assert_array_equal(second.clip_index, [0, 0, 1, 1, 2, 2])
+    assert not list(tmp_path.rglob("*.part"))
+    # Other weights or another hop: another cache entry.
+    other = MSCLModel(tiny_config()).eval()
+    cached_window_embeddings(other, paths, tmp_path, "test")
+    cached_window_embeddings(tiny_encoder, paths, tmp_path, "test", hop_frames=49)
+    assert len(calls) == 3
+    # The same weights reloaded from a folder (other bookkeeping in the config): a hit.
+    tiny_encoder.save_pretrained(tmp_path / "saved")
+    cached_window_embeddings(MSCLModel.from_pretrained(tmp_path / "saved"), paths, tmp_path, "test")
+    assert len(calls) == 3
+
+
+# --------------------------------------------------------------------------- protocol + export
+
+
+@pytest.fixture(scope="module")
+def genre_result(audio_corpus, tiny_encoder, cache_dir):
+    task = get_task("corpus_genre", hidden_size=16, learning_rate=1e-2, max_epochs=15)
+    return run_probe(tiny_encoder, task, audio_corpus, cache_dir=cache_dir)
+
+
+def test_run_probe_reports_metrics_and_history(genre_result):
+    data = genre_result.to_dict()
+    assert set(data["metrics"]) == {"accuracy"}
+    assert 0.0 <= data["metrics"]["accuracy"] <= 1.0
+    assert data["num_clips"] == {"train": 12, "validation": 6, "test": 6}
+    assert set(data["per_class"]["accuracy"]) == set(GENRES)
+    assert 1 <= data["best_epoch"] <= data["epochs"] <= 15
+    json.dumps(data)  # serialisable
+    table = results_table({"tiny": {"corpus_genre": data}})
+    assert "corpus_genre accuracy" in table.splitlines()[0]
+
+
+def test_exported_head_runs_in_the_pipeline(genre_result, tiny_encoder, tmp_path):
+    from transformers import pipeline
+
+    export_probe(tiny_encoder, genre_result, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["id2label"] == {"0": "low", "1": "mid", "2": "high"}
+    assert config["problem_type"] == "single_label_classification"
+    assert config["classifier_head"] == "linear" and config["freeze_encoder"]
+    # What the model card reads: the task, the head and the test metrics.
+    card_data = json.loads((tmp_path / "probe_results.json").read_text())
+    assert (card_data["task"], card_data["head"], card_data["split"]) == (
+        "corpus_genre", "linear", "test",
+    )  # fmt: skip
+    assert card_data["metrics"] == genre_result.metrics
+    assert json.loads((tmp_path / "probe_args.json").read_text())["label_column"] == "genre"
+
+    classify = pipeline("audio-classification", model=str(tmp_path), device="cpu")
+    wav = 0.3 * np.sin(2 * np.pi * 150 * np.arange(15920) / 16000).astype(np.float32)
+    output = classify({"raw": wav, "sampling_rate": 16000}, top_k=3)
+    # One window: the pipeline's softmax equals the probe's on the raw window feature.
+    with torch.no_grad():
+        feature = tiny_encoder(window_features(wav, MSCLFeatureExtractor())).pooler_output
+    probs = torch.softmax(torch.as_tensor(genre_result.probe.window_logits(feature.numpy())), -1)
+    expected = dict(zip(GENRES, probs[0].tolist(), strict=True))
+    assert {r["label"]: pytest.approx(expected[r["label"]], abs=1e-4) for r in output} == {
+        r["label"]: r["score"] for r in output
+    }
+
+
+def test_exported_multi_label_head_uses_sigmoid(audio_corpus, tiny_encoder, cache_dir, tmp_path):
+    from transformers import pipeline
+
+    task = get_task("corpus_instruments", max_epochs=3, head="mlp", hidden_size=8)
+    result = run_probe(tiny_encoder, task, audio_corpus, cache_dir=cache_dir)
+    assert set(result.metrics) == {"roc_auc", "pr_auc"}
+    assert set(result.per_class["pr_auc"]) == set(INSTRUMENTS)
+    model = export_probe(tiny_encoder, result, tmp_path)
+    assert model.config.problem_type == "multi_label_classification"
+    assert isinstance(model.classifier[0], nn.Linear)  # MLP layout: Linear, ReLU, Dropout, Linear
+    output = pipeline("audio-classification", model=str(tmp_path), device="cpu")(
+        {"raw": np.random.default_rng(0).standard_normal(15920).astype(np.float32),
+         "sampling_rate": 16000}, top_k=4,
+    )  # fmt: skip
+    assert {r["label"] for r in output} == set(INSTRUMENTS)
+    assert sum(r["score"] for r in output) != pytest.approx(1.0)  # independent sigmoids
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+def test_probe_hook_returns_metrics_and_leaves_the_run_alone(audio_corpus, tmp_path):
+    model = MSCLModel(tiny_config()).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hook = make_probe_hook(
+        ["corpus_genre", "corpus_instruments"], audio_corpus, max_clips=6, max_windows=1,
+        epochs=2, log_path=tmp_path / "probes.jsonl",
+    )  # fmt: skip
+    rng_state = torch.random.get_rng_state()
+    metrics = hook(model, 10)
+    assert set(metrics) == {
+        "corpus_genre/accuracy",
+        "corpus_instruments/roc_auc",
+        "corpus_instruments/pr_auc",
+    }
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert model.training
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats too
+    assert read_probe_log(tmp_path) == [{"step": 10, **metrics}]
+
+
+def test_probe_log_round_trip_skips_broken_lines(tmp_path):
+    log = tmp_path / "probes.jsonl"
+    append_probe_log(log, 20, {"a/accuracy": 0.5})
+    append_probe_log(log, 10, {"a/accuracy": 0.25})
+    append_probe_log(log, 20, {"a/accuracy": 0.75})  # resumed run: the last record wins
+    with open(log, "a") as handle:
+        handle.write('{"step": 30, "a/acc')  # killed mid-write
+    assert read_probe_log(log) == [
+        {"step": 10, "a/accuracy": 0.25},
+        {"step": 20, "a/accuracy": 0.75},
+    ]
+
+
+def test_convergence_plot_is_written(tmp_path):
+    import matplotlib.image
+
+    for name, rate in (("cola", 0.5), ("mscl", 1.0)):
+        for step in range(0, 1001, 100):
+            value = 1 - 0.7 * math.exp(-rate * step / 300)
+            append_probe_log(
+                tmp_path / name / "probes.jsonl", step,
+                {"corpus_genre/accuracy": value, "notes_family/accuracy": value / 2},
+            )  # fmt: skip
+    out = tmp_path / "plots" / "convergence.png"
+    plot = _load_script("plot_convergence")
+    plot.main([f"COLA={tmp_path / 'cola'}", str(tmp_path / "mscl"), "--out", str(out)])
+    assert out.stat().st_size > 10_000
+    pixels = matplotlib.image.imread(out)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 400
+    assert pixels[..., :3].std() > 0.05  # not a blank canvas
+    with pytest.raises(ValueError, match="no probe metrics"):
+        plot.plot_convergence({"empty": [{"step": 0}]}, tmp_path / "x.png")
+
+
+# --------------------------------------------------------------------------- script
+
+
+def test_probe_script_writes_results_table_and_export(audio_corpus, cache_dir, tmp_path):
+    data = tmp_path / "songs"
+    audio_corpus.save_to_disk(str(data))
+    config_dir = tmp_path / "config"
+    tiny_config().save_pretrained(config_dir)
+    probe = _load_script("probe")
+    args = [
+        "--random-init", "--config", str(config_dir), "--data", str(data),
+        "--task", "corpus_genre", "--task", "corpus_instruments",
+        "--task-arg", "max_epochs=2", "--task-arg", "test_windows=none",
+        "--output", str(tmp_path / "results.json"), "--markdown", str(tmp_path / "results.md"),
+        "--export", str(tmp_path / "heads"), "--cache-dir", str(cache_dir),
+        "--no-progress",
+    ]  # fmt: skip
+    results = probe.main(args)
+    assert set(results) == {"corpus_genre", "corpus_instruments"}
+    assert results["corpus_genre"]["epochs"] == 2
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["random"]) == {"corpus_genre", "corpus_instruments"}
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert table[0].startswith("| encoder | corpus_genre accuracy | corpus_instruments roc_auc")
+    assert table[2].startswith("| random |")
+    heads = json.loads((tmp_path / "heads" / "corpus_instruments" / "config.json").read_text())
+    assert heads["id2label"]["3"] == "voice"

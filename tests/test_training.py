@@ -1,0 +1,361 @@
+"""Tests of pre-training: arguments, the loop, resume after SIGKILL, two processes on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modeling_mscl.pairs import synthetic_chunk_dataset
+from modeling_mscl.training import LearningRateSchedule, latest_checkpoint
+from modeling_mscl.training_args import PretrainingArguments, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "scripts" / "configs" / "tiny.yaml")
+# One thread per process: on a shared 2-core machine, OpenMP threads that spin against each
+# other make steps 10x slower, and a fixed count keeps reductions bitwise reproducible.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_fresh_accelerate():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    # Accelerate keeps process-wide singletons; each in-process run starts from scratch.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("chunks") / "tiny"
+    synthetic_chunk_dataset(num_tracks=8, chunks_per_track=4, seed=0).save_to_disk(str(path))
+    return str(path)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("pretrain_script", REPO / "scripts/pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_argv(data_dir: str, output_dir: Path, *extra: str) -> list[str]:
+    return ["--config", TINY, "--data_dir", data_dir, "--output_dir", str(output_dir), *extra]
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def test_yaml_and_command_line(data_dir, tmp_path):
+    args = parse_args(
+        tiny_argv(
+            data_dir,
+            tmp_path,
+            "--max_steps",
+            "10",
+            "--objective=cola",
+            "--sources",
+            "vocals,drums",
+            "--resume",
+            "--learning_rate",
+            "5e-4",
+            "--probe_hook",
+            "none",
+        )
+    )
+    assert args.training.max_steps == 10 and args.data.objective == "cola"
+    assert args.data.sources == ["vocals", "drums"] and args.training.resume is True
+    assert args.training.learning_rate == 5e-4 and args.training.probe_hook is None
+    assert args.model.width_coefficient == 0.25  # from the YAML
+    assert args.training.batch_size == 8 and args.data.num_workers == 0
+    # The saved JSON is a config: it gives back the same arguments.
+    args.save(tmp_path / "args.json")
+    again = parse_args(["--config", str(tmp_path / "args.json")])
+    assert again == args
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max_step", "3"], "did you mean 'max_steps'"),
+        (["--max_steps", "three"], "max_steps: expected an integer"),
+        (["--objective", "byol"], "objective='byol' is invalid"),
+        (["--sources", "vocals,piano"], "sources"),
+        (["--batch_size", "1"], "batch_size=1 is invalid"),
+        (["--lr_decay_at", "0"], "lr_decay_at"),
+        (["--absent_sources", "maybe"], "expected true or false"),
+        (["--width_coefficient", "-1"], "width_coefficient"),
+        (["--similarity", "dot"], "similarity"),
+        (["--log_with", "tensorbored"], "log_with"),
+        (["--max_steps"], "needs a value"),
+    ],
+)
+def test_bad_arguments_are_named(data_dir, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(tiny_argv(data_dir, tmp_path, *extra))
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(ValueError, match="data_dir is required"):
+        parse_args(["--config", TINY])
+    with pytest.raises(ValueError, match="no such directory"):
+        parse_args(["--config", TINY, "--data_dir", str(tmp_path / "nope")])
+    with pytest.raises(ValueError, match="save_to_disk"):
+        parse_args(["--config", TINY, "--data_dir", str(tmp_path)])
+    assert load_script().main(["--config", TINY]) == 2  # the script reports, no traceback
+
+
+def test_configs_parse(data_dir):
+    for name in ("tiny", "demo", "paper"):
+        path = REPO / "scripts" / "configs" / f"{name}.yaml"
+        parse_args(["--config", str(path), "--data_dir", data_dir])
+    keys = PretrainingArguments.keys()
+    assert {"max_steps", "objective", "width_coefficient", "time_masks"} <= set(keys)
+
+
+def test_learning_rate_schedules():
+    step = LearningRateSchedule("step", 100)
+    assert step(0) == step(49) == 1.0 and step(50) == step(99) == 0.5  # the paper: halved
+    cosine = LearningRateSchedule("cosine", 100, warmup_steps=10)
+    assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
+    assert cosine(10) == pytest.approx(1.0) and cosine(55) == pytest.approx(0.5)
+    assert cosine(100) == pytest.approx(0.0, abs=1e-9)
+    assert LearningRateSchedule("constant", 100)(99) == 1.0
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--objective", "cola"],
+        ["--objective", "mscl"],
+        ["--objective", "mscl", "--sources", "drums", "--absent_sources", "false"],
+        ["--objective", "s3t", "--augment_on", "device", "--gradient_accumulation_steps", "2"],
+    ],
+    ids=["cola", "mscl", "mscl-drums-active", "s3t-accumulate"],
+)
+def test_two_steps_of_every_objective(data_dir, tmp_path, extra):
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    from modeling_mscl import MSCLForPreTraining, MSCLModel
+    from modeling_mscl.training import pretrain
+
+    out = tmp_path / "run"
+    result = pretrain(tiny_argv(data_dir, out, "--max_steps", "2", *extra))
+    assert result.step == 2 and result.skipped_steps == 0
+    assert np.isfinite(result.metrics["train/loss"]) and "val/loss" in result.metrics
+    encoder = AutoModel.from_pretrained(result.encoder_dir)
+    assert isinstance(encoder, MSCLModel) and encoder.config.width_coefficient == 0.25
+    assert AutoFeatureExtractor.from_pretrained(result.encoder_dir).sampling_rate == 16000
+    saved = json.loads((out / "encoder" / "training_args.json").read_text())
+    assert saved["objective"] == extra[1] and saved["max_steps"] == 2
+    full = MSCLForPreTraining.from_pretrained(result.pretraining_dir)
+    torch.testing.assert_close(
+        full.mscl.projection.weight, encoder.projection.weight, rtol=0, atol=0
+    )
+    assert latest_checkpoint(out).name == "step-0000002"
+    state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["minibatch"] == 2 * int(
+        saved["gradient_accumulation_steps"]
+    )
+    assert (latest_checkpoint(out) / "training_args.json").is_file()
+
+
+def test_bad_steps_are_skipped_then_stop_the_run(data_dir, tmp_path, monkeypatch):
+    from modeling_mscl import pairs
+    from modeling_mscl.training import pretrain
+
+    build = pairs.PairDataset.build
+
+    def flaky(self, plan):
+        if plan.step == 1:
+            raise OSError("simulated unreadable chunk")
+        return build(self, plan)
+
+    monkeypatch.setattr(pairs.PairDataset, "build", flaky)
+    calls = []
+
+    def probe(encoder, step):
+        calls.append((type(encoder).__name__, step, encoder.training))
+        torch.rand(3)  # probes may use randomness: it must not leak into training
+        return {"score": float(step)}
+
+    result = pretrain(
+        tiny_argv(data_dir, tmp_path / "flaky", "--max_steps", "3", "--probe_every", "2"),
+        probe_hook=probe,
+    )
+    assert result.step == 3 and result.skipped_steps == 1
+    assert result.metrics["train/skipped_steps"] == 1.0
+    assert calls == [("MSCLModel", 2, False), ("MSCLModel", 3, False)]
+    assert result.metrics["probe/score"] == 3.0
+    monkeypatch.setattr(pairs.PairDataset, "build", build)
+
+    # Non-finite data everywhere: every step is skipped, the run stops after max_bad_steps.
+    from datasets import load_from_disk
+
+    broken = load_from_disk(data_dir).map(
+        lambda row: {"mixture": np.full((392, 64), np.nan, np.float16)}
+    )
+    broken_dir = tmp_path / "nan-chunks"
+    broken.save_to_disk(str(broken_dir))
+    with pytest.raises(RuntimeError, match="2 optimizer steps in a row"):
+        pretrain(
+            tiny_argv(str(broken_dir), tmp_path / "nan", "--max_steps", "5", "--max_bad_steps", "2")
+        )
+
+
+def test_loss_falls(data_dir, tmp_path):
+    from modeling_mscl.training import pretrain
+
+    result = pretrain(
+        tiny_argv(
+            data_dir,
+            tmp_path / "fall",
+            *("--objective", "cola", "--max_steps", "50", "--batch_size", "16"),
+            *("--drop_connect_rate", "0", "--eval_every", "0", "--checkpoint_every", "0"),
+            *("--lr_schedule", "constant", "--learning_rate", "3e-3"),
+        )
+    )
+    losses = [h["train/loss"] for h in result.history if "train/loss" in h]
+    assert len(losses) == 50
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    # Chance level for 16 columns is ln 16 = 2.77.
+    assert last < first - 0.5, (first, last)
+
+
+# ---------------------------------------------------------------- resume after SIGKILL
+
+
+def run_script(argv: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "pretrain.py"), *argv],
+        env=ENV,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_resume_after_sigkill_gives_the_same_weights(data_dir, tmp_path):
+    common = ("--max_steps", "8", "--checkpoint_every", "2", "--eval_every", "4")
+    reference = run_script(tiny_argv(data_dir, tmp_path / "whole", *common))
+    killed = run_script(tiny_argv(data_dir, tmp_path / "killed", *common))
+    first = tmp_path / "killed" / "checkpoints" / "step-0000002" / "trainer_state.json"
+    deadline = time.time() + 240
+    while not first.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stdout.read()
+    assert first.exists() and not (tmp_path / "killed" / "encoder").exists()
+
+    resumed = run_script(tiny_argv(data_dir, tmp_path / "killed", *common, "--resume"))
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log
+    assert "resumed from" in log
+    log_ref, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, log_ref
+
+    want = load_file(tmp_path / "whole" / "pretraining" / "model.safetensors")
+    got = load_file(tmp_path / "killed" / "pretraining" / "model.safetensors")
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    kept = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert kept == ["step-0000006", "step-0000008"]  # keep_checkpoints: 2, no temporaries
+
+
+# ------------------------------------------------------------------- two CPU processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_on_the_global_batch(data_dir, tmp_path):
+    """One SGD step under 2 gloo processes equals the global-batch step computed here.
+
+    Batch norm sees each process's half (no SyncBatchNorm on the CPU), so the reference
+    runs the encoder per half and the loss over the whole minibatch, as the processes do.
+    """
+    from accelerate.utils import set_seed
+
+    from modeling_mscl.losses import null_source_contrastive_loss
+    from modeling_mscl.pairs import PairDataset
+    from modeling_mscl.training import build_model, build_sampler, load_chunk_stores
+
+    extra = (
+        *("--max_steps", "1", "--optimizer", "sgd", "--learning_rate", "0.5"),
+        *("--lr_schedule", "constant"),
+        *("--drop_connect_rate", "0", "--random_batch_prob", "1.0", "--eval_every", "1"),
+        *("--checkpoint_every", "1"),
+    )
+    argv = tiny_argv(data_dir, tmp_path / "ddp", *extra)
+    launch = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"),
+        *("--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"),
+        *("--dynamo_backend", "no", "--main_process_port", str(free_port())),
+        str(REPO / "scripts" / "pretrain.py"),
+    ]
+    done = subprocess.run(
+        [*launch, *argv], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = json.loads((tmp_path / "ddp/checkpoints/step-0000001/trainer_state.json").read_text())
+    assert state["num_processes"] == 2
+    trained = load_file(tmp_path / "ddp" / "pretraining" / "model.safetensors")
+
+    args = parse_args(argv)
+    set_seed(args.training.seed)
+    model = build_model(args)
+    initial = {k: v.detach().clone() for k, v in model.named_parameters()}
+    store, _ = load_chunk_stores(args)
+    sampler = build_sampler(args, store)
+    halves = [PairDataset(store, sampler, 1, rank, 2)[0] for rank in range(2)]
+    assert not torch.cat([h["present"] for h in halves]).all()  # the null column is used
+    anchors, positives, nulls = [], [], []
+    for half in halves:
+        present = half["present"]
+        anchors.append(model.mscl(half["anchor"].float()).audio_embeds)
+        emb = model.mscl(half["positive"].float() * present[:, None, None]).audio_embeds
+        positives.append(emb)
+        if not present.all():
+            nulls.append(emb[int(torch.nonzero(~present)[0, 0])])
+    loss = null_source_contrastive_loss(
+        torch.cat(anchors),
+        torch.cat(positives),
+        torch.cat([h["present"] for h in halves]),
+        torch.stack(nulls).mean(0),
+        model.similarity,
+    ).loss
+    loss.backward()
+    moved = 0
+    for name, param in model.named_parameters():
+        update = -0.5 * param.grad
+        error = (trained[name] - initial[name] - update).abs().max()
+        # Float noise relative to the update (some biases get near-zero gradients).
+        assert error <= 1e-4 * update.abs().max() + 1e-5, (name, error, update.abs().max())
+        moved += int(update.abs().max() > 1e-3)
+    assert moved > len(initial) // 2  # the step did change the weights
