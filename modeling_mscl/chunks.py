@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,8 @@ CHUNK_COLUMNS = ("track_id", "chunk_index", "mixture", *SOURCES, "present")
 # before the dataset is saved.
 _STATUS = "_mscl_skip_reason"
 _SECONDS = "_mscl_seconds"
+# Files decoded at once by one map worker: enough to keep a GPU fed from local disks.
+_IO_THREADS = 8
 # Bump when the chunk format or its computation changes: old caches must not be reused.
 _FORMAT_VERSION = 1
 
@@ -164,6 +167,21 @@ def _to_16k_mono(wav: np.ndarray, rate: int, device: torch.device) -> torch.Tens
     import julius
 
     return julius.resample_frac(x, rate, SAMPLING_RATE)
+
+
+def _in_threads(fn: Any, items: list) -> list[tuple[Any, AudioDecodeError | None]]:
+    """``fn`` over ``items`` in a few threads; (result, None) or (None, decode error)."""
+
+    def attempt(item: Any) -> tuple[Any, AudioDecodeError | None]:
+        try:
+            return fn(item), None
+        except AudioDecodeError as err:
+            return None, err
+
+    if len(items) <= 1:
+        return [attempt(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(len(items), _IO_THREADS)) as pool:
+        return list(pool.map(attempt, items))
 
 
 class StemChunker:
@@ -280,14 +298,14 @@ class StemChunker:
             out[_STATUS].append(reason)
             out[_SECONDS].append(seconds)
 
-        # 1. decode and check every mixture
+        # 1. decode and check every mixture (files in parallel: decoding releases the GIL)
         ready = []  # (row, native audio, rate, 16 kHz mono mixture)
-        for row in rows:
-            try:
-                wav, rate = _decode(_audio_path(row.get("audio")))
-            except AudioDecodeError as err:
-                record(row, f"unreadable: {err}", 0.0)
+        decoded = _in_threads(lambda row: _decode(_audio_path(row.get("audio"))), rows)
+        for row, (result, error) in zip(rows, decoded, strict=True):
+            if error is not None:
+                record(row, f"unreadable: {error}", 0.0)
                 continue
+            wav, rate = result
             seconds = wav.shape[-1] / rate
             if not np.any(wav):
                 record(row, "silent: every sample of the mixture is zero", seconds)
@@ -307,12 +325,13 @@ class StemChunker:
         stems: list[dict[str, torch.Tensor] | None]
         if hasattr(self.separator, "stems_from_row"):
             stems = []
-            for row, _, _, mix in ready:
-                try:
-                    stems.append(self.separator.stems_from_row(row, mix.shape[-1]))
-                except AudioDecodeError as err:
-                    stems.append(None)
-                    record(row, f"unreadable stem: {err}", 0.0)
+            loaded = _in_threads(
+                lambda item: self.separator.stems_from_row(item[0], item[3].shape[-1]), ready
+            )
+            for (row, wav, rate, _), (result, error) in zip(ready, loaded, strict=True):
+                stems.append(result)
+                if error is not None:
+                    record(row, f"unreadable stem: {error}", wav.shape[-1] / rate)
         elif ready:
             stems = list(
                 self.separator.separate(

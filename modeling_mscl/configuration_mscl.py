@@ -101,6 +101,11 @@ class MSCLConfig(PretrainedConfig):
             Hidden width of the `"mlp"` head.
         freeze_encoder (`bool`, *optional*, defaults to `False`):
             Keep the encoder frozen (no gradients, eval-mode batch norm) in the classifier.
+        classifier_window_frames (`int`, *optional*):
+            When set (probe heads use 98), the classifier cuts longer inputs into
+            non-overlapping windows of this many frames and aggregates the windows' outputs
+            as the probe protocol does: sum of logits (single-label) or mean of sigmoids
+            (multi-label). `None` pools the whole input at once.
     """
 
     model_type = "mscl"
@@ -133,6 +138,7 @@ class MSCLConfig(PretrainedConfig):
         classifier_head: str = "linear",
         classifier_hidden_size: int = 512,
         freeze_encoder: bool = False,
+        classifier_window_frames: int | None = None,
         **kwargs,
     ):
         self.num_mel_bins = num_mel_bins
@@ -161,6 +167,7 @@ class MSCLConfig(PretrainedConfig):
         self.classifier_head = classifier_head
         self.classifier_hidden_size = classifier_hidden_size
         self.freeze_encoder = freeze_encoder
+        self.classifier_window_frames = classifier_window_frames
         self._check()
         super().__init__(**kwargs)
 
@@ -170,13 +177,27 @@ class MSCLConfig(PretrainedConfig):
         def fail(name: str, why: str) -> None:
             raise ValueError(f"MSCLConfig: {name}={getattr(self, name)!r} is invalid: {why}")
 
-        for name in ("num_mel_bins", "depth_divisor", "stem_filters", "top_channels", "projection_dim"):
+        for name in (
+            "num_mel_bins",
+            "depth_divisor",
+            "stem_filters",
+            "top_channels",
+            "projection_dim",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(name, "must be a positive integer")
+        windows = self.classifier_window_frames
+        if windows is not None and (not isinstance(windows, int) or windows < 32):
+            fail("classifier_window_frames", "must be None or an integer >= 32")
         if self.classifier_hidden_size < 1:
             fail("classifier_hidden_size", "must be a positive integer")
-        for name in ("width_coefficient", "depth_coefficient", "input_rescale", "similarity_temperature"):
+        for name in (
+            "width_coefficient",
+            "depth_coefficient",
+            "input_rescale",
+            "similarity_temperature",
+        ):
             if not getattr(self, name) > 0:
                 fail(name, "must be > 0")
         for name in ("batch_norm_eps", "layer_norm_eps"):

@@ -361,6 +361,15 @@ def _results_table(results: Sequence[ProbeResult]) -> str:
     return _markdown_table(("task", "dataset", "split", "probe", "metric", "value"), rows)
 
 
+def _is_hub_name(name: str) -> bool:
+    """A dataset or model name the Hub could hold: `name` or `namespace/name`, not a path."""
+    return bool(re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", name)) and not os.path.exists(name)
+
+
+def _is_hub_id(name: str) -> bool:
+    return "/" in name and _is_hub_name(name)
+
+
 def _template(kind: str) -> Path:
     path = _TEMPLATE_DIR / f"{kind}.md"
     if not path.is_file():
@@ -421,14 +430,14 @@ def render_model_card(
 
     repo_id = repo_id or f"your-name/{folder.resolve().name}"
     model_name = repo_id.split("/")[-1]
-    base_model = base_model or _pick(args, "base_model", "encoder", "model_name_or_path")
-    if base_model is not None and (os.path.isabs(str(base_model)) or "/" not in str(base_model)):
-        base_model = None  # a local path or bare name is no Hub id
+    if base_model is None:
+        found = _pick(args, "base_model", "encoder", "model_name_or_path")
+        base_model = found if isinstance(found, str) and _is_hub_id(found) else None
     train_dataset = _pick(args, "dataset", "dataset_name", "train_dataset", "corpus")
     if datasets is None:
         names = [train_dataset] if isinstance(train_dataset, str) else []
         names += [r.dataset for r in results if r.dataset]
-        datasets = list(dict.fromkeys(n for n in names if n and not os.path.isabs(n)))
+        datasets = list(dict.fromkeys(n for n in names if _is_hub_name(n)))
     pipeline_tag = "feature-extraction" if kind == "encoder" else "audio-classification"
     card_data = ModelCardData(
         library_name="transformers",
@@ -473,6 +482,7 @@ def render_model_card(
         problem_type=config.problem_type or "single_label_classification",
         head=config.classifier_head,
         frozen=config.freeze_encoder,
+        window_frames=getattr(config, "classifier_window_frames", None),
         bibtex=PAPER_BIBTEX,
     )
     return str(card).rstrip() + "\n"

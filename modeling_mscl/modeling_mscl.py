@@ -591,16 +591,40 @@ class MSCLForAudioClassification(MSCLPreTrainedModel):
                 (multi-label) or `(batch,)` / `(batch, num_labels)` floats (regression).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if self.config.freeze_encoder:
-            with torch.no_grad():
-                pooled = self.mscl(input_features, attention_mask=attention_mask).pooler_output
+        window = self.config.classifier_window_frames
+        if window is not None and input_features.shape[1] > window:
+            logits = self._windowed_logits(input_features, attention_mask, window)
         else:
-            pooled = self.mscl(input_features, attention_mask=attention_mask).pooler_output
-        logits = self.classifier(pooled)
+            logits = self.classifier(self._pooled(input_features, attention_mask))
         loss = self._loss(logits, labels) if labels is not None else None
         if not return_dict:
             return (loss, logits) if loss is not None else (logits,)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _pooled(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
+            return self.mscl(features, attention_mask=mask).pooler_output
+
+    def _windowed_logits(
+        self, features: torch.Tensor, mask: torch.Tensor | None, window: int
+    ) -> torch.Tensor:
+        """Clip logits from non-overlapping windows, aggregated as in the probe protocol."""
+        batch, frames, bins = features.shape
+        num = frames // window  # the remainder (< one window) is dropped, as in the probes
+        windows = features[:, : num * window].reshape(batch * num, window, bins)
+        logits = self.classifier(self._pooled(windows, None)).view(batch, num, -1)
+        if mask is not None:
+            # A window counts when it holds at least one real frame.
+            real = mask[:, : num * window].reshape(batch, num, window).any(-1)
+            real[:, 0] = True
+        else:
+            real = torch.ones(batch, num, dtype=torch.bool, device=features.device)
+        weights = real.to(logits.dtype)[..., None]
+        if self.config.problem_type == "multi_label_classification":
+            # Mean of sigmoids over windows, returned as logits so sigmoid() gives it back.
+            probs = (torch.sigmoid(logits) * weights).sum(1) / weights.sum(1)
+            return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+        return (logits * weights).sum(1)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.to(logits.device)

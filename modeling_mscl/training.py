@@ -48,6 +48,7 @@ from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .modeling_mscl import MSCLForPreTraining, MSCLModel
 from .pairs import (
+    CROP_FRAMES,
     TRAIN_STREAM,
     VALIDATION_STREAM,
     ChunkStore,
@@ -290,12 +291,16 @@ def _batch_inputs(
     return moved["anchor"], moved["positive"], present
 
 
-def _all_true(accelerator: Any, flag: bool) -> bool:
-    """Whether ``flag`` holds on every process (one tiny all-reduce; free on one process)."""
-    if accelerator.num_processes == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(value, reduction="sum").item() == accelerator.num_processes)
+def _all_true(accelerator: Any, flag: torch.Tensor) -> bool:
+    """Whether the bool tensor ``flag`` holds on every process.
+
+    The one host-device synchronisation of an optimizer step (plus one tiny all-reduce
+    under several processes): everything before it can run ahead asynchronously.
+    """
+    value = flag.float().reshape(1)
+    if accelerator.num_processes > 1:
+        value = accelerator.reduce(value, reduction="sum")
+    return bool(value.item() == accelerator.num_processes)
 
 
 class _Meter:
@@ -304,8 +309,17 @@ class _Meter:
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(len(SOURCES) + 1, 3, device=device)  # loss, accuracy, count
 
-    def add(self, source: int, loss: torch.Tensor, accuracy: torch.Tensor) -> None:
-        row = torch.stack([loss.detach().float(), accuracy.detach().float(), loss.new_ones(())])
+    def add(
+        self,
+        source: int,
+        loss: torch.Tensor,
+        accuracy: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> None:
+        """Add one minibatch; rows with ``valid`` False (a non-finite loss) count nothing."""
+        loss, accuracy = loss.detach().float(), accuracy.detach().float()
+        count = loss.new_ones(()) if valid is None else valid.float()
+        row = torch.stack([torch.where(count > 0, loss, 0.0), accuracy * count, count])
         self.sums[source + 1] += row
 
     def collect(self, accelerator: Any, prefix: str) -> dict[str, float]:
@@ -512,7 +526,18 @@ def pretrain(
     metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
     step = start_step
-    step_ok, grad_norm = True, float("nan")
+    device = accelerator.device
+    # Stands in for a minibatch that could not be built: the process still runs forward
+    # and backward (their collectives must match the other processes'), and the step is
+    # skipped on every process.
+    placeholder = {
+        "anchor": torch.zeros(t.batch_size // world, CROP_FRAMES, store.num_bins),
+        "positive": torch.zeros(t.batch_size // world, CROP_FRAMES, store.num_bins),
+        "present": torch.ones(t.batch_size // world, dtype=torch.bool),
+        "source": int(sampler.source_index[0]) if len(sampler.source_index) else -1,
+    }
+    step_ok = torch.ones((), dtype=torch.bool, device=device)
+    grad_norm = torch.full((), float("nan"), device=device)
     wait_seconds, interval_start, interval_steps = 0.0, time.perf_counter(), 0
     model.train()
     batches = iter(loader)
@@ -521,31 +546,22 @@ def pretrain(
         batch = next(batches)
         wait_seconds += time.perf_counter() - waited
         with accelerator.accumulate(model):
-            data_ok = _all_true(accelerator, "error" not in batch)
-            if data_ok:
-                anchor, positive, present = _batch_inputs(
-                    batch, accelerator.device, d.objective, augmentation
-                )
-                out = model(anchor, positive, source_present=present)
-                accelerator.backward(out.loss)
-                step_ok &= bool(torch.isfinite(out.loss.detach()))
-                if step_ok:
-                    meter.add(batch["source"], out.loss, out.accuracy)
-            else:
-                step_ok = False
-                if "error" in batch:
-                    logger.warning(
-                        "minibatch %d could not be built: %s", batch["step"], batch["error"]
-                    )
+            if "error" in batch:
+                logger.warning("minibatch %d could not be built: %s", batch["step"], batch["error"])
+                batch = placeholder
+                step_ok = step_ok & False
+            anchor, positive, present = _batch_inputs(batch, device, d.objective, augmentation)
+            out = model(anchor, positive, source_present=present)
+            accelerator.backward(out.loss)
+            finite = torch.isfinite(out.loss.detach())
+            step_ok = step_ok & finite
+            if batch is not placeholder:
+                meter.add(batch["source"], out.loss, out.accuracy, finite)
             if accelerator.sync_gradients:
-                if data_ok:  # with a bad last minibatch no gradient was synchronised
-                    norm = accelerator.clip_grad_norm_(
-                        model.parameters(), t.max_grad_norm or float("inf")
-                    )
-                    grad_norm = float(norm)
-                    step_ok &= math.isfinite(grad_norm)
-                step_ok = _all_true(accelerator, step_ok)
-                if step_ok:
+                grad_norm = accelerator.clip_grad_norm_(
+                    model.parameters(), t.max_grad_norm or float("inf")
+                )
+                if _all_true(accelerator, step_ok & torch.isfinite(grad_norm)):
                     optimizer.step()
                     bad_in_row = 0
                 else:
@@ -565,7 +581,7 @@ def pretrain(
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 interval_steps += 1
-                step_ok = True
+                step_ok = torch.ones((), dtype=torch.bool, device=device)
                 bar.update(1)
                 if bad_in_row >= t.max_bad_steps:
                     accelerator.end_training()
@@ -578,7 +594,7 @@ def pretrain(
                     elapsed = time.perf_counter() - interval_start
                     logs.update(meter.collect(accelerator, "train"))
                     logs["train/lr"] = scheduler.get_last_lr()[0]
-                    logs["train/grad_norm"] = grad_norm
+                    logs["train/grad_norm"] = float(grad_norm)
                     logs["train/skipped_steps"] = float(skipped)
                     logs["train/pairs_per_second"] = interval_steps * accum * t.batch_size / elapsed
                     logs["train/data_wait_fraction"] = wait_seconds / elapsed

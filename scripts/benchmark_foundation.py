@@ -52,7 +52,9 @@ def bench_features(repeats: int) -> dict[str, float]:
     for fn in variants.values():
         fn()
     out = _median_rates(variants, 30.0, repeats)
-    out.update(_median_rates({"log-mel torch, batch 8 (s/s)": lambda: fe.log_mel(batch_t)}, 240.0, repeats))
+    out.update(
+        _median_rates({"log-mel torch, batch 8 (s/s)": lambda: fe.log_mel(batch_t)}, 240.0, repeats)
+    )
     return out
 
 
@@ -89,7 +91,11 @@ def bench_model(config: MSCLConfig, repeats: int, use_compile: bool) -> dict[str
 
         return run
 
-    setups = {"fp32": (False, False), "channels_last": (True, False), "bf16 autocast": (False, True)}
+    setups = {
+        "fp32": (False, False),
+        "channels_last": (True, False),
+        "bf16 autocast": (False, True),
+    }
     train_variants, infer_variants = {}, {}
     for name, (channels_last, autocast) in setups.items():
         model = make(channels_last).train()
@@ -123,7 +129,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     results = bench_features(args.repeats)
     if not args.skip_model:
-        config = MSCLConfig(width_coefficient=0.25, depth_coefficient=0.25) if args.tiny else MSCLConfig()
+        config = (
+            MSCLConfig(width_coefficient=0.25, depth_coefficient=0.25)
+            if args.tiny
+            else MSCLConfig()
+        )
         results.update(bench_model(config, args.repeats, args.compile))
     width = max(len(k) for k in results)
     for name, value in results.items():

@@ -79,6 +79,7 @@ def _head_folder(tmp_path: Path) -> Path:
         id2label=dict(enumerate(LABELS)),
         label2id={name: i for i, name in enumerate(LABELS)},
         freeze_encoder=True,
+        classifier_window_frames=98,
     )
     folder = tmp_path / "head"
     MSCLForAudioClassification(config).eval().save_pretrained(folder)
@@ -144,6 +145,7 @@ def test_probe_head_card(tmp_path):
     assert "Labels: `drums`, `strings`, `voice`" in card
     assert 'pipeline("audio-classification", model="someone/mscl-tiny-family"' in card
     assert "The encoder was frozen" in card
+    assert "cut into windows of\n98 frames" in card and "sum of\nthe logits" in card
     assert ModelCard(card).data.eval_results[0].metric_value == 0.8125
 
 

@@ -283,3 +283,22 @@ def test_audio_classification_pipeline(tmp_path):
     result = classify({"raw": audio, "sampling_rate": 16000}, top_k=3)
     assert sorted(r["label"] for r in result) == labels
     assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "problem_type", ["single_label_classification", "multi_label_classification"]
+)
+def test_windowed_classifier_follows_the_probe_aggregation(problem_type):
+    config = tiny_config(num_labels=3, problem_type=problem_type, classifier_window_frames=98)
+    model = MSCLForAudioClassification(config).eval()
+    x = torch.randn(2, 3 * 98 + 40, 64)  # three windows and a dropped remainder
+    logits = model(x).logits
+    per_window = model.classifier(model.mscl(x[:, : 3 * 98].reshape(6, 98, 64)).pooler_output).view(
+        2, 3, 3
+    )
+    if problem_type == "single_label_classification":
+        torch.testing.assert_close(logits, per_window.sum(1))
+    else:
+        torch.testing.assert_close(torch.sigmoid(logits), torch.sigmoid(per_window).mean(1))
+    one = model(x[:, :98]).logits  # a single window is classified directly
+    torch.testing.assert_close(one, model.classifier(model.mscl(x[:, :98]).pooler_output))

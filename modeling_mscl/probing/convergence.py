@@ -68,7 +68,17 @@ class ProbeHook:
     encoder (eval mode, no gradients; the model's mode is restored), trains the head for
     ``epochs`` epochs over every window, without early stopping, and scores the
     evaluation clips. The global RNG state is left as it was, so a run's batches do
-    not depend on whether probes run. Call it on the main process only.
+    not depend on whether probes run. Call it on the main process only (the others
+    wait at their next collective); call :meth:`prepare` at the start of the run to
+    decode the audio then rather than at the first probe step.
+
+    Args:
+        tasks: task presets or their names.
+        datasets: one ``DatasetDict`` for every task, or ``{task name: DatasetDict}``.
+        max_clips: clips per split (seeded subset).
+        max_windows: windows per clip, evenly spaced (None: all).
+        epochs: epochs of head training per call.
+        log_path: when given, every call appends its record to this ``probes.jsonl``.
     """
 
     def __init__(

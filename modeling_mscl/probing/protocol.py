@@ -152,12 +152,15 @@ def export_probe(
     config.classifier_hidden_size = task.hidden_size
     config.dropout_rate = task.dropout
     config.freeze_encoder = True
+    # Longer inputs (a pipeline call on a whole song) are classified window by window and
+    # aggregated as the probe was evaluated.
+    fe = feature_extractor or MSCLFeatureExtractor(feature_size=config.num_mel_bins)
+    config.classifier_window_frames = fe.window_frames
     classifier = MSCLForAudioClassification(config)
     classifier.mscl.load_state_dict(encoder.state_dict())
     classifier.classifier.load_state_dict(probe.head.state_dict())
     classifier.eval()
     classifier.save_pretrained(output_dir)
-    fe = feature_extractor or MSCLFeatureExtractor(feature_size=config.num_mel_bins)
     fe.save_pretrained(output_dir)
     if result is not None:
         folder = Path(output_dir)
