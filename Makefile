@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup system-deps test test-slow lint format bench clean
+.PHONY: setup system-deps test test-slow lint format bench corpus demo clean
 
 # System libraries: FluidSynth renders the offline corpus (needs root for apt-get).
 system-deps:
@@ -37,6 +37,13 @@ lint: setup
 format: setup
 	$(BIN)/ruff format modeling_mscl scripts tests
 	$(BIN)/ruff check --fix modeling_mscl scripts tests
+
+# The main job: corpus, stems, COLA + MSCL pre-training, probes, figure, reload (~20 min on 2 cores).
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+corpus: setup
+	$(BIN)/python scripts/build_corpus.py --out data_cache/corpus
 
 bench: setup
 	$(BIN)/python scripts/benchmark_foundation.py
