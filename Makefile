@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup system-deps test test-slow lint format bench corpus demo clean
+.PHONY: setup system-deps test test-slow test-tf lint format bench corpus demo clean
 
 # System libraries: FluidSynth renders the offline corpus (needs root for apt-get).
 system-deps:
@@ -30,6 +30,20 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
+# The TensorFlow reference converter is checked in its own environment (tensorflow-cpu 2.15
+# wants numpy < 2), against a Keras model built with random weights.
+VENV_TF ?= .venv-tf
+$(VENV_TF)/bin/.installed: constraints-tf.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV_TF)
+	$(VENV_TF)/bin/pip install -q --upgrade pip
+	$(VENV_TF)/bin/pip install -q -c constraints-tf.txt torch
+	$(VENV_TF)/bin/pip install -q -c constraints-tf.txt tensorflow-cpu numpy transformers huggingface_hub safetensors Jinja2 PyYAML pytest
+	$(VENV_TF)/bin/pip install -q --no-deps -e .
+	touch $@
+
+test-tf: $(VENV_TF)/bin/.installed
+	TF_CPP_MIN_LOG_LEVEL=2 $(VENV_TF)/bin/python -m pytest -q -m slow tests/test_convert.py
+
 lint: setup
 	$(BIN)/ruff format --check modeling_mscl scripts tests
 	$(BIN)/ruff check modeling_mscl scripts tests
@@ -49,4 +63,4 @@ bench: setup
 	$(BIN)/python scripts/benchmark_foundation.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV_TF) .pytest_cache

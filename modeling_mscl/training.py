@@ -427,7 +427,13 @@ def pretrain(
     on_cpu = t.cpu or not _has_accelerator()
     precision = t.mixed_precision
     if precision == "auto":
-        precision = "bf16" if not on_cpu and torch.cuda.is_bf16_supported() else "no"
+        # `accelerate launch --mixed_precision X` (or its config) decides when it says
+        # bf16 or no; fp16 needs loss scaling, which this loop does not do.
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+        if launched in ("no", "bf16"):
+            precision = launched
+        else:
+            precision = "bf16" if not on_cpu and torch.cuda.is_bf16_supported() else "no"
     accelerator = Accelerator(
         cpu=on_cpu,
         mixed_precision=precision,

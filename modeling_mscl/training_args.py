@@ -115,7 +115,11 @@ class TrainingArguments:
     lr_decay_factor: float = _help("step schedule: lr multiplier after the drop", 0.5)
     warmup_steps: int = _help("linear warm-up steps", 0)
     max_grad_norm: float = _help("clip the gradient norm to this (0 = no clipping)", 0.0)
-    mixed_precision: str = _help("'auto' (bf16 on a GPU that has it), 'no' or 'bf16'", "auto")
+    mixed_precision: str = _help(
+        "'auto' (accelerate launch's --mixed_precision if bf16/no, else bf16 on a GPU that "
+        "has it), 'no' or 'bf16' (fp16 is not supported: it needs loss scaling)",
+        "auto",
+    )
     cpu: bool = _help("train on the CPU even if a GPU is present", False)
     checkpoint_every: int = _help("steps between checkpoints (0 = only at the end)", 1000)
     keep_checkpoints: int = _help("checkpoints kept (the newest)", 3)

@@ -244,6 +244,27 @@ def test_loss_falls(data_dir, tmp_path):
 # ---------------------------------------------------------------- resume after SIGKILL
 
 
+def test_resume_continues_exactly(data_dir, tmp_path):
+    """Stopping at step 2 and resuming to 4 gives the weights of a run straight to 4."""
+    from modeling_mscl.training import pretrain
+
+    common = ("--lr_schedule", "constant", "--checkpoint_every", "2", "--eval_every", "0")
+    whole = pretrain(tiny_argv(data_dir, tmp_path / "whole", "--max_steps", "4", *common))
+    pretrain(tiny_argv(data_dir, tmp_path / "parts", "--max_steps", "2", *common))
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    parts = pretrain(
+        tiny_argv(data_dir, tmp_path / "parts", "--max_steps", "4", "--resume", *common)
+    )
+    assert parts.history[0]["step"] == 3.0  # it did continue, not start over
+    want = load_file(Path(whole.pretraining_dir) / "model.safetensors")
+    got = load_file(Path(parts.pretraining_dir) / "model.safetensors")
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+
+
 def run_script(argv: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / "pretrain.py"), *argv],
@@ -256,6 +277,7 @@ def run_script(argv: list[str], **kwargs) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_same_weights(data_dir, tmp_path):
     common = ("--max_steps", "8", "--checkpoint_every", "2", "--eval_every", "4")
     reference = run_script(tiny_argv(data_dir, tmp_path / "whole", *common))
