@@ -29,11 +29,9 @@ gathered with gradient), and DDP averages the gradients.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -44,6 +42,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoints import (
+    ARGS_FILE,
+    latest_checkpoint,
+    remove_partial_checkpoints,
+    resume,
+    save_checkpoint,
+)
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .modeling_mscl import MSCLForPreTraining, MSCLModel
@@ -75,10 +80,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ProbeHook = Callable[[MSCLModel, int], dict[str, float]]
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_PREFIX = "step-"
-TRAINER_STATE = "trainer_state.json"
-ARGS_FILE = "training_args.json"
 # Keras' Adam epsilon (the reference trained with tf.keras); torch's default is 1e-8.
 ADAM_EPS = 1e-7
 
@@ -227,55 +228,6 @@ def _has_accelerator() -> bool:
     return bool(xpu is not None and xpu.is_available())
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    name = path.name
-    if not name.startswith(CHECKPOINT_PREFIX) or not (path / TRAINER_STATE).is_file():
-        return None
-    try:
-        return int(name[len(CHECKPOINT_PREFIX) :])
-    except ValueError:
-        return None
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
-    root = Path(output_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return None
-    found = [(s, p) for p in root.iterdir() if (s := _checkpoint_step(p)) is not None]
-    return max(found)[1] if found else None
-
-
-def _save_checkpoint(
-    accelerator: Any, args: PretrainingArguments, step: int, state: dict[str, Any]
-) -> Path:
-    """save_state into a temporary folder, then rename it; keep the newest checkpoints."""
-    root = Path(args.training.output_dir) / CHECKPOINT_DIR
-    final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
-    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        args.save(tmp / ARGS_FILE)
-        # Written last: a folder with trainer_state.json is a complete checkpoint.
-        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        kept = sorted((s, p) for p in root.iterdir() if (s := _checkpoint_step(p)) is not None)
-        for _, old in kept[: -args.training.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -391,12 +343,33 @@ def _tracker_config(args: PretrainingArguments) -> dict[str, Any]:
     }
 
 
-def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    ignore = {"resume", "max_steps", "progress_bar", "log_every", "log_with", "num_workers"}
-    ignore |= {"prefetch_factor", "checkpoint_every", "keep_checkpoints", "eval_every"}
-    ignore |= {"probe_every", "probe_hook", "max_bad_steps", "output_dir", "data_dir"}
-    keys = sorted((set(saved) | set(current)) - ignore)
-    return [k for k in keys if saved.get(k) != current.get(k)]
+def _validation_batches(
+    args: PretrainingArguments, store: ChunkStore, rank: int, world: int, in_loader: bool
+) -> list[dict[str, Any]]:
+    """The fixed validation minibatches of this process (none, with a warning, if impossible)."""
+    try:
+        sampler = build_sampler(args, store, VALIDATION_STREAM)
+        data = PairDataset(store, sampler, args.training.eval_batches, rank, world, in_loader)
+        batches = [data[i] for i in range(args.training.eval_batches)]
+    except ValueError as err:  # e.g. a source never present in the validation chunks
+        logger.warning("validation disabled: %s", err)
+        return []
+    errors = [b["error"] for b in batches if "error" in b]
+    if errors:
+        logger.warning("validation disabled: %s", errors[0])
+        return []
+    return batches
+
+
+def _save_final(
+    model: MSCLForPreTraining, args: PretrainingArguments, encoder_dir: Path, full_dir: Path
+) -> None:
+    """The encoder + feature extractor for AutoModel, and the full pre-training model."""
+    model.mscl.save_pretrained(str(encoder_dir))
+    MSCLFeatureExtractor(feature_size=model.config.num_mel_bins).save_pretrained(str(encoder_dir))
+    args.save(encoder_dir / ARGS_FILE)
+    model.save_pretrained(str(full_dir))
+    args.save(full_dir / ARGS_FILE)
 
 
 def pretrain(
@@ -467,48 +440,25 @@ def pretrain(
     # Stochastic depth draws differ across processes (seed + rank), as rows of one batch do.
     set_seed(t.seed, device_specific=True)
 
-    start_step, skipped, bad_in_row = 0, 0, 0
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (out_dir / CHECKPOINT_DIR).glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
+        remove_partial_checkpoints(out_dir)
     accelerator.wait_for_everyone()
-    checkpoint = latest_checkpoint(out_dir) if t.resume else None
-    if t.resume and checkpoint is None:
-        logger.warning("resume: no checkpoint in %s, starting from scratch", out_dir)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / TRAINER_STATE).read_text())
-        start_step, skipped = int(state["step"]), int(state.get("skipped_steps", 0))
-        bad_in_row = int(state.get("bad_steps_in_row", 0))
-        if state.get("sampler_fingerprint") != sampler.fingerprint():
-            logger.warning(
-                "resume: the data or the sampler settings changed since %s; the batches "
-                "will not continue the original sequence",
-                checkpoint,
-            )
-        saved_args = json.loads((checkpoint / ARGS_FILE).read_text())
-        changed = _differences(saved_args, args.to_dict())
-        if changed:
-            logger.warning("resume: arguments changed since the checkpoint: %s", changed)
-        accelerator.print(f"resumed from {checkpoint} at step {start_step}")
+    fingerprint = sampler.fingerprint()
+    start_step, skipped, bad_in_row = (
+        resume(accelerator, args, fingerprint) if t.resume else (0, 0, 0)
+    )
     if accelerator.is_main_process:
         args.save(out_dir / ARGS_FILE)
 
-    val_batches: list[dict[str, Any]] = []
+    val_batches = []
     if val_store is not None and t.eval_every and t.eval_batches:
-        try:
-            val_sampler = build_sampler(args, val_store, VALIDATION_STREAM)
-            val_data = PairDataset(val_store, val_sampler, t.eval_batches, rank, world, in_loader)
-            val_batches = [val_data[i] for i in range(t.eval_batches)]
-            errors = [b["error"] for b in val_batches if "error" in b]
-            if errors:
-                raise ValueError(errors[0])
-        except ValueError as err:
-            logger.warning("validation disabled: %s", err)
-            val_batches = []
+        val_batches = _validation_batches(args, val_store, rank, world, in_loader)
 
-    dataset = PairDataset(store, sampler, t.max_steps * accum, rank, world, in_loader)
+    # With workers, batches travel through a ring of shared buffers (see PairDataset);
+    # this loop is done with a batch before it fetches the next, so 2 spare slots suffice.
+    slots = d.num_workers * d.prefetch_factor + 2 if d.num_workers else 0
+    dataset = PairDataset(store, sampler, t.max_steps * accum, rank, world, in_loader, slots)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
@@ -521,6 +471,11 @@ def pretrain(
         generator=torch.Generator().manual_seed(t.seed),
     )
 
+    accelerator.print(
+        f"pretraining {d.objective} on {len(store)} chunks ({len(val_store or [])} for "
+        f"validation): {world} process(es) on {accelerator.device}, mixed precision "
+        f"{precision}, {t.batch_size} pairs per minibatch, steps {start_step} -> {t.max_steps}"
+    )
     accelerator.init_trackers("pretrain", config=_tracker_config(args))
     bar = tqdm(
         total=t.max_steps,
@@ -549,7 +504,7 @@ def pretrain(
     batches = iter(loader)
     for _ in range(start_step * accum, t.max_steps * accum):
         waited = time.perf_counter()
-        batch = next(batches)
+        batch = dataset.resolve(next(batches))
         wait_seconds += time.perf_counter() - waited
         with accelerator.accumulate(model):
             if "error" in batch:
@@ -629,21 +584,14 @@ def pretrain(
                         "bad_steps_in_row": bad_in_row,
                         "num_processes": world,
                         "sampler": sampler.state_dict(),
-                        "sampler_fingerprint": sampler.fingerprint(),
+                        "sampler_fingerprint": fingerprint,
                     }
-                    _save_checkpoint(accelerator, args, step, trainer_state)
+                    save_checkpoint(accelerator, args, step, trainer_state)
     bar.close()
 
     encoder_dir, pretraining_dir = out_dir / "encoder", out_dir / "pretraining"
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.mscl.save_pretrained(str(encoder_dir))
-        MSCLFeatureExtractor(feature_size=unwrapped.config.num_mel_bins).save_pretrained(
-            str(encoder_dir)
-        )
-        args.save(encoder_dir / ARGS_FILE)
-        unwrapped.save_pretrained(str(pretraining_dir))
-        args.save(pretraining_dir / ARGS_FILE)
+        _save_final(accelerator.unwrap_model(model), args, encoder_dir, pretraining_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return PretrainingResult(

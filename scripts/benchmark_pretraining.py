@@ -6,7 +6,9 @@ Prints pairs per second (one pair = an anchor and a positive 98 x 64 crop) for
    whole minibatches from the memory-mapped chunk set (mscl, cola, s3t with the
    augmentation in the loader), next to a row-by-row reference (``dataset[i]`` per pair,
    the way a naive batch builder reads rows) measured in the same run;
-2. the data path through a ``DataLoader`` with 1 and 2 worker processes;
+2. the data path through a ``DataLoader`` with 1 and 2 worker processes, handing batches
+   over through the ring of shared slots the training loop uses, or as tensors (a new
+   shared-memory segment per batch, the DataLoader's default);
 3. the model step alone (forward + backward + Adam on a fixed batch) of the tiny and
    demo encoders, and end-to-end training (:func:`~modeling_mscl.training.pretrain`, its
    own ``train/pairs_per_second``) with the same encoders and batch size.
@@ -118,26 +120,35 @@ def bench_data(data_dir: Path, batch: int, steps: int, repeats: int) -> dict[str
     variants["row by row (dataset[i]), reference"] = row_by_row
     out = _median_rates(variants, repeats)
 
+    prefetch = 4
+    loaders = {}
     for workers in (1, 2):
-        loader_rates = []
-        for r in range(repeats):
-            first = 10_000 * (r + 1) + 100_000 * workers
+        slotted = PairDataset(
+            store, kinds["mscl"].sampler, 10**6, shared_slots=workers * prefetch + 2
+        )
+        loaders[f"DataLoader {workers} worker(s), shared slots"] = (slotted, workers)
+        loaders[f"DataLoader {workers} worker(s), tensors"] = (kinds["mscl"], workers)
+    for name, (data, workers) in loaders.items():
+        rates = []
+        for _ in range(repeats):
+            first = counter["step"]
+            counter["step"] += steps * 2 + 4
             loader = torch.utils.data.DataLoader(
-                kinds["mscl"],
+                data,
                 batch_size=None,
                 sampler=range(first, first + steps * 2 + 4),
                 num_workers=workers,
-                prefetch_factor=4,
+                prefetch_factor=prefetch,
             )
             it = iter(loader)
             for _ in range(4):  # workers started and the queue filled
-                next(it)
+                data.resolve(next(it))
             start = time.perf_counter()
             for _ in range(steps * 2):
-                next(it)
-            loader_rates.append(steps * 2 * batch / (time.perf_counter() - start))
+                data.resolve(next(it))
+            rates.append(steps * 2 * batch / (time.perf_counter() - start))
             del it, loader
-        out[f"data path mscl, DataLoader {workers} worker(s)"] = statistics.median(loader_rates)
+        out[f"data path mscl, {name}"] = statistics.median(rates)
     return out
 
 
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         data = bench_data(data_dir, args.batch_size, args.steps, args.repeats)
         reference = data["row by row (dataset[i]), reference"]
         for name, rate in data.items():
-            print(f"{name:45s} {rate:12,.0f}   x{rate / reference:6.1f} vs row by row")
+            print(f"{name:58s} {rate:10,.0f}   x{rate / reference:6.1f} vs row by row")
         if args.skip_training:
             return
 

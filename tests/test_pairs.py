@@ -205,6 +205,30 @@ def test_batches_hold_the_planned_crops_and_resume_exactly(dataset):
         torch.testing.assert_close(a["positive"], b["positive"], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("objective", ["mscl", "s3t"])
+def test_workers_with_shared_slots_deliver_the_inline_batches(dataset, objective):
+    store = ChunkStore(dataset)
+    sampler = SourceBatchSampler(store.present, 8, objective=objective, seed=2)
+    inline = PairDataset(store, sampler, 40)
+    workers, prefetch = 2, 2
+    ring = PairDataset(store, sampler, 40, shared_slots=workers * prefetch + 2)
+    loader = torch.utils.data.DataLoader(
+        ring,
+        batch_size=None,
+        sampler=range(5, 30),  # many more batches than slots: every slot is reused
+        num_workers=workers,
+        prefetch_factor=prefetch,
+    )
+    for step, raw in zip(range(5, 30), loader, strict=True):
+        assert "anchor" not in raw and raw["slot"] == step % 6  # only an index crossed over
+        a, b = inline[step], ring.resolve(raw)
+        assert a["step"] == b["step"] == step and a["source"] == b["source"]
+        assert b["anchor"].dtype == a["anchor"].dtype
+        torch.testing.assert_close(a["anchor"], b["anchor"], rtol=0, atol=0)
+        torch.testing.assert_close(a["positive"], b["positive"], rtol=0, atol=0)
+        torch.testing.assert_close(a["present"], b["present"], rtol=0, atol=0)
+
+
 def test_a_failing_batch_is_reported_not_raised(dataset):
     store = ChunkStore(dataset)
     sampler = SourceBatchSampler(store.present, 8, seed=0)

@@ -241,6 +241,31 @@ def test_loss_falls(data_dir, tmp_path):
     assert last < first - 0.5, (first, last)
 
 
+def test_probe_hook_by_name_and_tensorboard(data_dir, tmp_path):
+    from modeling_mscl.training import pretrain, resolve_probe_hook
+
+    assert resolve_probe_hook(None) is None
+    with pytest.raises(ValueError, match="cannot be imported"):
+        resolve_probe_hook("modeling_mscl.training:no_such_hook")
+    out = tmp_path / "named"
+    result = pretrain(
+        tiny_argv(
+            data_dir,
+            out,
+            *("--max_steps", "2", "--probe_every", "1", "--log_with", "tensorboard"),
+            *("--probe_hook", "tests.test_training:count_parameters_probe"),
+        )
+    )
+    assert result.metrics["probe/parameters"] > 1000
+    assert [h["step"] for h in result.history if "probe/parameters" in h] == [1.0, 2.0]
+    assert list((out / "logs").rglob("events.out.tfevents*"))
+
+
+def count_parameters_probe(encoder, step):
+    """A probe hook named in a config (used by the test above)."""
+    return {"parameters": sum(p.numel() for p in encoder.parameters())}
+
+
 # ---------------------------------------------------------------- resume after SIGKILL
 
 

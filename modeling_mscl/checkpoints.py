@@ -1,0 +1,124 @@
+"""Checkpoints of a pre-training run: atomic saves, the newest complete one, resuming.
+
+A checkpoint is ``output_dir/checkpoints/step-XXXXXXX``: what ``accelerator.save_state``
+writes (model, optimizer, scheduler, RNG states of every process, the accumulation
+counter), ``training_args.json`` and ``trainer_state.json`` (step, skipped steps, the
+sampler's settings and fingerprint). It is written into a hidden temporary folder and
+renamed into place, ``trainer_state.json`` last, so a run killed at any moment leaves
+either a complete checkpoint or none (the temporary folder is removed at the next start).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .training_args import PretrainingArguments
+
+__all__ = [
+    "ARGS_FILE",
+    "CHECKPOINT_DIR",
+    "TRAINER_STATE",
+    "latest_checkpoint",
+    "remove_partial_checkpoints",
+    "resume",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "step-"
+TRAINER_STATE = "trainer_state.json"
+ARGS_FILE = "training_args.json"
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith(CHECKPOINT_PREFIX) or not (path / TRAINER_STATE).is_file():
+        return None
+    try:
+        return int(name[len(CHECKPOINT_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return None
+    found = [(s, p) for p in root.iterdir() if (s := _checkpoint_step(p)) is not None]
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(
+    accelerator: Any, args: PretrainingArguments, step: int, state: dict[str, Any]
+) -> Path:
+    """save_state into a temporary folder, then rename it; keep the newest checkpoints."""
+    root = Path(args.training.output_dir) / CHECKPOINT_DIR
+    final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
+    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        args.save(tmp / ARGS_FILE)
+        # Written last: a folder with trainer_state.json is a complete checkpoint.
+        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        kept = sorted((s, p) for p in root.iterdir() if (s := _checkpoint_step(p)) is not None)
+        for _, old in kept[: -args.training.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
+    """Delete the temporary folders a killed run left behind (main process only)."""
+    for stale in (Path(output_dir) / CHECKPOINT_DIR).glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    ignore = {"resume", "max_steps", "progress_bar", "log_every", "log_with", "num_workers"}
+    ignore |= {"prefetch_factor", "checkpoint_every", "keep_checkpoints", "eval_every"}
+    ignore |= {"probe_every", "probe_hook", "max_bad_steps", "output_dir", "data_dir"}
+    keys = sorted((set(saved) | set(current)) - ignore)
+    return [k for k in keys if saved.get(k) != current.get(k)]
+
+
+def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tuple[int, int, int]:
+    """Load the newest checkpoint into ``accelerator``'s prepared objects.
+
+    Returns (step, skipped steps, skipped steps in a row); (0, 0, 0) without a checkpoint.
+    Warns when the sampler's fingerprint or the arguments that shape the run changed.
+    """
+    out_dir = Path(args.training.output_dir).expanduser()
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is None:
+        logger.warning("resume: no checkpoint in %s, starting from scratch", out_dir)
+        return 0, 0, 0
+    # Model, optimizer, scheduler, RNG states and Accelerate's accumulation counter.
+    accelerator.load_state(str(checkpoint))
+    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    if state.get("sampler_fingerprint") != fingerprint:
+        logger.warning(
+            "resume: the data or the sampler settings changed since %s; the batches will "
+            "not continue the original sequence",
+            checkpoint,
+        )
+    changed = _differences(json.loads((checkpoint / ARGS_FILE).read_text()), args.to_dict())
+    if changed:
+        logger.warning("resume: arguments changed since the checkpoint: %s", changed)
+    accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
+    return int(state["step"]), int(state["skipped_steps"]), int(state["bad_steps_in_row"])
