@@ -192,7 +192,7 @@ def read_training_args(
     names: Sequence[str] = ("training_args.json",),
 ) -> dict[str, Any]:
     """The run's arguments: ``path`` if given, else the first of ``names`` found in the
-    folder or its parent (a run folder whose ``final/`` subfolder is the model), else `{}`.
+    folder or its parent (a run folder whose ``encoder/`` subfolder is the model), else `{}`.
     ``.yaml``/``.yml`` files are read as YAML."""
     if path is not None:
         candidates = [Path(path)]

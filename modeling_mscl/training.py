@@ -380,8 +380,8 @@ def pretrain(
     Args:
         args: parsed arguments, or a command line for :func:`parse_args`.
         probe_hook: ``fn(encoder: MSCLModel, step: int) -> dict[str, float]`` called on the
-            main process every ``probe_every`` steps (and at the end), its results logged
-            as ``probe/<name>``. Overrides the ``probe_hook`` argument.
+            main process at step 0 of a fresh run, every ``probe_every`` steps and at the
+            end; its results are logged as ``probe/<name>``. Overrides ``args``' probe_hook.
 
     Returns:
         A :class:`PretrainingResult` (folders, final step, last metrics).
@@ -500,6 +500,14 @@ def pretrain(
     step_ok = torch.ones((), dtype=torch.bool, device=device)
     grad_norm = torch.full((), float("nan"), device=device)
     wait_seconds, interval_start, interval_steps = 0.0, time.perf_counter(), 0
+    if hook is not None and t.probe_every and start_step == 0:
+        # Step 0 is the initialisation that every run of a seed shares: convergence curves
+        # of several objectives then start from the same point.
+        logs = _run_probe(accelerator, model, hook, 0)
+        if logs:
+            accelerator.log(logs, step=0)
+            metrics.update(logs)
+            history.append({"step": 0.0, **logs})
     model.train()
     batches = iter(loader)
     for _ in range(start_step * accum, t.max_steps * accum):

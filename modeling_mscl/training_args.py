@@ -126,7 +126,7 @@ class TrainingArguments:
     resume: bool = _help("continue from the newest checkpoint in output_dir", False)
     eval_every: int = _help("steps between validations (0 = never)", 500)
     eval_batches: int = _help("fixed validation minibatches", 8)
-    probe_every: int = _help("steps between probe_hook calls (0 = never)", 0)
+    probe_every: int = _help("steps between probe_hook calls, from step 0 (0 = never)", 0)
     probe_hook: str | None = _help("'module:function' called as fn(encoder, step) -> dict", None)
     log_every: int = _help("steps between logged training metrics", 50)
     log_with: str = _help("tracker: 'tensorboard', 'wandb', 'mlflow' or 'none'", "tensorboard")

@@ -1,6 +1,6 @@
 """The main job (`make demo`): the method end to end on the offline corpus, on a CPU.
 
-python scripts/demo.py [--workdir outputs/demo] [--num-songs 200] [--max-steps 300]
+python scripts/demo.py [--workdir outputs/demo] [--num-songs 200] [--max-steps 600]
 """
 
 from __future__ import annotations

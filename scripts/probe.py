@@ -1,6 +1,6 @@
 """Probe a frozen MSCL encoder on downstream tasks (METHOD.md section 7).
 
-    python scripts/probe.py --model runs/mscl/final --task corpus_genre \
+    python scripts/probe.py --model runs/mscl/encoder --task corpus_genre \
         --task corpus_instruments --data corpus/songs --output results/probes.json \
         --markdown results/probes.md --export results/heads/mscl
 

@@ -1,6 +1,6 @@
 """Push an MSCL encoder or probe head to the Hugging Face Hub with a rendered model card.
 
-    python scripts/push_to_hub.py encoder runs/mscl/final --repo-id you/mscl-b0 --dry-run
+    python scripts/push_to_hub.py encoder runs/mscl/encoder --repo-id you/mscl-b0 --dry-run
     python scripts/push_to_hub.py probe-head runs/probes/mtat --repo-id you/mscl-b0-mtat \\
         --base-model you/mscl-b0 --results runs/probes/mtat/results.json
 
