@@ -31,6 +31,7 @@ from modeling_mscl.probing import (
     get_task,
     make_probe_hook,
     read_probe_log,
+    recalibrate_batch_norm,
     results_table,
     run_probe,
     spread_indices,
@@ -378,6 +379,55 @@ def test_probe_hook_returns_metrics_and_leaves_the_run_alone(audio_corpus, tmp_p
     assert torch.equal(torch.random.get_rng_state(), rng_state)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats too
     assert read_probe_log(tmp_path) == [{"step": 10, **metrics}]
+
+
+def test_recalibrated_batch_norm_holds_the_statistics_training_mode_uses():
+    torch.manual_seed(0)
+    model = MSCLModel(tiny_config(drop_connect_rate=0.0)).train()
+    windows = torch.randn(16, 98, 64) * 2.0 - 5.0
+    inputs = {}  # what every batch norm sees in training mode
+
+    def keep(name):
+        def hook(module, args, output):  # returns None: the output is left alone
+            inputs.setdefault(name, args[0].clone())
+
+        return hook
+
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    hooks = [m.register_forward_hook(keep(n)) for n, m in norms.items()]
+    with torch.no_grad():
+        trained = model(windows).pooler_output
+        stale = model.eval()(windows).pooler_output  # running statistics still (0, 1)-ish
+    for hook in hooks:
+        hook.remove()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = recalibrate_batch_norm(model, windows, batch_size=16)  # one batch: its statistics
+    assert copy is not model and not copy.training and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    copied = dict(copy.named_modules())
+    for name, x in inputs.items():
+        norm = copied[name]
+        torch.testing.assert_close(norm.running_mean, x.mean((0, 2, 3)), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(norm.running_var, x.var((0, 2, 3)), rtol=1e-4, atol=1e-8)
+        assert norm.momentum == model.config.batch_norm_momentum
+    with torch.no_grad():
+        recalibrated = copy(windows).pooler_output
+    # Eval mode now computes nearly what training did (running variances are unbiased,
+    # batch ones biased), far closer than with the stale statistics.
+    assert (recalibrated - trained).norm() < 0.2 * (stale - trained).norm()
+
+
+def test_probe_hook_can_recalibrate_a_copy(audio_corpus):
+    model = MSCLModel(tiny_config()).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kwargs = dict(max_clips=6, max_windows=1, epochs=2)
+    plain = make_probe_hook(["corpus_genre"], audio_corpus, **kwargs)
+    recal = make_probe_hook(["corpus_genre"], audio_corpus, recalibrate_bn=True, **kwargs)
+    assert recal.calibration_windows().shape == (6, 98, 64)  # one window of 6 train clips
+    assert 0.0 <= recal(model, 0)["corpus_genre/accuracy"] <= 1.0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert plain(model, 0).keys() == recal(model, 0).keys()
 
 
 def test_probe_log_round_trip_skips_broken_lines(tmp_path):

@@ -32,6 +32,7 @@ from .embeddings import (
     cached_window_embeddings,
     encoder_fingerprint,
     extract_window_embeddings,
+    recalibrate_batch_norm,
     spread_indices,
     window_features,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "make_probe_hook",
     "markdown_row",
     "read_probe_log",
+    "recalibrate_batch_norm",
     "results_table",
     "run_probe",
     "spread_indices",

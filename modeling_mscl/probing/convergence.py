@@ -17,7 +17,14 @@ from torch import nn
 from ..audio_io import load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor
 from ..metrics import load_metric
-from .embeddings import WindowEmbeddings, _encode, _encoder_of, _EvalMode, window_features
+from .embeddings import (
+    WindowEmbeddings,
+    _encode,
+    _encoder_of,
+    _EvalMode,
+    recalibrate_batch_norm,
+    window_features,
+)
 from .heads import evaluate_probe, train_probe
 from .protocol import _subset
 from .tasks import ProbeTask, clip_labels, get_task
@@ -79,6 +86,10 @@ class ProbeHook:
         max_windows: windows per clip, evenly spaced (None: all).
         epochs: epochs of head training per call.
         log_path: when given, every call appends its record to this ``probes.jsonl``.
+        recalibrate_bn: probe a copy of the encoder whose batch-norm statistics are
+            recomputed on the probes' training windows (:func:`recalibrate_batch_norm`),
+            so that early in a run the curve follows what the encoder learned rather
+            than how far its running statistics have caught up.
     """
 
     def __init__(
@@ -92,6 +103,7 @@ class ProbeHook:
         batch_size: int = 64,
         seed: int = 0,
         log_path: str | os.PathLike | None = None,
+        recalibrate_bn: bool = False,
     ) -> None:
         self.tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
         self.datasets = datasets
@@ -99,6 +111,7 @@ class ProbeHook:
         self.feature_extractor = feature_extractor
         self.batch_size, self.seed = batch_size, seed
         self.log_path = log_path
+        self.recalibrate_bn = recalibrate_bn
         self._cache: dict[str, dict[str, Any]] | None = None
 
     def _dataset_for(self, task: ProbeTask) -> Any:
@@ -139,12 +152,22 @@ class ProbeHook:
                 entry["names"] = names
             self._cache[task.name] = entry
 
+    def calibration_windows(self, num_mel_bins: int = 64) -> torch.Tensor:
+        """The log-mel windows of every task's training clips (prepared if need be)."""
+        if self._cache is None:
+            self.prepare(num_mel_bins)
+        keys = dict.fromkeys(entry["train"][0] for entry in self._cache.values())
+        return torch.cat([self._windows[key][0] for key in keys])
+
     def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
         """Probe ``model`` (an encoder or a model holding one as ``.mscl``) at ``step``."""
         encoder = _encoder_of(model)
         if self._cache is None:
             self.prepare(encoder.config.num_mel_bins)
         results: dict[str, float] = {}
+        if self.recalibrate_bn:
+            windows = self.calibration_windows(encoder.config.num_mel_bins)
+            encoder = recalibrate_batch_norm(encoder, windows, self.batch_size)
         with _EvalMode(encoder):
             embedded = {}
             for key, (windows, counts) in self._windows.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ __all__ = [
     "cached_window_embeddings",
     "encoder_fingerprint",
     "extract_window_embeddings",
+    "recalibrate_batch_norm",
     "spread_indices",
     "window_features",
 ]
@@ -149,6 +151,35 @@ def _encode(encoder: MSCLModel, windows: torch.Tensor, batch_size: int) -> torch
     if not outs:
         return torch.zeros(0, encoder.config.encoder_hidden_size)
     return torch.cat(outs)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(
+    model: nn.Module, windows: torch.Tensor, batch_size: int = 64
+) -> MSCLModel:
+    """A copy of the encoder whose batch-norm statistics are those of ``windows`` (precise BN).
+
+    Eval mode normalises with running statistics, which batch norm's momentum (0.01, Keras'
+    0.99) lets follow the activations only after some 500 updates: a fresh encoder, or one
+    a few hundred steps into pre-training, computes in eval mode something else than it
+    does in training (a fresh one, with statistics (0, 1), is then close to a random linear
+    map of its tiny 1/255-scaled input). Here every running mean and variance is replaced
+    by the average over ``windows`` `(n, frames, mel)` of the batch statistics that
+    training mode uses; nothing else changes (stochastic depth stays off) and ``model``
+    itself is left as it was.
+    """
+    encoder = copy.deepcopy(_encoder_of(model)).eval()
+    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+        norm.train()
+    for i in range(0, windows.shape[0], batch_size):
+        encoder(windows[i : i + batch_size].to(encoder.device, encoder.dtype))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    return encoder.eval()
 
 
 class _EvalMode:
