@@ -139,8 +139,14 @@ class LearningRateSchedule:
 
 
 def build_model(args: PretrainingArguments) -> MSCLForPreTraining:
-    """A freshly initialised :class:`MSCLForPreTraining` from the model arguments."""
-    return MSCLForPreTraining(MSCLConfig(**asdict(args.model)))
+    """A freshly initialised :class:`MSCLForPreTraining` from the model arguments, in the
+    memory layout of ``args.training.channels_last``."""
+    model = MSCLForPreTraining(MSCLConfig(**asdict(args.model)))
+    if args.training.channels_last:
+        # oneDNN's (and cuDNN's) fast convolution kernels want NHWC: the weights take that
+        # layout here and the activations follow. Saved files are the same either way.
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def load_chunk_stores(args: PretrainingArguments) -> tuple[ChunkStore, ChunkStore | None]:

@@ -95,6 +95,7 @@ def bench_model(config: MSCLConfig, repeats: int, use_compile: bool) -> dict[str
         "fp32": (False, False),
         "channels_last": (True, False),
         "bf16 autocast": (False, True),
+        "channels_last + bf16 autocast": (True, True),
     }
     train_variants, infer_variants = {}, {}
     for name, (channels_last, autocast) in setups.items():
