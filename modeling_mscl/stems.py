@@ -228,8 +228,10 @@ class DemucsSeparator:
             Overlap between consecutive segments, as a fraction of a segment.
         shifts (`int`, *optional*, defaults to 0):
             Random time-shift averaging passes ("shift trick"; 0 = off, deterministic).
-        batch_size (`int`, *optional*, defaults to 4):
-            At most this many tracks go through one ``apply_model`` call.
+        batch_size (`int`, *optional*):
+            At most this many tracks go through one ``apply_model`` call. Defaults to 4 on
+            a GPU and 1 on a CPU, where batching tracks made htdemucs ~25 % slower
+            (``scripts/benchmark_separation.py``).
         max_padding (`float`, *optional*, defaults to 0.1):
             Tracks are batched only while the zero padding that makes them equal length
             stays below this fraction of the real audio; longer ones get their own call.
@@ -248,7 +250,7 @@ class DemucsSeparator:
         segment: float | None = None,
         overlap: float = 0.25,
         shifts: int = 0,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         max_padding: float = 0.1,
         model_instance: torch.nn.Module | None = None,
     ) -> None:
@@ -256,7 +258,7 @@ class DemucsSeparator:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if shifts < 0:
             raise ValueError(f"shifts must be >= 0, got {shifts}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_padding < 0:
             raise ValueError(f"max_padding must be >= 0, got {max_padding}")
@@ -268,7 +270,7 @@ class DemucsSeparator:
         self.segment = segment
         self.overlap = float(overlap)
         self.shifts = int(shifts)
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.max_padding = float(max_padding)
         self._injected = model_instance is not None
         self._model = model_instance
@@ -361,8 +363,10 @@ class DemucsSeparator:
             return resampler(wav, full=True)
         return resampler(wav, output_length=output_length)
 
-    def _groups(self, lengths: list[int]) -> list[list[int]]:
-        """Indices of tracks to separate together: longest first, padding bounded."""
+    def _groups(self, lengths: list[int], batch_size: int | None = None) -> list[list[int]]:
+        """Indices of tracks to separate together: longest first, at most ``batch_size``
+        (default: :attr:`batch_size`, else 1) per group, padding bounded."""
+        batch_size = batch_size or self.batch_size or 1
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         groups: list[list[int]] = []
         for i in order:
@@ -371,7 +375,7 @@ class DemucsSeparator:
                 longest = lengths[group[0]]
                 real = sum(lengths[j] for j in group) + lengths[i]
                 padded = longest * (len(group) + 1)
-                if len(group) < self.batch_size and padded - real <= self.max_padding * real:
+                if len(group) < batch_size and padded - real <= self.max_padding * real:
                     group.append(i)
                     continue
             groups.append([i])
@@ -420,7 +424,8 @@ class DemucsSeparator:
             scales.append((mean, std))
 
         results: list[dict[str, torch.Tensor] | None] = [None] * len(prepared)
-        for group in self._groups([w.shape[-1] for w in prepared]):
+        per_call = self.batch_size or (4 if device.type == "cuda" else 1)
+        for group in self._groups([w.shape[-1] for w in prepared], per_call):
             length = prepared[group[0]].shape[-1]
             mix = torch.zeros(len(group), prepared[group[0]].shape[0], length, device=device)
             for row, i in enumerate(group):

@@ -18,7 +18,7 @@ dominates, a worst case) or ``--arch htdemucs`` (the 41 M-parameter htdemucs lay
 realistic compute); with weights, ``--model htdemucs [--repo DIR]``.
 
     python scripts/benchmark_separation.py [--arch tiny|htdemucs | --model NAME] [--tracks 4]
-        [--seconds 30] [--repeats 3] [--device cpu] [--batch-size 4]
+        [--seconds 30] [--repeats 3] [--device cpu] [--batch-size 4] [--demucs-batch N]
 """
 
 from __future__ import annotations
@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracks", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="tracks per map call")
+    parser.add_argument(
+        "--demucs-batch", type=int, help="tracks per apply_model call (default: 4 GPU, 1 CPU)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         audio_seconds = args.tracks * args.seconds
         separator = DemucsSeparator(
-            model_instance=model, device=str(device), batch_size=args.batch_size
+            model_instance=model, device=str(device), batch_size=args.demucs_batch
         )
         runs = {"n": 0}
 
@@ -167,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"model: {label} ({params:.2f} M parameters), device: {device}, "
         f"threads: {torch.get_num_threads()}, {args.tracks} tracks x {args.seconds:.0f} s, "
-        f"batch {args.batch_size}, median of {args.repeats} interleaved rounds"
+        f"map batch {args.batch_size}, apply_model batch {args.demucs_batch or 'default'}, "
+        f"median of {args.repeats} interleaved rounds"
     )
     for name in ("apply_model direct", "DemucsSeparator.separate", "map step (demucs)"):
         print(f"  {name:<26} real-time factor {rtf[name]:8.2f}x  ({med[name]:.2f} s)")

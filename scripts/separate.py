@@ -1,7 +1,7 @@
 """Separate a dataset or folder of music into MSCL chunk rows (log-mels + presence flags).
 
     python scripts/separate.py INPUT OUTPUT_DIR [--separator demucs|oracle] [--model htdemucs]
-        [--repo DIR] [--device cuda] [--threshold 0.01] [--batch-size 4] [--num-proc N]
+        [--repo DIR] [--device cuda] [--threshold 0.01] [--batch-size 4] [--demucs-batch N] [--num-proc N]
 
 INPUT is a dataset saved with ``save_to_disk`` (track rows), a MUSDB18-HQ-style stems
 folder (``--separator oracle``), or a plain audio folder (labels from subfolders). The
@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--shifts", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    parser.add_argument("--batch-size", type=int, default=4, help="tracks per separator call")
+    parser.add_argument("--batch-size", type=int, default=4, help="tracks per map call")
+    parser.add_argument(
+        "--demucs-batch", type=int, help="tracks per apply_model call (default: 4 GPU, 1 CPU)"
+    )
     parser.add_argument("--shard-size", type=int, default=64, help="tracks per resumable shard")
     parser.add_argument("--num-proc", type=int, help="worker processes (one per GPU)")
     parser.add_argument("--no-keep-shards", action="store_true", help="delete shards at the end")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             segment=args.segment,
             overlap=args.overlap,
             shifts=args.shifts,
-            batch_size=args.batch_size,
+            batch_size=args.demucs_batch,
         )
     tracks = _load_tracks(args.input, args.separator)
     chunks = prepare_chunks(

@@ -181,7 +181,7 @@ def test_demucs_separator_accepts_any_rate_and_channels():
 
 
 def test_demucs_batches_equal_length_tracks_like_single_calls():
-    sep = DemucsSeparator(model_instance=tiny_htdemucs(), device="cpu")
+    sep = DemucsSeparator(model_instance=tiny_htdemucs(), device="cpu", batch_size=2)
     rng = np.random.default_rng(1)
     a, b = _noise(rng, SR * 2, 0.5), _noise(rng, SR * 2, 0.05)
     together = sep.separate([a, b], [SR, SR])
@@ -189,6 +189,32 @@ def test_demucs_batches_equal_length_tracks_like_single_calls():
     for t, s in zip(together, alone, strict=True):
         for name in SOURCES:
             torch.testing.assert_close(t[name], s[name], atol=1e-5, rtol=1e-4)
+
+
+def test_default_batch_is_one_track_per_call_on_cpu(monkeypatch):
+    import demucs.apply
+
+    calls, depth = [], [0]
+    real = demucs.apply.apply_model
+
+    def counting(model, mix, **kwargs):
+        if not depth[0]:  # apply_model calls itself per segment: count the outer calls
+            calls.append(mix.shape[0])
+        depth[0] += 1
+        try:
+            return real(model, mix, **kwargs)
+        finally:
+            depth[0] -= 1
+
+    monkeypatch.setattr(demucs.apply, "apply_model", counting)
+    rng = np.random.default_rng(2)
+    tracks = [_noise(rng, SR, 0.3), _noise(rng, SR, 0.3)]
+    model = tiny_htdemucs()
+    DemucsSeparator(model_instance=model, device="cpu").separate(tracks, [SR, SR])
+    assert calls == [1, 1]  # batching tracks is slower on a CPU
+    calls.clear()
+    DemucsSeparator(model_instance=model, device="cpu", batch_size=2).separate(tracks, [SR, SR])
+    assert calls == [2]
 
 
 def test_demucs_groups_bound_the_padding():
