@@ -122,7 +122,8 @@ class TrainingArguments:
     )
     cpu: bool = _help("train on the CPU even if a GPU is present", False)
     channels_last: bool = _help(
-        "channels-last memory layout for the convolutions (about 1.8x faster on this CPU)", True
+        "channels-last memory layout for the convolutions (1.9x faster on a 2-core x86 CPU)",
+        True,
     )
     checkpoint_every: int = _help("steps between checkpoints (0 = only at the end)", 1000)
     keep_checkpoints: int = _help("checkpoints kept (the newest)", 3)
