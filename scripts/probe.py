@@ -51,7 +51,9 @@ def load_encoder(args: argparse.Namespace) -> tuple[MSCLModel, MSCLFeatureExtrac
         fe = MSCLFeatureExtractor.from_pretrained(args.model)
     else:
         fe = MSCLFeatureExtractor(feature_size=model.config.num_mel_bins)
-    return model, fe, folder.name
+    # A pre-training run saves `RUN/encoder` and `RUN/pretraining`: the run names the model.
+    generic = folder.name in ("encoder", "pretraining")
+    return model, fe, folder.resolve().parent.name if generic else folder.name
 
 
 def load_data(args: argparse.Namespace) -> Any:
