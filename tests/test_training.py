@@ -222,14 +222,19 @@ def test_bad_steps_are_skipped_then_stop_the_run(data_dir, tmp_path, monkeypatch
         )
 
 
-def test_loss_falls(data_dir, tmp_path):
+@pytest.mark.parametrize(
+    "objective",
+    [("cola",), ("mscl", "--sources", "drums", "--absent_sources", "false")],
+    ids=["cola", "mscl-drums"],
+)
+def test_loss_falls(data_dir, tmp_path, objective):
     from modeling_mscl.training import pretrain
 
     result = pretrain(
         tiny_argv(
             data_dir,
             tmp_path / "fall",
-            *("--objective", "cola", "--max_steps", "50", "--batch_size", "16"),
+            *("--objective", *objective, "--max_steps", "50", "--batch_size", "16"),
             *("--drop_connect_rate", "0", "--eval_every", "0", "--checkpoint_every", "0"),
             *("--lr_schedule", "constant", "--learning_rate", "3e-3"),
         )
