@@ -457,7 +457,7 @@ def pretrain(
     if accelerator.is_main_process:
         args.save(out_dir / ARGS_FILE)
 
-    val_batches = []
+    val_batches: list[dict[str, Any]] = []
     if val_store is not None and t.eval_every and t.eval_batches:
         val_batches = _validation_batches(args, val_store, rank, world, in_loader)
 
@@ -492,6 +492,14 @@ def pretrain(
     meter = _Meter(accelerator.device)
     metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
+
+    def record(logs: dict[str, float], at_step: int) -> None:
+        """Send ``logs`` to the trackers and keep them in the run's metrics and history."""
+        if logs:
+            accelerator.log(logs, step=at_step)
+            metrics.update(logs)
+            history.append({"step": float(at_step), **logs})
+
     step = start_step
     device = accelerator.device
     # Stands in for a minibatch that could not be built: the process still runs forward
@@ -509,11 +517,7 @@ def pretrain(
     if hook is not None and t.probe_every and start_step == 0:
         # Step 0 is the initialisation that every run of a seed shares: convergence curves
         # of several objectives then start from the same point.
-        logs = _run_probe(accelerator, model, hook, 0)
-        if logs:
-            accelerator.log(logs, step=0)
-            metrics.update(logs)
-            history.append({"step": 0.0, **logs})
+        record(_run_probe(accelerator, model, hook, 0), 0)
     model.train()
     batches = iter(loader)
     for _ in range(start_step * accum, t.max_steps * accum):
@@ -586,10 +590,7 @@ def pretrain(
                     and (step % t.probe_every == 0 or step == t.max_steps)
                 ):
                     logs.update(_run_probe(accelerator, model, hook, step))
-                if logs:
-                    accelerator.log(logs, step=step)
-                    metrics.update(logs)
-                    history.append({"step": float(step), **logs})
+                record(logs, step)
                 if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.max_steps:
                     trainer_state = {
                         "step": step,
