@@ -224,74 +224,53 @@ def null_source_contrastive_loss(
     anchor_embeds: torch.Tensor,
     positive_embeds: torch.Tensor,
     source_present: torch.Tensor,
-    null_embed: torch.Tensor | None,
     similarity: Similarity,
     gather: bool = True,
 ) -> ContrastiveLossOutput:
     """MSCL's InfoNCE with one shared "null" column for absent sources (METHOD.md, section 4).
 
     Columns are the positives of the rows whose source is present, in global order (process
-    0's rows first), then one null column if any row of the global batch is absent. A
-    present anchor must pick its own positive; an absent anchor must pick the null column.
-    With every source present this is exactly :func:`info_nce_loss`.
+    0's rows first), then one null column if any row of the global batch is absent: the
+    mean of the embeddings of *all* absent rows of the global batch, as the reference
+    computes it (in training mode stochastic depth makes those rows differ, and the mean
+    sends the gradient to every one of them). A present anchor must pick its own positive;
+    an absent anchor must pick the null column. With every source present this is exactly
+    :func:`info_nce_loss`.
 
     Args:
         anchor_embeds: `(B, D)` local anchors (mixture crops).
-        positive_embeds: `(B, D)` local positives (source crops). Rows of absent sources are
-            never used as columns (they usually hold the embedding of the zero input).
+        positive_embeds: `(B, D)` local positives: source crops where present, the
+            embedding of the all-zero input where absent.
         source_present: `(B,)` bool, whether each row's source is present.
-        null_embed: `(D,)` embedding of the all-zero input, or None if this process has none.
-            Under several processes the null column is the mean of the null embeds of the
-            processes that provided one (gathered with gradient).
         similarity: `(anchors (B, D), columns (C, D)) -> logits (B, C)`.
-        gather: under torch.distributed, use the positives of every process as columns.
+        gather: under torch.distributed, use the positives of every process as columns and
+            average the null column over the absent rows of every process (both gathered
+            with gradient), so that all processes contrast against the same columns.
 
     Returns:
         :class:`ContrastiveLossOutput`; the loss is the mean over the local rows.
-
-    Raises:
-        ValueError: on bad shapes, or if a row is absent but no process gave a null_embed.
     """
     _check_pairs(anchor_embeds, positive_embeds)
-    batch, dim = positive_embeds.shape
-    device, dtype = positive_embeds.device, positive_embeds.dtype
+    batch = positive_embeds.shape[0]
+    device = positive_embeds.device
     if source_present.shape != (batch,):
         raise ValueError(
             f"source_present must have shape ({batch},); got {tuple(source_present.shape)}"
         )
     present = source_present.to(device=device, dtype=torch.bool)
-    if null_embed is not None and null_embed.shape != (dim,):
-        raise ValueError(f"null_embed must have shape ({dim},); got {tuple(null_embed.shape)}")
-    # A process without a null embed still sends a (zero) row and a flag, so that the
-    # collectives have the same shapes on every process.
-    provided = null_embed is not None
-    null = null_embed.to(device=device, dtype=dtype) if provided else positive_embeds.new_zeros(dim)
 
     rank, world = _world(gather)
     if world == 1:
-        all_present = present
-        all_provided = torch.tensor([provided], device=device)
-        all_positives, null_rows = positive_embeds, null[None]
+        all_present, all_positives = present, positive_embeds
     else:
         _check_equal_shapes(positive_embeds, "null_source_contrastive_loss")
-        flags = torch.cat([present.long(), torch.tensor([int(provided)], device=device)])
-        flags = _all_gather_cat(flags).view(world, batch + 1)
-        all_present = flags[:, :batch].reshape(-1).bool()
-        all_provided = flags[:, batch].bool()
-        # One gather for positives and null embeds together: one collective, one backward.
-        stacked = _GatherWithGrad.apply(torch.cat([positive_embeds, null[None]]))
-        stacked = stacked.view(world, batch + 1, dim)
-        all_positives, null_rows = stacked[:, :batch].reshape(world * batch, dim), stacked[:, batch]
+        all_present = _all_gather_cat(present.to(torch.uint8)).bool()
+        all_positives = _GatherWithGrad.apply(positive_embeds)
 
     columns = all_positives[all_present]
     num_present = columns.shape[0]
     if not bool(all_present.all()):
-        if not bool(all_provided.any()):
-            raise ValueError(
-                "some sources are absent but no null_embed was given (on any process); pass "
-                "the embedding of the all-zero input"
-            )
-        null_column = null_rows[all_provided].float().mean(dim=0)
+        null_column = all_positives[~all_present].float().mean(dim=0)
         columns = torch.cat([columns.float(), null_column[None]])
 
     # Global column index of each present row = number of present rows before it.

@@ -37,6 +37,8 @@ __all__ = [
 # VarianceScaling(2.0, "fan_out", "truncated_normal") in Keras divides the standard
 # deviation by this constant: the std of a unit normal truncated at +-2.
 _TRUNCATED_NORMAL_STD = 0.87962566103423978
+# Standard deviation of Keras' `random_normal` initialiser, the reference's bilinear W.
+BILINEAR_INIT_STD = 0.05
 
 
 @dataclass
@@ -339,7 +341,8 @@ class MSCLPreTrainedModel(PreTrainedModel):
             nn.init.ones_(module.variance)
             nn.init.zeros_(module.count)
         elif isinstance(module, MSCLSimilarity) and module.weight is not None:
-            nn.init.xavier_uniform_(module.weight)
+            # Keras' `random_normal` (mean 0, std 0.05), the reference's bilinear matrix.
+            nn.init.normal_(module.weight, mean=0.0, std=BILINEAR_INIT_STD)
 
 
 class MSCLModel(MSCLPreTrainedModel):
@@ -500,8 +503,8 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
                 Crops of one source of the same excerpts (MSCL) or second mixture crops (COLA).
             source_present (`torch.BoolTensor` of shape `(batch,)`, *optional*):
                 Whether each pair's source is present. Absent positives are replaced by the
-                all-zero input and their anchors must pick the shared null column. `None`
-                means all present (plain InfoNCE).
+                all-zero input and their anchors must pick the shared null column (the mean
+                of the absent rows' embeddings). `None` means all present (plain InfoNCE).
             gather (`bool`, *optional*, defaults to `True`):
                 Under torch.distributed, use the positives of every process as columns.
         """
@@ -511,25 +514,29 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
                 "anchor_features and positive_features must have the same shape; got "
                 f"{tuple(anchor_features.shape)} and {tuple(positive_features.shape)}"
             )
-        # Two passes, as the reference: anchors and positives keep separate batch statistics.
-        anchor_embeds = self.mscl(anchor_features).audio_embeds
-        if source_present is None:
-            positive_embeds = self.mscl(positive_features).audio_embeds
+        batch = anchor_features.shape[0]
+        present = None
+        positives = positive_features
+        if source_present is not None:
+            present = source_present.to(device=positive_features.device, dtype=torch.bool)
+            if present.shape != (batch,):
+                raise ValueError(
+                    f"source_present must have shape ({batch},); got {tuple(present.shape)}"
+                )
+            # An absent source is the all-zero input (not the log-mel of silence), as in the
+            # reference; `where`, not a product, so no value of an absent crop leaks in.
+            positives = torch.where(present[:, None, None], positive_features, 0.0)
+        # ONE encoder pass over anchors and positives together, as the reference: batch norm
+        # normalises the 2B inputs with one set of statistics and updates its running
+        # statistics once per step (two passes would blend two different input
+        # distributions into the running statistics, and skew every eval-mode feature).
+        embeds = self.mscl(torch.cat([anchor_features, positives])).audio_embeds
+        anchor_embeds, positive_embeds = embeds[:batch], embeds[batch:]
+        if present is None:
             out = info_nce_loss(anchor_embeds, positive_embeds, self.similarity, gather=gather)
         else:
-            present = source_present.to(device=positive_features.device, dtype=torch.bool)
-            if present.shape != (positive_features.shape[0],):
-                raise ValueError(
-                    f"source_present must have shape ({positive_features.shape[0]},); "
-                    f"got {tuple(present.shape)}"
-                )
-            positives = positive_features * present[:, None, None].to(positive_features.dtype)
-            positive_embeds = self.mscl(positives).audio_embeds
-            absent = (~present).nonzero()
-            # Zero inputs in one batch share batch statistics, so any absent row is h(0).
-            null_embed = positive_embeds[absent[0, 0]] if absent.numel() else None
             out = null_source_contrastive_loss(
-                anchor_embeds, positive_embeds, present, null_embed, self.similarity, gather=gather
+                anchor_embeds, positive_embeds, present, self.similarity, gather=gather
             )
         result = MSCLForPreTrainingOutput(
             loss=out.loss,

@@ -35,13 +35,16 @@ def cosine(temperature: float):
     )
 
 
-def naive_null_source(anchors, positives, present, null, similarity):
-    """The loss of METHOD.md section 4 written row by row: (loss, logits, targets)."""
+def naive_null_source(anchors, positives, present, similarity):
+    """The loss of METHOD.md section 4 written row by row: (loss, logits, targets).
+
+    The null column is the mean of the absent rows' positive embeddings."""
     present = [bool(p) for p in present]
     columns = [positives[j] for j in range(len(present)) if present[j]]
     num_present = len(columns)
     if not all(present):
-        columns.append(null)
+        absent = [positives[j] for j in range(len(present)) if not present[j]]
+        columns.append(sum(absent) / len(absent))
     rows, losses, targets = [], [], []
     for i in range(len(present)):
         target = sum(present[:i]) if present[i] else num_present
@@ -56,11 +59,10 @@ def random_case(seed: int, batch: int = 7, dim: int = 5):
     gen = torch.Generator().manual_seed(seed)
     anchors = torch.randn(batch, dim, generator=gen)
     positives = torch.randn(batch, dim, generator=gen)
-    null = torch.randn(dim, generator=gen)
     weight = torch.randn(dim, dim, generator=gen) * 0.5
     present = torch.rand(batch, generator=gen) < 0.6
-    present[0], present[1] = True, False  # always a mix of both kinds
-    return anchors, positives, present, null, weight
+    present[0], present[1], present[2] = True, False, False  # a mix, and 2+ absent rows
+    return anchors, positives, present, weight
 
 
 SIMILARITIES = {
@@ -72,10 +74,10 @@ SIMILARITIES = {
 @pytest.mark.parametrize("kind", sorted(SIMILARITIES))
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_null_source_matches_naive_loop(kind, seed):
-    anchors, positives, present, null, weight = random_case(seed)
+    anchors, positives, present, weight = random_case(seed)
     similarity = SIMILARITIES[kind](weight)
-    out = null_source_contrastive_loss(anchors, positives, present, null, similarity)
-    loss, logits, targets = naive_null_source(anchors, positives, present, null, similarity)
+    out = null_source_contrastive_loss(anchors, positives, present, similarity)
+    loss, logits, targets = naive_null_source(anchors, positives, present, similarity)
     torch.testing.assert_close(out.loss, loss)
     torch.testing.assert_close(out.logits, logits)
     assert out.targets.dtype == torch.int64
@@ -88,9 +90,9 @@ def test_null_source_matches_naive_loop(kind, seed):
 @pytest.mark.parametrize("kind", sorted(SIMILARITIES))
 def test_null_source_gradients_match_naive_loop(kind):
     def grads(loss_fn):
-        anchors, positives, present, null, weight = random_case(3)
-        leaves = [t.requires_grad_() for t in (anchors, positives, null, weight)]
-        loss = loss_fn(anchors, positives, present, null, SIMILARITIES[kind](weight))
+        anchors, positives, present, weight = random_case(3)
+        leaves = [t.requires_grad_() for t in (anchors, positives, weight)]
+        loss = loss_fn(anchors, positives, present, SIMILARITIES[kind](weight))
         loss.backward()
         return [t.grad for t in leaves]
 
@@ -98,21 +100,21 @@ def test_null_source_gradients_match_naive_loop(kind):
     expected = grads(lambda *args: naive_null_source(*args)[0])
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e)
-    # Absent rows are not columns: their positives get no gradient at all.
-    _, _, present, _, _ = random_case(3)
-    assert torch.all(got[1][~present] == 0)
+    # Every absent row feeds the null column (the mean), so each one gets a gradient, and
+    # the same one: d mean / d row is 1 / (number of absent rows) for every row.
+    _, _, present, _ = random_case(3)
+    absent_grads = got[1][~present]
+    assert absent_grads.shape[0] >= 2 and torch.any(absent_grads != 0)
+    torch.testing.assert_close(absent_grads, absent_grads[:1].expand_as(absent_grads))
     assert torch.any(got[1][present] != 0)
 
 
 @pytest.mark.parametrize("kind", sorted(SIMILARITIES))
-@pytest.mark.parametrize("with_null", [True, False])
-def test_all_present_equals_info_nce(kind, with_null):
-    anchors, positives, _, null, weight = random_case(4)
+def test_all_present_equals_info_nce(kind):
+    anchors, positives, _, weight = random_case(4)
     similarity = SIMILARITIES[kind](weight)
     present = torch.ones(anchors.shape[0], dtype=torch.bool)
-    out = null_source_contrastive_loss(
-        anchors, positives, present, null if with_null else None, similarity
-    )
+    out = null_source_contrastive_loss(anchors, positives, present, similarity)
     ref = info_nce_loss(anchors, positives, similarity)
     assert torch.equal(out.loss, ref.loss)
     assert torch.equal(out.logits, ref.logits)
@@ -121,7 +123,7 @@ def test_all_present_equals_info_nce(kind, with_null):
 
 
 def test_info_nce_matches_cross_entropy_of_full_logits():
-    anchors, positives, _, _, weight = random_case(5)
+    anchors, positives, _, weight = random_case(5)
     out = info_nce_loss(anchors, positives, bilinear(weight))
     logits = anchors @ weight @ positives.T
     assert out.targets.tolist() == list(range(anchors.shape[0]))
@@ -138,29 +140,21 @@ def test_info_nce_accuracy_counts_rows_that_pick_their_own_positive():
 
 
 def test_all_absent_rows_pick_the_null_column():
-    anchors, positives, _, null, weight = random_case(6)
+    anchors, positives, _, weight = random_case(6)
     present = torch.zeros(anchors.shape[0], dtype=torch.bool)
-    out = null_source_contrastive_loss(anchors, positives, present, null, bilinear(weight))
+    out = null_source_contrastive_loss(anchors, positives, present, bilinear(weight))
     assert out.logits.shape == (anchors.shape[0], 1)
     assert out.targets.tolist() == [0] * anchors.shape[0]
     assert out.loss.item() == pytest.approx(0.0, abs=1e-7)  # softmax over a single column
     assert out.accuracy.item() == 1.0
-    torch.testing.assert_close(out.logits[:, 0], anchors @ weight @ null)
-
-
-def test_absent_rows_without_null_embed_raise():
-    anchors, positives, present, _, weight = random_case(7)
-    with pytest.raises(ValueError, match="null_embed"):
-        null_source_contrastive_loss(anchors, positives, present, None, bilinear(weight))
+    torch.testing.assert_close(out.logits[:, 0], anchors @ weight @ positives.mean(0))
 
 
 def test_bad_shapes_raise():
-    anchors, positives, present, null, weight = random_case(8)
+    anchors, positives, present, weight = random_case(8)
     sim = bilinear(weight)
     with pytest.raises(ValueError, match="source_present"):
-        null_source_contrastive_loss(anchors, positives, present[:-1], null, sim)
-    with pytest.raises(ValueError, match="null_embed"):
-        null_source_contrastive_loss(anchors, positives, present, null[:-1], sim)
+        null_source_contrastive_loss(anchors, positives, present[:-1], sim)
     with pytest.raises(ValueError, match="positive_embeds"):
         info_nce_loss(anchors, positives[:-1], sim)
     with pytest.raises(ValueError, match="logits of shape"):
@@ -168,29 +162,27 @@ def test_bad_shapes_raise():
 
 
 def test_source_present_may_be_integers():
-    anchors, positives, present, null, weight = random_case(9)
+    anchors, positives, present, weight = random_case(9)
     sim = bilinear(weight)
-    as_bool = null_source_contrastive_loss(anchors, positives, present, null, sim)
-    as_int = null_source_contrastive_loss(anchors, positives, present.long(), null, sim)
+    as_bool = null_source_contrastive_loss(anchors, positives, present, sim)
+    as_int = null_source_contrastive_loss(anchors, positives, present.long(), sim)
     assert torch.equal(as_bool.loss, as_int.loss)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_embeds_give_float32_logits(dtype):
-    anchors, positives, present, null, weight = random_case(10)
-    anchors, positives, null = anchors.to(dtype), positives.to(dtype), null.to(dtype)
+    anchors, positives, present, weight = random_case(10)
+    anchors, positives = anchors.to(dtype), positives.to(dtype)
     sim = bilinear(weight)
-    out = null_source_contrastive_loss(anchors, positives, present, null, sim)
-    ref, logits, _ = naive_null_source(
-        anchors.float(), positives.float(), present, null.float(), sim
-    )
+    out = null_source_contrastive_loss(anchors, positives, present, sim)
+    ref, logits, _ = naive_null_source(anchors.float(), positives.float(), present, sim)
     assert out.logits.dtype == torch.float32 and out.loss.dtype == torch.float32
     torch.testing.assert_close(out.logits, logits)
     torch.testing.assert_close(out.loss, ref)
 
 
 def test_autocast_does_not_lower_the_logits_precision():
-    anchors, positives, _, _, weight = random_case(11)
+    anchors, positives, _, weight = random_case(11)
     sim = bilinear(weight)
     ref = info_nce_loss(anchors, positives, sim)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -204,7 +196,7 @@ def test_empty_batch_gives_a_zero_loss_that_backpropagates():
     anchors = torch.zeros(0, 5, requires_grad=True)
     positives = torch.zeros(0, 5, requires_grad=True)
     out = null_source_contrastive_loss(
-        anchors, positives, torch.zeros(0, dtype=torch.bool), None, bilinear(torch.eye(5))
+        anchors, positives, torch.zeros(0, dtype=torch.bool), bilinear(torch.eye(5))
     )
     assert out.loss.item() == 0.0 and out.logits.shape == (0, 0)
     out.loss.backward()
@@ -227,14 +219,14 @@ GLOBAL_BATCH = 8
 DIST_CASES = {
     "info_nce": None,
     "absent_on_both": [1, 0, 1, 1, 0, 1, 1, 0],
-    "process0_all_present": [1, 1, 1, 1, 1, 0, 0, 1],  # process 0 passes null_embed=None
+    "process0_all_present": [1, 1, 1, 1, 1, 0, 0, 1],  # process 0 has no absent row
     "process1_all_absent": [0, 1, 1, 1, 0, 0, 0, 0],
     "all_present_masked": [1] * 8,
 }
 
 
 class TinyContrastiveModel(nn.Module):
-    """Linear "encoder" plus a bilinear similarity; the null embed is h(zero input)."""
+    """Linear "encoder" plus a bilinear similarity; absent positives are the zero input."""
 
     def __init__(self, in_dim: int = 6, dim: int = 4) -> None:
         super().__init__()
@@ -250,10 +242,7 @@ class TinyContrastiveModel(nn.Module):
             out = info_nce_loss(anchors, self.encoder(positives_x), self.similarity)
         else:
             positives = self.encoder(positives_x * present[:, None])
-            null = None
-            if not bool(present.all()):
-                null = self.encoder(torch.zeros(1, anchors_x.shape[1]))[0]
-            out = null_source_contrastive_loss(anchors, positives, present, null, self.similarity)
+            out = null_source_contrastive_loss(anchors, positives, present, self.similarity)
         return out.loss, out.logits, out.targets
 
 
@@ -310,9 +299,6 @@ def _worker_main(rank: int, init_file: str, out_dir: str) -> None:
         for name, fn in {
             "info_nce_unequal": lambda: info_nce_loss(x, x, bilinear(torch.eye(4))),
             "gather_no_grad_unequal": lambda: gather_no_grad(x),
-            "no_null_anywhere": lambda: null_source_contrastive_loss(
-                x[:3], x[:3], torch.tensor([True, False, True]), None, bilinear(torch.eye(4))
-            ),
         }.items():
             try:
                 fn()
@@ -430,8 +416,3 @@ def test_unequal_local_sizes_raise_on_every_process(dist_results, name):
         assert "same shape on every process" in result["errors"][name]
         assert "(3, 4)" in result["errors"][name] and "(4, 4)" in result["errors"][name]
 
-
-def test_absent_rows_without_any_null_embed_raise_on_every_process(dist_results):
-    for result in dist_results:
-        assert result["errors"]["no_null_anywhere"] is not None
-        assert "null_embed" in result["errors"]["no_null_anywhere"]

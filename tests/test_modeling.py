@@ -157,6 +157,65 @@ def test_pretraining_null_column_and_zeroed_absent_positives():
     assert cola.logits.shape == (6, 6) and cola.targets.tolist() == list(range(6))
 
 
+def test_one_pretraining_forward_is_one_batch_norm_update():
+    """Anchors and positives go through the encoder as one batch of 2B, as the reference:
+    every batch norm layer updates its running statistics exactly once per forward."""
+    torch.manual_seed(0)
+    model = MSCLForPreTraining(tiny_config()).train()
+    anchors, positives = torch.randn(4, 98, 64), torch.randn(4, 98, 64)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    for present in (None, torch.tensor([1, 0, 1, 0], dtype=torch.bool)):
+        before = [int(m.num_batches_tracked) for m in norms]
+        model(anchors, positives, source_present=present)
+        assert [int(m.num_batches_tracked) - b for m, b in zip(norms, before, strict=True)] == [
+            1
+        ] * len(norms)
+    # The statistics are those of the 2B batch: the same model fed the concatenation as
+    # one batch of MSCLModel ends with the same running mean.
+    torch.manual_seed(0)
+    joint = MSCLForPreTraining(tiny_config()).train()
+    torch.manual_seed(0)
+    alone = MSCLForPreTraining(tiny_config()).train()
+    joint(anchors, positives)
+    alone.mscl(torch.cat([anchors, positives]))
+    first = next(m for m in joint.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    first_alone = next(m for m in alone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    torch.testing.assert_close(first.running_mean, first_alone.running_mean)
+    torch.testing.assert_close(first.running_var, first_alone.running_var)
+
+
+def test_null_column_is_the_mean_of_the_absent_rows_in_training_mode():
+    # Full depth, so that stochastic depth has residual branches to drop: the absent rows
+    # (all the zero input) then get different embeddings in training mode.
+    torch.manual_seed(0)
+    model = MSCLForPreTraining(tiny_config(drop_connect_rate=0.5, depth_coefficient=1.0))
+    model.train()
+    anchors, positives = torch.randn(8, 98, 64), torch.randn(8, 98, 64)
+    present = torch.tensor([1, 0, 1, 0, 0, 1, 1, 0], dtype=torch.bool)
+    out = model(anchors, positives, source_present=present)
+    absent_rows = out.positive_embeds[~present]
+    assert (absent_rows - absent_rows[0]).abs().max() > 1e-3  # the rows do differ
+    null = absent_rows.mean(0)
+    expected = out.anchor_embeds @ model.similarity.weight @ null
+    torch.testing.assert_close(out.logits[:, -1], expected)
+    present_rows = out.positive_embeds[present]
+    torch.testing.assert_close(
+        out.logits[:, :-1], out.anchor_embeds @ model.similarity.weight @ present_rows.T
+    )
+    # The gradient reaches every absent row, not only one of them.
+    grads = torch.autograd.grad(out.loss, out.positive_embeds)[0]
+    assert bool((grads[~present].abs().sum(-1) > 0).all())
+
+
+def test_bilinear_matrix_starts_like_keras_random_normal():
+    torch.manual_seed(0)
+    weight = MSCLForPreTraining(tiny_config(projection_dim=256)).similarity.weight.detach()
+    assert abs(float(weight.mean())) < 0.002
+    assert float(weight.std()) == pytest.approx(0.05, rel=0.02)
+    assert float(weight.abs().max()) > 3 * 0.05  # a normal, not a bounded uniform
+
+
 def test_pretraining_trains_bilinear_and_cosine():
     for similarity in ("bilinear", "cosine"):
         torch.manual_seed(0)
