@@ -27,6 +27,7 @@ __all__ = [
     "remove_partial_checkpoints",
     "resume",
     "save_checkpoint",
+    "schedule_changes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,17 +98,50 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [k for k in keys if saved.get(k) != current.get(k)]
 
 
+# Arguments that define the learning-rate schedule. The scheduler state saved in a
+# checkpoint carries the schedule it was built with (the decay step, say), so a resumed
+# run with other values would silently follow the old schedule: resuming refuses instead.
+SCHEDULE_KEYS = ("lr_schedule", "learning_rate", "warmup_steps", "lr_decay_at", "lr_decay_factor")
+
+
+def schedule_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The schedule-defining arguments that differ between a checkpoint and this run.
+
+    ``max_steps`` counts too unless both schedules are constant (then it only says where
+    to stop, and a run may be extended).
+    """
+    keys = list(SCHEDULE_KEYS)
+    if saved.get("lr_schedule") != "constant" or current.get("lr_schedule") != "constant":
+        keys.append("max_steps")
+    return [
+        f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
+
+
 def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tuple[int, int, int]:
     """Load the newest checkpoint into ``accelerator``'s prepared objects.
 
     Returns (step, skipped steps, skipped steps in a row); (0, 0, 0) without a checkpoint.
-    Warns when the sampler's fingerprint or the arguments that shape the run changed.
+    Raises ValueError when an argument that defines the learning-rate schedule changed
+    (see :data:`SCHEDULE_KEYS`); warns when the sampler's fingerprint or other arguments
+    that shape the run changed.
     """
     out_dir = Path(args.training.output_dir).expanduser()
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is None:
         logger.warning("resume: no checkpoint in %s, starting from scratch", out_dir)
         return 0, 0, 0
+    saved_args = json.loads((checkpoint / ARGS_FILE).read_text())
+    changed_schedule = schedule_changes(saved_args, args.to_dict())
+    if changed_schedule:
+        raise ValueError(
+            f"resume: the learning-rate schedule of {checkpoint} was built with other "
+            f"arguments ({'; '.join(changed_schedule)}); the checkpoint's scheduler would "
+            "keep the old schedule. Resume with the checkpoint's values, or start a new "
+            "run in another output_dir."
+        )
     # Model, optimizer, scheduler, RNG states and Accelerate's accumulation counter.
     accelerator.load_state(str(checkpoint))
     state = json.loads((checkpoint / TRAINER_STATE).read_text())
@@ -117,7 +151,7 @@ def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tu
             "not continue the original sequence",
             checkpoint,
         )
-    changed = _differences(json.loads((checkpoint / ARGS_FILE).read_text()), args.to_dict())
+    changed = _differences(saved_args, args.to_dict())
     if changed:
         logger.warning("resume: arguments changed since the checkpoint: %s", changed)
     accelerator.print(f"resumed from {checkpoint} at step {state['step']}")

@@ -21,9 +21,11 @@ How the pieces fit:
   ``training_args.json``, ready for ``AutoModel.from_pretrained``) and ``pretraining/``
   (the full :class:`~modeling_mscl.MSCLForPreTraining`).
 
-Under several processes each process's batch normalisation sees only its slice (there is
-no SyncBatchNorm on the CPU); the loss itself is over the global minibatch (positives are
-gathered with gradient), and DDP averages the gradients.
+Under several processes the loss is one loss over the global minibatch: positives are
+gathered with gradient, the null column is the mean of the absent rows of every process,
+and DDP averages the gradients. Batch normalisation sees each process's slice of the
+minibatch (2 x batch_size / processes inputs), unless ``sync_batchnorm`` (CUDA only) makes
+it see the global one; only then does a step equal one process's step on the whole batch.
 """
 
 from __future__ import annotations
@@ -428,6 +430,12 @@ def pretrain(
     world, rank = accelerator.num_processes, accelerator.process_index
     if t.batch_size % world:
         raise ValueError(f"batch_size={t.batch_size} must be a multiple of the {world} processes")
+    if t.sync_batchnorm and accelerator.device.type != "cuda":
+        raise ValueError(
+            f"sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm has no kernel for "
+            f"{accelerator.device.type}); set --sync_batchnorm false: each process's batch "
+            "norm then sees its slice of the minibatch"
+        )
 
     store, val_store = load_chunk_stores(args)
     sampler = build_sampler(args, store, TRAIN_STREAM)
@@ -437,6 +445,10 @@ def pretrain(
 
     set_seed(t.seed)  # the same initial weights on every process and in every run
     model = build_model(args)
+    if t.sync_batchnorm and world > 1:
+        # Statistics over the global minibatch: what one process on the whole batch
+        # computes (the reference trained on one GPU).
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = _make_optimizer(args, model)
     schedule = LearningRateSchedule(
         t.lr_schedule, t.max_steps, t.warmup_steps, t.lr_decay_at, t.lr_decay_factor

@@ -125,6 +125,12 @@ class TrainingArguments:
         "channels-last memory layout for the convolutions (1.9x faster on a 2-core x86 CPU)",
         True,
     )
+    sync_batchnorm: bool = _help(
+        "under several processes, batch norm over the global minibatch (SyncBatchNorm) as "
+        "one process on the whole batch, like the reference; CUDA only, refused on the "
+        "CPU; no effect with one process",
+        False,
+    )
     checkpoint_every: int = _help("steps between checkpoints (0 = only at the end)", 1000)
     keep_checkpoints: int = _help("checkpoints kept (the newest)", 3)
     resume: bool = _help("continue from the newest checkpoint in output_dir", False)
