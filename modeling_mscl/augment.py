@@ -1,17 +1,29 @@
-"""S3T-style spectrogram augmentations for the augmentation baseline (METHOD.md section 6).
+"""The S3T spectrogram augmentation of the augmentation baseline (METHOD.md section 6).
 
-The baseline trains COLA with both crops augmented by time warping, a frequency shift,
-frequency masks and time masks, all on log-mel crops. The augmentation is split in two
-so that a minibatch stays a pure function of (seed, step) and a sharded batch sees
-exactly the augmentations of the global batch:
+The baseline trains COLA with both crops of a pair augmented, independently, by the
+authors' S3T-style pipeline on log-mel crops (98 frames x 64 mel bins), in this order:
+
+1. time masks (p 0.5): 1-9 masks, each 1-9 frames wide, starting in frames 0-86;
+2. frequency masks (p 0.5): 1-4 masks, each 1-11 bins wide, starting in bins 0-63 and
+   clipped at the top edge;
+3. frequency shift (p 0.4): by u = 1-9 bins, bin b takes bin b + u (the content moves
+   down) and the top u bins are vacated;
+4. time warp (p 0.4): a pivot frame tc in 38-57; output frames 0-48 read the input at
+   the 49 evenly spaced positions from 0 to tc, frames 49-97 at the 49 positions from
+   tc + 1 to 97, with linear interpolation along time.
+
+Masked cells and vacated bins are set to 0 (a literal 0 in the log domain). All counts,
+widths and positions are uniform integers over the ranges above (both ends included),
+and the four transforms are picked by four independent coins per crop. The defaults of
+:class:`SpecAugmentation` are exactly these values.
+
+The augmentation is split in two so that a minibatch stays a pure function of
+(seed, step) and a sharded batch sees exactly the augmentations of the global batch:
 
 - :meth:`SpecAugmentation.draw` draws every random parameter for the *global* batch with
   a numpy generator (small integer arrays, cheap);
 - :meth:`SpecAugmentation.apply` applies them to any slice of that batch with vectorised
   torch operations (no per-crop Python loop), on whatever device the crops are on.
-
-The parameter ranges are ours (S3T does not fix them for 98-frame, 64-bin crops); they
-are SpecAugment-like and scaled to a one-second window.
 """
 
 from __future__ import annotations
@@ -23,100 +35,178 @@ import torch
 
 __all__ = ["AugmentParams", "SpecAugmentation"]
 
+# Parameter arrays of n crops, as returned by SpecAugmentation.draw:
+#   time_mask_start, time_mask_width  (n, time_masks_max)  frames; width 0 = unused mask
+#   freq_mask_start, freq_mask_width  (n, freq_masks_max)  bins; width 0 = unused mask
+#   freq_shift                        (n,)                 bins; 0 = not shifted
+#   time_warp_pivot                   (n,)                 frame tc; -1 = not warped
 AugmentParams = dict[str, np.ndarray]
+
+_INT_FIELDS = (
+    "time_masks_max",
+    "time_mask_frames_max",
+    "time_mask_start_max",
+    "freq_masks_max",
+    "freq_mask_bins_max",
+    "freq_shift_bins_max",
+    "time_warp_pivot_min",
+    "time_warp_pivot_max",
+)
+_PROB_FIELDS = ("time_mask_prob", "freq_mask_prob", "freq_shift_prob", "time_warp_prob")
 
 
 @dataclass(frozen=True)
 class SpecAugmentation:
-    """Random time warp, frequency shift, frequency masks and time masks of log-mel crops.
+    """S3T masks, frequency shift and time warp of log-mel crops (defaults: the reference).
 
-    Each transform is applied to each crop independently with probability ``prob`` (each
-    mask too), in the order warp, shift, frequency masks, time masks.
+    Each crop gets four independent coins: time masks, frequency masks, frequency shift
+    and time warp, applied in that order. Ranges are inclusive; "uniform" means uniform
+    over the integers of the range.
 
     Args:
-        time_warp_frames: largest displacement of the warp's anchor frame (0 disables).
-        freq_shift_bins: largest shift of the spectrum up or down, in mel bins (0 disables);
-            bins shifted in from outside take the crop's minimum (close to silence).
-        freq_masks: number of frequency masks per crop.
-        freq_mask_bins: largest width of a frequency mask, in bins.
-        time_masks: number of time masks per crop.
-        time_mask_frames: largest width of a time mask, in frames.
-        prob: probability of each transform (and of each mask) per crop.
+        time_mask_prob: probability that a crop gets time masks (reference 0.5).
+        time_masks_max: number of time masks, uniform in 1..this (reference 9).
+        time_mask_frames_max: width of each time mask in frames, uniform in 1..this
+            (reference 9).
+        time_mask_start_max: first masked frame, uniform in 0..this (reference 86, for
+            98-frame crops); a mask running past the last frame is clipped.
+        freq_mask_prob: probability that a crop gets frequency masks (reference 0.5).
+        freq_masks_max: number of frequency masks, uniform in 1..this (reference 4).
+        freq_mask_bins_max: width of each frequency mask in mel bins, uniform in 1..this
+            (reference 11). The first masked bin is uniform over every bin of the crop
+            (0..63 for 64 bins) and a mask running past the top bin is clipped.
+        freq_shift_prob: probability that a crop is shifted in frequency (reference 0.4).
+        freq_shift_bins_max: the shift u in mel bins, uniform in 1..this (reference 9):
+            bin b takes bin b + u and the top u bins take ``fill_value``.
+        time_warp_prob: probability that a crop is time-warped (reference 0.4).
+        time_warp_pivot_min: smallest pivot frame tc (reference 38).
+        time_warp_pivot_max: largest pivot frame tc (reference 57). With ``frames``
+            frames and h = frames // 2 (49 for 98 frames), output frames 0..h-1 read
+            input positions linspace(0, tc, h) and frames h..frames-1 read
+            linspace(tc + 1, frames - 1, frames - h), interpolated linearly in time.
+        fill_value: value of masked cells and of the bins vacated by the shift
+            (reference 0.0, in the log-mel domain).
 
-    Masked cells take the crop's mean, so a mask removes information without adding an
-    out-of-range value.
+    Crops of other sizes than 98 x 64 use the same rules with these absolute values,
+    which must fit the crop (:meth:`check_shape`).
     """
 
-    time_warp_frames: int = 10
-    freq_shift_bins: int = 4
-    freq_masks: int = 2
-    freq_mask_bins: int = 8
-    time_masks: int = 2
-    time_mask_frames: int = 10
-    prob: float = 0.5
+    time_mask_prob: float = 0.5
+    time_masks_max: int = 9
+    time_mask_frames_max: int = 9
+    time_mask_start_max: int = 86
+    freq_mask_prob: float = 0.5
+    freq_masks_max: int = 4
+    freq_mask_bins_max: int = 11
+    freq_shift_prob: float = 0.4
+    freq_shift_bins_max: int = 9
+    time_warp_prob: float = 0.4
+    time_warp_pivot_min: int = 38
+    time_warp_pivot_max: int = 57
+    fill_value: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in (
-            "time_warp_frames",
-            "freq_shift_bins",
-            "freq_masks",
-            "freq_mask_bins",
-            "time_masks",
-            "time_mask_frames",
-        ):
+        for name in _INT_FIELDS:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"SpecAugmentation: {name} must be an integer >= 0, got {value!r}")
-        if not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"SpecAugmentation: prob must lie in [0, 1], got {self.prob!r}")
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise ValueError(f"SpecAugmentation: {name} must be an integer, got {value!r}")
+        for name in (
+            "time_masks_max",
+            "time_mask_frames_max",
+            "freq_masks_max",
+            "freq_mask_bins_max",
+            "freq_shift_bins_max",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"SpecAugmentation: {name} must be >= 1 (set the probability to 0 to "
+                    f"disable the transform), got {getattr(self, name)}"
+                )
+        for name in ("time_mask_start_max", "time_warp_pivot_min"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"SpecAugmentation: {name} must be >= 0, got {getattr(self, name)}"
+                )
+        if self.time_warp_pivot_max < self.time_warp_pivot_min:
+            raise ValueError(
+                f"SpecAugmentation: time_warp_pivot_max={self.time_warp_pivot_max} must be >= "
+                f"time_warp_pivot_min={self.time_warp_pivot_min}"
+            )
+        for name in _PROB_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"SpecAugmentation: {name} must lie in [0, 1], got {value!r}")
+        if not np.isfinite(self.fill_value):
+            raise ValueError(
+                f"SpecAugmentation: fill_value must be finite, got {self.fill_value!r}"
+            )
 
     def check_shape(self, frames: int, bins: int) -> None:
-        """Raise ValueError if crops of ``frames`` x ``bins`` are too small for these ranges."""
-        if self.time_warp_frames and frames < 2 * self.time_warp_frames + 4:
+        """Raise ValueError if crops of ``frames`` x ``bins`` cannot hold these ranges."""
+        if frames < 4 or bins < 2:
+            raise ValueError(f"crops must have >= 4 frames and >= 2 bins, got {frames} x {bins}")
+        if self.time_mask_start_max > frames - 1:
             raise ValueError(
-                f"time_warp_frames={self.time_warp_frames} needs crops of at least "
-                f"{2 * self.time_warp_frames + 4} frames, got {frames}"
+                f"time_mask_start_max={self.time_mask_start_max} must be <= {frames - 1} "
+                f"(the last frame of {frames}-frame crops)"
             )
-        if self.time_mask_frames > frames or self.freq_mask_bins > bins:
+        if self.time_mask_frames_max > frames:
             raise ValueError(
-                f"masks up to {self.time_mask_frames} frames / {self.freq_mask_bins} bins do not "
-                f"fit crops of {frames} x {bins}"
+                f"time_mask_frames_max={self.time_mask_frames_max} must be <= {frames} frames"
             )
-        if self.freq_shift_bins >= bins:
-            raise ValueError(f"freq_shift_bins={self.freq_shift_bins} must be < {bins} bins")
+        if self.freq_mask_bins_max > bins:
+            raise ValueError(f"freq_mask_bins_max={self.freq_mask_bins_max} must be <= {bins} bins")
+        if self.freq_shift_bins_max > bins - 1:
+            raise ValueError(
+                f"freq_shift_bins_max={self.freq_shift_bins_max} must be < {bins} bins"
+            )
+        # The second piece of the warp reads from tc + 1 to the last frame.
+        if self.time_warp_pivot_max > frames - 2:
+            raise ValueError(
+                f"time_warp_pivot_max={self.time_warp_pivot_max} must be <= {frames - 2} "
+                f"for {frames}-frame crops"
+            )
 
     def draw(self, rng: np.random.Generator, n: int, frames: int, bins: int) -> AugmentParams:
-        """Random parameters for ``n`` crops of ``frames`` x ``bins``.
+        """Random parameters (see ``AugmentParams``) for ``n`` crops of ``frames`` x ``bins``.
 
-        The generator is always advanced by the same amount for a given ``n``, so the
-        draws that follow in the caller do not depend on which transforms were picked.
+        Every parameter is drawn whether or not its transform is picked, so the generator
+        always advances by the same amount for a given ``n``: the draws that follow in the
+        caller do not depend on which transforms were picked.
         """
         self.check_shape(frames, bins)
-        w = self.time_warp_frames
-        # The anchor frame c and its new place c + d both stay strictly inside (0, frames - 1),
-        # so both linear pieces of the warp have a positive length.
-        center = rng.integers(w + 1, frames - 1 - w, size=n) if w else np.zeros(n, np.int64)
-        warp = rng.integers(-w, w + 1, size=n)
-        warp = np.where(rng.random(n) < self.prob, warp, 0)
-        shift = rng.integers(-self.freq_shift_bins, self.freq_shift_bins + 1, size=n)
-        shift = np.where(rng.random(n) < self.prob, shift, 0)
 
-        def masks(count: int, widest: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-            width = rng.integers(0, widest + 1, size=(n, count))
-            width = np.where(rng.random((n, count)) < self.prob, width, 0)
-            start = rng.integers(0, length - width + 1)  # the mask fits inside the crop
-            return start, width
+        def masks(
+            prob: float, count_max: int, width_max: int, start_max: int
+        ) -> tuple[np.ndarray, np.ndarray]:
+            on = rng.random(n) < prob
+            count = rng.integers(1, count_max + 1, size=n)
+            start = rng.integers(0, start_max + 1, size=(n, count_max))
+            width = rng.integers(1, width_max + 1, size=(n, count_max))
+            # Mask k of a crop exists if the crop is picked and k < its mask count.
+            used = on[:, None] & (np.arange(count_max)[None, :] < count[:, None])
+            return np.where(used, start, 0), np.where(used, width, 0)
 
-        freq_start, freq_width = masks(self.freq_masks, self.freq_mask_bins, bins)
-        time_start, time_width = masks(self.time_masks, self.time_mask_frames, frames)
+        time_start, time_width = masks(
+            self.time_mask_prob,
+            self.time_masks_max,
+            self.time_mask_frames_max,
+            self.time_mask_start_max,
+        )
+        freq_start, freq_width = masks(
+            self.freq_mask_prob, self.freq_masks_max, self.freq_mask_bins_max, bins - 1
+        )
+        shift_on = rng.random(n) < self.freq_shift_prob
+        shift = rng.integers(1, self.freq_shift_bins_max + 1, size=n)
+        warp_on = rng.random(n) < self.time_warp_prob
+        pivot = rng.integers(self.time_warp_pivot_min, self.time_warp_pivot_max + 1, size=n)
         return {
-            "warp_center": center.astype(np.int64),
-            "warp_shift": warp.astype(np.int64),
-            "freq_shift": shift.astype(np.int64),
-            "freq_mask_start": freq_start.astype(np.int64),
-            "freq_mask_width": freq_width.astype(np.int64),
             "time_mask_start": time_start.astype(np.int64),
             "time_mask_width": time_width.astype(np.int64),
+            "freq_mask_start": freq_start.astype(np.int64),
+            "freq_mask_width": freq_width.astype(np.int64),
+            "freq_shift": np.where(shift_on, shift, 0).astype(np.int64),
+            "time_warp_pivot": np.where(warp_on, pivot, -1).astype(np.int64),
         }
 
     @staticmethod
@@ -132,81 +222,89 @@ class SpecAugmentation:
         """
         x = crops.to(torch.float32, copy=True)  # every step below works in place on x
         n, frames, bins = x.shape
-        if len(params["warp_shift"]) != n:
-            raise ValueError(f"params were drawn for {len(params['warp_shift'])} crops, got {n}")
+        for name, value in params.items():
+            if len(value) != n:
+                raise ValueError(f"params[{name!r}] was drawn for {len(value)} crops, got {n}")
         dev = x.device
 
         def t(name: str) -> torch.Tensor:
             return torch.as_tensor(params[name]).to(dev)
 
-        x = _time_warp(x, t("warp_center"), t("warp_shift"))
-        x = _freq_shift(x, params["freq_shift"])
-        mean = x.mean(dim=(1, 2), keepdim=True)
-        keep_bins = ~_span_mask(t("freq_mask_start"), t("freq_mask_width"), bins)
+        fill = float(self.fill_value)
         keep_frames = ~_span_mask(t("time_mask_start"), t("time_mask_width"), frames)
-        # Broadcast products instead of a full (n, frames, bins) bool mask: much cheaper.
+        keep_bins = ~_span_mask(t("freq_mask_start"), t("freq_mask_width"), bins)
+        # One broadcast product of 0/1 factors masks both axes in a single pass over x
+        # (about twice as fast on the CPU as two masked_fill_ calls); crops are finite
+        # log-mels, so x * 0 is 0 and x * 1 is x exactly.
         keep = keep_frames[:, :, None].float() * keep_bins[:, None, :].float()
-        return x.sub_(mean).mul_(keep).add_(mean)
-
-
-def _time_warp(x: torch.Tensor, center: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear time warp: frame ``center`` moves to ``center + shift``.
-
-    Output frame t reads input position t * c / (c + d) before the new anchor, and
-    c + (t - c - d) * (T - 1 - c) / (T - 1 - c - d) after it, interpolated linearly.
-    Only crops with a non-zero shift are computed (a zero shift is the identity); ``x``
-    is modified in place and returned.
-    """
-    rows = torch.nonzero(shift).flatten()
-    if rows.numel() == 0:
-        return x
-    frames = x.shape[1]
-    xs = x[rows]
-    t = torch.arange(frames, device=x.device, dtype=torch.float32)[None, :]
-    c = center[rows].float()[:, None]
-    moved = c + shift[rows].float()[:, None]
-    last = float(frames - 1)
-    left = t * c / moved
-    right = c + (t - moved) * (last - c) / (last - moved)
-    src = torch.where(t <= moved, left, right).clamp(0, last)
-    i0 = src.floor().long()
-    i1 = (i0 + 1).clamp(max=frames - 1)
-    weight = (src - i0.float())[:, :, None].expand(-1, -1, x.shape[2])
-    # Rows of the flattened (crops * frames, bins) view: index_select + lerp is far faster
-    # on the CPU than advanced indexing with broadcast weights.
-    base = torch.arange(len(rows), device=x.device)[:, None] * frames
-    flat = xs.reshape(-1, x.shape[2])
-    lower = flat.index_select(0, (base + i0).flatten()).view_as(xs)
-    upper = flat.index_select(0, (base + i1).flatten()).view_as(xs)
-    return x.index_copy_(0, rows, lower.lerp_(upper, weight))
-
-
-def _freq_shift(x: torch.Tensor, shift: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Move the spectrum ``shift`` bins up (positive) or down; new bins take the crop minimum.
-
-    Crops are grouped by shift value (at most 2 * freq_shift_bins + 1 groups), so each
-    group is one slice copy rather than a per-element gather. ``x`` is modified in place.
-    """
-    shift = torch.as_tensor(shift).cpu()
-    if not bool((shift != 0).any()):
-        return x
-    bins = x.shape[2]
-    floor = x.amin(dim=(1, 2), keepdim=True)
-    for value in torch.unique(shift).tolist():
-        if value == 0:
-            continue
-        rows = torch.nonzero(shift == value).flatten().to(x.device)
-        part = floor[rows].expand(len(rows), x.shape[1], bins).clone()
-        if value > 0:
-            part[:, :, value:] = x[rows, :, : bins - value]
-        else:
-            part[:, :, :value] = x[rows, :, -value:]
-        x.index_copy_(0, rows, part)
-    return x
+        x.mul_(keep)
+        if fill != 0.0:
+            x.add_((1.0 - keep) * fill)
+        x = _freq_shift(x, t("freq_shift"), fill)
+        return _time_warp(x, t("time_warp_pivot"))
 
 
 def _span_mask(start: torch.Tensor, width: torch.Tensor, length: int) -> torch.Tensor:
-    """(n, length) bool: inside any of the (n, masks) spans [start, start + width)."""
+    """(n, length) bool: inside any of the (n, masks) spans [start, start + width).
+
+    A span running past ``length`` is clipped; a zero width is an unused mask.
+    """
     pos = torch.arange(length, device=start.device)[None, None, :]
     inside = (pos >= start[:, :, None]) & (pos < (start + width)[:, :, None])
     return inside.any(dim=1)
+
+
+def _freq_shift(x: torch.Tensor, shift: torch.Tensor, fill: float) -> torch.Tensor:
+    """Bin b takes bin b + shift (content moves down); the top ``shift`` bins take ``fill``.
+
+    One gather over the shifted crops only; ``x`` is modified in place and returned.
+    """
+    rows = torch.nonzero(shift > 0).flatten()
+    if rows.numel() == 0:
+        return x
+    frames, bins = x.shape[1], x.shape[2]
+    src = torch.arange(bins, device=x.device)[None, :] + shift[rows][:, None]  # (rows, bins)
+    index = src.clamp(max=bins - 1)[:, None, :].expand(-1, frames, -1)
+    part = x[rows].gather(2, index)
+    part.masked_fill_((src >= bins)[:, None, :], fill)
+    return x.index_copy_(0, rows, part)
+
+
+def _time_warp(x: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor:
+    """Two-piece linear time warp around pivot frame tc (-1 = not warped).
+
+    With T frames and h = T // 2, output frame j < h reads input position
+    tc * j / (h - 1) and output frame h + k reads (tc + 1) + (T - 2 - tc) * k / (T - h - 1),
+    i.e. linspace(0, tc, h) then linspace(tc + 1, T - 1, T - h), interpolated linearly.
+    Positions are split into an integer frame and a fraction with integer arithmetic, so
+    the frame index is exact and the fraction is one correctly rounded division. Only the
+    warped crops are computed; ``x`` is modified in place and returned.
+    """
+    rows = torch.nonzero(pivot >= 0).flatten()
+    if rows.numel() == 0:
+        return x
+    frames, bins = x.shape[1], x.shape[2]
+    head, tail = frames // 2, frames - frames // 2
+    tc = pivot[rows].long()[:, None]
+    k_head = torch.arange(head, device=x.device)[None, :]
+    k_tail = torch.arange(tail, device=x.device)[None, :]
+    num_head = tc * k_head  # position * (head - 1)
+    num_tail = (frames - 2 - tc) * k_tail  # (position - tc - 1) * (tail - 1)
+    i0 = torch.cat([num_head // (head - 1), tc + 1 + num_tail // (tail - 1)], dim=1)
+    frac = torch.cat(
+        [
+            (num_head % (head - 1)).float() / (head - 1),
+            (num_tail % (tail - 1)).float() / (tail - 1),
+        ],
+        dim=1,
+    )
+    i1 = (i0 + 1).clamp(max=frames - 1)  # the last position is the last frame: frac 0
+    weight = frac[:, :, None].expand(-1, -1, bins)
+    # Rows of the flattened (crops * frames, bins) view: index_select + lerp is far faster
+    # on the CPU than advanced indexing with broadcast weights.
+    xs = x[rows]
+    base = torch.arange(len(rows), device=x.device)[:, None] * frames
+    flat = xs.reshape(-1, bins)
+    lower = flat.index_select(0, (base + i0).flatten()).view_as(xs)
+    upper = flat.index_select(0, (base + i1).flatten()).view_as(xs)
+    return x.index_copy_(0, rows, lower.lerp_(upper, weight))

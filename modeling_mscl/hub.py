@@ -300,7 +300,8 @@ def _objective(args: Mapping[str, Any]) -> tuple[str, str]:
         if absent:
             text += (
                 " Minibatches may include songs where that source is absent; their anchors "
-                "must pick a shared null column (the embedding of a silent input)."
+                "must pick a shared null column (the mean embedding of the all-zero inputs "
+                "that stand in for the absent sources)."
             )
         return name, text
     return "contrastive learning (MSCL or its COLA baseline)", ("not recorded with this model.")

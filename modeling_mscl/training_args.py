@@ -83,15 +83,44 @@ class DataArguments:
 
 @dataclass
 class AugmentArguments:
-    """The S3T-style augmentation of the ``s3t`` objective (ignored otherwise)."""
+    """The S3T augmentation of the ``s3t`` objective (ignored otherwise).
 
-    time_warp_frames: int = _help("largest time-warp displacement, frames", 10)
-    freq_shift_bins: int = _help("largest frequency shift, mel bins", 4)
-    freq_masks: int = _help("frequency masks per crop", 2)
-    freq_mask_bins: int = _help("largest frequency mask, bins", 8)
-    time_masks: int = _help("time masks per crop", 2)
-    time_mask_frames: int = _help("largest time mask, frames", 10)
-    augment_prob: float = _help("probability of each transform per crop", 0.5)
+    Each crop of a pair gets, independently and in this order, time masks, frequency
+    masks, a frequency shift and a time warp; the defaults are the reference's values
+    (see :class:`~modeling_mscl.augment.SpecAugmentation`). Ranges are inclusive.
+    """
+
+    time_mask_prob: float = _help("probability of time masks per crop (reference 0.5)", 0.5)
+    time_masks_max: int = _help("time masks per crop: uniform in 1..this (reference 9)", 9)
+    time_mask_frames_max: int = _help(
+        "time-mask width in frames: uniform in 1..this (reference 9)", 9
+    )
+    time_mask_start_max: int = _help(
+        "first frame of a time mask: uniform in 0..this (reference 86)", 86
+    )
+    freq_mask_prob: float = _help("probability of frequency masks per crop (reference 0.5)", 0.5)
+    freq_masks_max: int = _help("frequency masks per crop: uniform in 1..this (reference 4)", 4)
+    freq_mask_bins_max: int = _help(
+        "frequency-mask width in mel bins: uniform in 1..this (reference 11); the first "
+        "masked bin is uniform over all bins and a mask is clipped at the top bin",
+        11,
+    )
+    freq_shift_prob: float = _help("probability of a frequency shift per crop (reference 0.4)", 0.4)
+    freq_shift_bins_max: int = _help(
+        "frequency shift u in mel bins: uniform in 1..this, bin b takes bin b+u and the "
+        "top u bins are filled (reference 9)",
+        9,
+    )
+    time_warp_prob: float = _help("probability of a time warp per crop (reference 0.4)", 0.4)
+    time_warp_pivot_min: int = _help(
+        "smallest time-warp pivot frame tc (reference 38): output frames 0-48 read "
+        "linspace(0, tc, 49), frames 49-97 linspace(tc+1, 97, 49)",
+        38,
+    )
+    time_warp_pivot_max: int = _help("largest time-warp pivot frame tc (reference 57)", 57)
+    augment_fill_value: float = _help(
+        "log-mel value of masked cells and of bins vacated by the shift (reference 0.0)", 0.0
+    )
 
 
 @dataclass
@@ -350,13 +379,19 @@ class PretrainingArguments:
 
         a = self.augment
         return SpecAugmentation(
-            time_warp_frames=a.time_warp_frames,
-            freq_shift_bins=a.freq_shift_bins,
-            freq_masks=a.freq_masks,
-            freq_mask_bins=a.freq_mask_bins,
-            time_masks=a.time_masks,
-            time_mask_frames=a.time_mask_frames,
-            prob=a.augment_prob,
+            time_mask_prob=a.time_mask_prob,
+            time_masks_max=a.time_masks_max,
+            time_mask_frames_max=a.time_mask_frames_max,
+            time_mask_start_max=a.time_mask_start_max,
+            freq_mask_prob=a.freq_mask_prob,
+            freq_masks_max=a.freq_masks_max,
+            freq_mask_bins_max=a.freq_mask_bins_max,
+            freq_shift_prob=a.freq_shift_prob,
+            freq_shift_bins_max=a.freq_shift_bins_max,
+            time_warp_prob=a.time_warp_prob,
+            time_warp_pivot_min=a.time_warp_pivot_min,
+            time_warp_pivot_max=a.time_warp_pivot_max,
+            fill_value=a.augment_fill_value,
         )
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_mscl.augment import SpecAugmentation
 from modeling_mscl.pairs import (
     CROP_FRAMES,
     ChunkStore,
@@ -239,54 +238,6 @@ def test_a_failing_batch_is_reported_not_raised(dataset):
 
 
 # ------------------------------------------------------------------------- augmentations
-
-
-def test_augmentation_masks_shift_and_warp():
-    n = 64
-    x = torch.arange(CROP_FRAMES, dtype=torch.float32)[None, :, None].expand(n, -1, 64).clone()
-    x = x + torch.arange(64, dtype=torch.float32)[None, None, :] * 1000
-    aug = SpecAugmentation(prob=1.0)
-    params = aug.draw(np.random.default_rng(0), n, CROP_FRAMES, 64)
-    out = aug.apply(x, params)
-    assert out.shape == x.shape and out.dtype == torch.float32
-    assert not torch.equal(out, x) and torch.equal(x[0, :, 0], torch.arange(98.0))  # no in-place
-    # Every transform alone, on its own: first no-op parameters, then one transform.
-    off = SpecAugmentation(prob=0.0)
-    none = off.draw(np.random.default_rng(1), n, CROP_FRAMES, 64)
-    torch.testing.assert_close(off.apply(x, none), x)
-
-    shift = dict(none, freq_shift=np.full(n, 3))
-    shifted = off.apply(x, shift)
-    torch.testing.assert_close(shifted[:, :, 3:], x[:, :, :-3])
-    assert torch.equal(shifted[:, :, :3], x.amin(dim=(1, 2), keepdim=True).expand(n, 98, 3))
-
-    masks = dict(none, time_mask_start=np.full((n, 2), 10), time_mask_width=np.full((n, 2), 5))
-    masked = off.apply(x, masks)
-    mean = x.mean(dim=(1, 2), keepdim=True)
-    torch.testing.assert_close(masked[:, 10:15], mean.expand(n, 5, 64))
-    torch.testing.assert_close(masked[:, 15:], x[:, 15:])
-
-    warp = dict(none, warp_center=np.full(n, 40), warp_shift=np.full(n, 8))
-    warped = off.apply(x, warp)
-    # Frame 48 now shows what frame 40 showed; the ends stay put; time still increases.
-    torch.testing.assert_close(warped[:, 48, 0], x[:, 40, 0])
-    torch.testing.assert_close(warped[:, [0, 97], 0], x[:, [0, 97], 0])
-    assert bool((warped[:, 1:, 0] > warped[:, :-1, 0]).all())
-
-
-def test_augmentation_is_deterministic_and_commutes_with_sharding():
-    aug = SpecAugmentation()
-    x = torch.randn(12, CROP_FRAMES, 64)
-    params = aug.draw(np.random.default_rng(5), 12, CROP_FRAMES, 64)
-    again = aug.draw(np.random.default_rng(5), 12, CROP_FRAMES, 64)
-    assert all(np.array_equal(params[k], again[k]) for k in params)
-    whole = aug.apply(x, params)
-    half = aug.apply(x[6:], SpecAugmentation.slice(params, slice(6, 12)))
-    torch.testing.assert_close(half, whole[6:])
-    with pytest.raises(ValueError):
-        SpecAugmentation(prob=2.0)
-    with pytest.raises(ValueError):
-        SpecAugmentation(time_warp_frames=60).check_shape(CROP_FRAMES, 64)
 
 
 def test_device_and_loader_augmentation_agree(dataset):
