@@ -10,6 +10,14 @@ folder; default: EfficientNet-B0). The data is a ``DatasetDict`` folder
 (``--data``, from ``save_to_disk``) or a loader and its root (``--loader mtat --root
 ...``). Results are merged into ``--output`` as ``{encoder: {task: result}}``, so several
 calls build one table; ``--markdown`` rewrites the table of everything in it.
+
+The ``mtat``, ``nsynth`` and ``fma`` presets train as the authors' reference: raw
+features, minibatches of 128, every epoch a fresh random-offset crop of every 4-s chunk
+of every training clip (embedded by the frozen encoder then), early stopping on
+validation accuracy. ``--crop-pool K`` embeds K crops per chunk once instead (cached,
+cheaper over many epochs or runs); ``--standardize``, ``--monitor loss``,
+``--head-batch-size 64`` and ``--train-sampling windows`` select this package's earlier
+protocol field by field (``--task-arg FIELD=VALUE`` sets any other field).
 """
 
 from __future__ import annotations
@@ -73,7 +81,7 @@ def task_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     String fields take the text as it is; the others are read as JSON (numbers, true/false).
     """
     fields = {f.name for f in dataclasses.fields(ProbeTask)}
-    text_fields = {"name", "label_column", "head", "audio_column"}
+    text_fields = {"name", "label_column", "head", "audio_column", "train_sampling", "monitor"}
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -85,6 +93,22 @@ def task_overrides(pairs: Sequence[str]) -> dict[str, Any]:
             out[key] = value
         else:
             out[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+    return out
+
+
+def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """:class:`ProbeTask` fields set by the protocol flags (only those given)."""
+    out: dict[str, Any] = {}
+    if args.standardize:
+        out["standardize"] = True
+    if args.monitor is not None:
+        out["monitor"] = args.monitor
+    if args.head_batch_size is not None:
+        out["batch_size"] = args.head_batch_size
+    if args.train_sampling is not None:
+        out["train_sampling"] = args.train_sampling
+    if args.crop_pool is not None:
+        out["crop_pool"] = args.crop_pool
     return out
 
 
@@ -118,7 +142,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", help="write the results table of --output here")
     parser.add_argument("--export", help="save probe heads as MSCLForAudioClassification here")
     parser.add_argument("--max-clips", type=int, help="cap every split (quick runs)")
-    parser.add_argument("--batch-size", type=int, default=64, help="windows per encoder batch")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="windows or crops per encoder batch"
+    )
+    protocol = parser.add_argument_group("probe protocol (default: the preset's)")
+    protocol.add_argument("--head-batch-size", type=int, help="crops per head step (ref. 128)")
+    protocol.add_argument(
+        "--standardize", action="store_true", help="z-score features (the reference: raw)"
+    )
+    protocol.add_argument(
+        "--monitor", choices=("accuracy", "loss"), help="early-stopping criterion"
+    )
+    protocol.add_argument(
+        "--train-sampling", choices=("chunks", "windows"),
+        help="chunks: a random crop of every 4-s chunk per epoch; windows: precomputed grid",
+    )  # fmt: skip
+    protocol.add_argument(
+        "--crop-pool", type=int, metavar="K",
+        help="embed K random crops per chunk once and draw among them (default: fresh crops)",
+    )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -135,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     name = args.name or name
     model.to(args.device).eval()
     dataset = load_data(args)
-    overrides = task_overrides(args.task_arg)
+    overrides = {**task_overrides(args.task_arg), **protocol_overrides(args)}
     results: dict[str, Any] = {}
     for task_name in args.task:
         task = get_task(task_name, **overrides)

@@ -3,6 +3,7 @@ embedding cache, export + pipeline, the convergence hook and plot, the probe scr
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -16,16 +17,23 @@ from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_sco
 from torch import nn
 
 from modeling_mscl import MSCLFeatureExtractor, MSCLModel
-from modeling_mscl.audio_io import write_audio
+from modeling_mscl.audio_io import load_audio, write_audio
 from modeling_mscl.metrics import classification_metrics, load_metric
 from modeling_mscl.probing import (
     PRESETS,
+    CropPool,
+    FreshCrops,
     ProbeTask,
     TrainedProbe,
     WindowEmbeddings,
     aggregate_clip_scores,
     append_probe_log,
+    binary_accuracy,
+    cached_crop_pool,
+    cached_training_chunks,
     cached_window_embeddings,
+    chunk_spans,
+    clip_log_mel,
     evaluate_probe,
     export_probe,
     get_task,
@@ -36,6 +44,7 @@ from modeling_mscl.probing import (
     run_probe,
     spread_indices,
     train_probe,
+    window_accuracy,
     window_features,
 )
 
@@ -154,7 +163,7 @@ def test_probe_separates_separable_data_and_not_shuffled_labels():
     train = _clusters(80, train_y, centres, 1)
     val, test = _clusters(20, val_y, centres, 2), _clusters(80, test_y, centres, 3)
     task = ProbeTask("t", "label", False, "mlp", hidden_size=16, learning_rate=1e-2,
-                     max_epochs=30, crops_per_clip=None)  # fmt: skip
+                     max_epochs=30, crops_per_clip=None, train_sampling="windows")  # fmt: skip
     names = ["a", "b", "c", "d"]
     probe = train_probe(task, train, train_y, names, val, val_y)
     assert evaluate_probe(probe, test, test_y)[0]["accuracy"] >= 0.95
@@ -163,7 +172,7 @@ def test_probe_separates_separable_data_and_not_shuffled_labels():
     shuffled = [rng.permutation(y) for y in (train_y, val_y, test_y)]
     probe = train_probe(task, train, shuffled[0], names, val, shuffled[1])
     assert evaluate_probe(probe, test, shuffled[2])[0]["accuracy"] < 0.45  # chance is 0.25
-    # Early stopping: the validation loss stops improving, the best epoch is kept.
+    # Early stopping: the validation accuracy stops improving, the best epoch is kept.
     assert len(probe.history) < task.max_epochs
     assert len(probe.history) == probe.best_epoch + task.patience
 
@@ -178,7 +187,10 @@ def test_multi_label_probe_scores_high_on_separable_tags_and_chance_on_shuffled(
         return WindowEmbeddings(x.astype(np.float32), index, n), (clip_x[:, :4] > 0).astype(float)
 
     (train, train_y), (val, val_y), (test, test_y) = tagged(100, 1), tagged(30, 2), tagged(80, 3)
-    task = ProbeTask("t", "tags", True, learning_rate=1e-2, max_epochs=30, crops_per_clip=None)
+    # Binary accuracy over 60 validation windows x 4 tags is a coarse criterion that
+    # plateaus long before the ranking (ROC-AUC) does: a long patience lets the head learn.
+    task = ProbeTask("t", "tags", True, learning_rate=3e-2, max_epochs=60, patience=30,
+                     crops_per_clip=None, train_sampling="windows")  # fmt: skip
     probe = train_probe(task, train, train_y, list("abcd"), val, val_y)
     assert evaluate_probe(probe, test, test_y)[0]["roc_auc"] > 0.95
     shuffled = [y[rng.permutation(len(y))] for y in (train_y, val_y, test_y)]
@@ -193,7 +205,8 @@ def test_standardisation_learns_tiny_features_and_is_folded_into_the_head():
     y = rng.integers(0, 3, 60)
     train = _clusters(60, y, 3.0 * rng.standard_normal((3, 8)), 1)
     train.embeds = (1e-7 * train.embeds + 2e-7).astype(np.float32)
-    task = ProbeTask("t", "label", False, learning_rate=5e-3, max_epochs=20, crops_per_clip=None)
+    task = ProbeTask("t", "label", False, learning_rate=5e-3, max_epochs=20, crops_per_clip=None,
+                     train_sampling="windows", standardize=True)  # fmt: skip
     probe = train_probe(task, train, y, ["a", "b", "c"])
     scores = aggregate_clip_scores(
         probe.window_logits(train.embeds), train.clip_index, train.num_clips, False
@@ -232,17 +245,220 @@ def test_presets_follow_the_paper_protocol():
     assert PRESETS["mtat"].test_windows == 29 and PRESETS["mtat"].learning_rate == 5e-4
     nsynth = PRESETS["nsynth"]
     assert (nsynth.head, nsynth.hidden_size, nsynth.learning_rate) == ("mlp", 512, 3e-4)
-    assert PRESETS["fma"].test_windows == 30 and not PRESETS["fma"].multi_label
+    assert nsynth.test_windows == 4 and not nsynth.multi_label
+    fma = PRESETS["fma"]
+    assert (fma.head, fma.learning_rate, fma.test_windows, fma.multi_label) == (
+        "linear", 5e-4, 30, False,
+    )  # fmt: skip
     assert all(t.patience == 5 and t.max_epochs == 50 for t in PRESETS.values())
     assert PRESETS["corpus_instruments"].label_column == "instruments"
     assert get_task("corpus_genre", max_epochs=3).max_epochs == 3
     with pytest.raises(ValueError, match="head"):
         ProbeTask("t", "label", False, head="deep")
+    with pytest.raises(ValueError, match="monitor"):
+        ProbeTask("t", "label", False, monitor="auc")
+    with pytest.raises(ValueError, match="train_sampling"):
+        ProbeTask("t", "label", False, train_sampling="grid")
     with pytest.raises(KeyError, match="presets"):
         get_task("gtzan")
 
 
-# --------------------------------------------------------------------------- embeddings
+def test_reference_presets_default_to_the_authors_training_protocol():
+    reference = dict(
+        batch_size=128, standardize=False, monitor="accuracy", patience=5, max_epochs=50,
+        train_sampling="chunks", chunk_frames=392, crop_pool=None, dropout=0.0,
+    )  # fmt: skip
+    for name in ("mtat", "nsynth", "fma"):
+        task = PRESETS[name]
+        assert {k: getattr(task, k) for k in reference} == reference, name
+    # They are the dataclass defaults: a task built by hand gets the reference too.
+    plain = ProbeTask("t", "label", False)
+    assert {k: getattr(plain, k) for k in reference} == reference
+    # The offline corpus keeps the protocol its published demo results were made with.
+    for name in ("notes_family", "corpus_genre", "corpus_instruments"):
+        task = PRESETS[name]
+        assert (task.train_sampling, task.standardize, task.batch_size, task.monitor) == (
+            "windows", True, 64, "loss",
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- training crops
+
+
+def test_chunk_spans_cut_4_second_chunks():
+    # 29.1 s MTAT clip: 2908 frames, 7 chunks of 392 from frame 0, the tail left out.
+    spans = chunk_spans(2908)
+    np.testing.assert_array_equal(spans[:, 0], 392 * np.arange(7))
+    assert (spans[:, 1] == 392).all()
+    np.testing.assert_array_equal(chunk_spans(784), [[0, 392], [392, 392]])
+    # One chunk or less: the whole clip (a 4 s NSynth note is 398 frames).
+    np.testing.assert_array_equal(chunk_spans(398), [[0, 398]])
+    np.testing.assert_array_equal(chunk_spans(783), [[0, 783]])
+    np.testing.assert_array_equal(chunk_spans(208), [[0, 208]])
+    with pytest.raises(ValueError):
+        chunk_spans(97)
+
+
+@pytest.fixture(scope="module")
+def chunk_clips(tmp_path_factory) -> tuple[list[str], list[int]]:
+    """Clips of 12 s, 4 s, 2.1 s and 9 s (1198, 398, 208, 898 frames) and their chunk counts."""
+    folder = tmp_path_factory.mktemp("chunks")
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, seconds in enumerate((12.0, 4.0, 2.1, 9.0)):
+        path = folder / f"clip{i}.wav"
+        wav = 0.1 * rng.standard_normal(int(16000 * seconds))
+        write_audio(path, wav.astype(np.float32), 16000)
+        paths.append(str(path))
+    return paths, [3, 1, 1, 2]
+
+
+def test_every_epoch_crops_each_chunk_once_at_a_fresh_offset(chunk_clips, tiny_encoder, tmp_path):
+    paths, per_clip = chunk_clips
+    fe = MSCLFeatureExtractor()
+    chunks = cached_training_chunks(paths, tmp_path, "train", fe)
+    assert chunks.num_chunks == sum(per_clip) == 7
+    np.testing.assert_array_equal(np.bincount(chunks.clip_index), per_clip)
+    np.testing.assert_array_equal(chunks.lengths, [392, 392, 392, 398, 208, 392, 392])
+    log_mels = [clip_log_mel(load_audio(p), fe).numpy() for p in paths]
+
+    source = FreshCrops(tiny_encoder, chunks, batch_size=4)
+    draws = []
+    real_epoch = source.epoch
+    source.epoch = lambda rng: draws.append(real_epoch(rng)) or draws[-1]
+    task = ProbeTask("t", "label", False, max_epochs=6, batch_size=3)
+    probe = train_probe(task, source, np.array([0, 1, 0, 1]), ["a", "b"])
+    assert len(draws) == 6
+    assert all(record["crops"] == 7 for record in probe.history)
+    starts = np.r_[0, np.cumsum(per_clip)[:-1]]
+    for draw in draws:
+        np.testing.assert_array_equal(np.sort(draw.rows), np.arange(7))  # each chunk once
+        assert ((draw.offsets >= 0) & (draw.offsets <= chunks.lengths - 98)).all()
+    offsets = np.stack([draw.offsets for draw in draws])
+    assert all((offsets[i] != offsets[j]).any() for i in range(6) for j in range(i))
+    assert (offsets.std(axis=0) > 0).all()  # every chunk's offset moves across epochs
+    # Chunk j of a clip starts at frame 392 j: the crop trained on is that window of the
+    # clip's log-mel, and its feature is the frozen encoder's.
+    draw = draws[-1]
+    with torch.no_grad():
+        for clip, first in enumerate(starts):
+            for j in range(per_clip[clip]):
+                start = 392 * j + int(draw.offsets[first + j])
+                crop = torch.from_numpy(log_mels[clip][start : start + 98])[None]
+                expected = tiny_encoder(crop).pooler_output[0].numpy()
+                np.testing.assert_allclose(draw.features[first + j], expected, rtol=1e-4, atol=1e-6)
+                assert draw.clips[first + j] == clip
+
+    # The frames are cached (they do not depend on the encoder) and read back equal.
+    again = cached_training_chunks(paths, tmp_path, "train", fe)
+    np.testing.assert_array_equal(again.frames, chunks.frames)
+    np.testing.assert_array_equal(again.spans, chunks.spans)
+    # Windows precomputed on a grid are refused where the task asks for chunks.
+    grid = WindowEmbeddings(np.zeros((4, 8), np.float32), np.arange(4), 4)
+    with pytest.raises(ValueError, match="windows"):
+        train_probe(task, grid, np.array([0, 1, 0, 1]), ["a", "b"])
+
+
+def test_crop_pool_draws_one_of_its_crops_per_chunk(
+    chunk_clips, tiny_encoder, tmp_path, monkeypatch
+):
+    from modeling_mscl.probing import crops
+
+    paths, per_clip = chunk_clips
+    builds = []
+    real = crops.build_crop_pool
+    monkeypatch.setattr(crops, "build_crop_pool", lambda *a, **k: builds.append(1) or real(*a, **k))
+    pool = cached_crop_pool(tiny_encoder, paths, tmp_path, pool_size=3, seed=1)
+    assert isinstance(pool, CropPool) and pool.embeds.shape[0] == 7 * 3
+    assert (
+        cached_crop_pool(tiny_encoder, paths, tmp_path, pool_size=3, seed=1).embeds.shape[0] == 21
+    )
+    assert len(builds) == 1  # the second call read the cache
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        draw = pool.epoch(rng)
+        assert sorted(draw.rows // 3) == list(range(7))  # one crop of every chunk
+        chunk, k = draw.rows // 3, draw.rows % 3
+        np.testing.assert_array_equal(draw.offsets[chunk], pool.offsets[chunk, k])
+        np.testing.assert_array_equal(
+            draw.clips[draw.rows], np.repeat(np.arange(4), per_clip)[chunk]
+        )
+
+
+# --------------------------------------------------------------------------- early stopping
+
+
+def test_binary_accuracy_by_hand():
+    logits = np.array([[2.0, -1.0, 0.0], [-3.0, 0.5, 1.0]])
+    tags = np.array([[1, 1, 0], [0, 0, 1]])
+    # (sigmoid > 0.5) gives [[1, 0, 0], [0, 1, 1]]: 4 of 6 decisions right (a logit of 0
+    # is sigmoid 0.5, not above the threshold).
+    assert binary_accuracy(logits, tags) == pytest.approx(4 / 6)
+    predicted = (1 / (1 + np.exp(-logits)) > 0.5).astype(int)
+    assert binary_accuracy(logits, tags) == pytest.approx(
+        accuracy_score(tags.ravel(), predicted.ravel())
+    )
+    assert window_accuracy(logits, tags, multi_label=True) == pytest.approx(4 / 6)
+    # Single-label: top-1 over windows.
+    assert window_accuracy(logits, np.array([0, 1]), multi_label=False) == 0.5
+    # What early stopping reads for a multi-label task is that binary accuracy.
+    from modeling_mscl.probing import heads
+
+    head = nn.Sequential(nn.Dropout(0.0), nn.Linear(3, 3))
+    with torch.no_grad():
+        head[1].weight.copy_(torch.eye(3))
+        head[1].bias.zero_()
+    val = WindowEmbeddings(logits.astype(np.float32), np.array([0, 1]), 2)
+    task = ProbeTask("t", "tags", True)
+    loss, accuracy = heads._validation_scores(
+        head, val, torch.as_tensor(tags, dtype=torch.float32),
+        lambda e, r: torch.from_numpy(np.asarray(e[r])), task,
+    )  # fmt: skip
+    assert accuracy == pytest.approx(4 / 6)
+    assert loss == pytest.approx(
+        nn.functional.binary_cross_entropy_with_logits(
+            torch.as_tensor(logits), torch.as_tensor(tags, dtype=torch.float64)
+        ).item(), rel=1e-5,
+    )  # fmt: skip
+
+
+def test_early_stopping_restores_the_best_validation_accuracy_epoch(monkeypatch):
+    from modeling_mscl.probing import heads
+
+    # The loss falls every epoch, the accuracy peaks at epoch 2 (epoch 4 only ties it).
+    accuracies = [0.50, 0.80, 0.70, 0.80, 0.60, 0.75, 0.79, 0.1, 0.1, 0.1]
+    states = []
+
+    def scripted(head, *args, **kwargs):
+        states.append({k: v.clone() for k, v in head.state_dict().items()})
+        epoch = len(states)
+        return 1.0 / epoch, accuracies[epoch - 1]
+
+    monkeypatch.setattr(heads, "_validation_scores", scripted)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    train = _clusters(40, y, rng.standard_normal((2, 8)), 1)
+    val = _clusters(10, y[:10], rng.standard_normal((2, 8)), 2)
+    task = ProbeTask("t", "label", False, max_epochs=10, batch_size=8, learning_rate=1e-2,
+                     train_sampling="windows", crops_per_clip=None)  # fmt: skip
+    probe = train_probe(task, train, y, ["a", "b"], val, y[:10])
+    assert probe.best_epoch == 2
+    assert len(probe.history) == 2 + task.patience  # epochs 3-7 do not beat 0.80
+    assert [r["val_accuracy"] for r in probe.history] == accuracies[:7]
+    final = probe.head.state_dict()
+    assert all(torch.equal(final[k], v) for k, v in states[1].items())  # epoch 2's weights
+    assert not all(torch.equal(final[k], v) for k, v in states[-1].items())
+
+    # On the loss, the best epoch is the last one and every epoch runs.
+    states.clear()
+    probe = train_probe(
+        dataclasses.replace(task, monitor="loss"), train, y, ["a", "b"], val, y[:10]
+    )
+    assert probe.best_epoch == len(probe.history) == 10
+    assert all(torch.equal(probe.head.state_dict()[k], v) for k, v in states[-1].items())
+
+
+# --------------------------------------------------------------------------- embeddings# --------------------------------------------------------------------------- embeddings
 
 
 def test_window_features_match_the_feature_extractor():
@@ -308,6 +524,28 @@ def test_run_probe_reports_metrics_and_history(genre_result):
     json.dumps(data)  # serialisable
     table = results_table({"tiny": {"corpus_genre": data}})
     assert "corpus_genre accuracy" in table.splitlines()[0]
+
+
+def test_run_probe_trains_on_fresh_chunk_crops_or_a_pool(audio_corpus, tiny_encoder, tmp_path):
+    # The reference protocol on the tiny corpus: 2.1 s clips are one chunk each, so an
+    # epoch is one crop of each of the 12 training clips.
+    task = get_task("fma", label_column="genre", hidden_size=16, max_epochs=3, test_windows=None)
+    result = run_probe(tiny_encoder, task, audio_corpus, cache_dir=tmp_path)
+    data = result.to_dict()
+    assert data["task_config"]["train_sampling"] == "chunks"
+    assert [r["crops"] for r in data["history"]] == [12] * data["epochs"]
+    assert all("val_accuracy" in r for r in data["history"])
+    assert list((tmp_path / "logmel").glob("train-*.frames.f32"))
+    # No validation split: a seeded 10 % of the training clips is held out.
+    no_val = DatasetDict({"train": audio_corpus["train"], "test": audio_corpus["test"]})
+    held = run_probe(tiny_encoder, task, no_val, cache_dir=tmp_path)
+    assert held.num_clips == {"train": 11, "validation": 1, "test": 6}
+    assert held.probe.history[0]["crops"] == 11
+    pooled = run_probe(
+        tiny_encoder, dataclasses.replace(task, crop_pool=2), audio_corpus, cache_dir=tmp_path
+    )
+    assert pooled.probe.history[0]["crops"] == 12
+    assert list(tmp_path.rglob("train-pool-*.embeds.npy"))
 
 
 def test_exported_head_runs_in_the_pipeline(genre_result, tiny_encoder, tmp_path):
@@ -465,6 +703,25 @@ def test_convergence_plot_is_written(tmp_path):
 
 
 # --------------------------------------------------------------------------- script
+
+
+def test_probe_script_protocol_flags_override_the_preset():
+    probe = _load_script("probe")
+    base = ["--random-init", "--data", "x", "--task", "mtat"]
+    assert probe.protocol_overrides(probe.parse_args(base)) == {}
+    args = probe.parse_args(
+        [*base, "--standardize", "--monitor", "loss", "--head-batch-size", "64",
+         "--train-sampling", "windows"]
+    )  # fmt: skip
+    overrides = probe.protocol_overrides(args)
+    assert overrides == dict(standardize=True, monitor="loss", batch_size=64,
+                             train_sampling="windows")  # fmt: skip
+    assert get_task("mtat", **overrides).standardize
+    args = probe.parse_args([*base, "--crop-pool", "8"])
+    assert probe.protocol_overrides(args) == {"crop_pool": 8}
+    assert probe.task_overrides(["monitor=loss", "crop_pool=4"]) == dict(
+        monitor="loss", crop_pool=4
+    )
 
 
 def test_probe_script_writes_results_table_and_export(audio_corpus, cache_dir, tmp_path):

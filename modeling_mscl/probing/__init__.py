@@ -1,59 +1,101 @@
 """Frozen-encoder probes: window embeddings, heads, the protocols of the paper, export.
 
 The downstream protocol of Garoufis et al. (METHOD.md section 7): the encoder is frozen
-and a small head is trained on its 1280-d pooled feature of ~1 s (98-frame) windows.
+and a small head is trained on its raw 1280-d pooled feature of ~1 s (98-frame) crops.
+The :class:`ProbeTask` defaults (and the ``mtat``, ``nsynth``, ``fma`` presets) follow the
+authors' reference:
 
-* Embeddings of every window of every clip are extracted once per (encoder, audio, window
-  hop) and cached on disk (:func:`cached_window_embeddings`).
-* Training: each epoch draws ``crops_per_clip`` random windows per clip. With a frozen
-  encoder a "random 98-frame crop" is a random choice among precomputed windows; the
-  default hop is one window (98 frames), so training reuses the test windows and a
-  clip is embedded once. A smaller ``train_hop`` gives more crop positions, closer to
-  the reference's uniformly random offsets, at a proportional extraction cost.
-* Early stopping on the validation loss (patience 5, at most 50 epochs), best weights kept.
-* Test: per-clip aggregation of window outputs, the mean of sigmoids for tagging and the
-  sum of logits for single-label tasks; metrics through local `evaluate` modules.
-* Features are z-scored with the training windows' statistics before the head, and the
-  affine map is folded into the head's first layer afterwards, so the exported
-  :class:`~modeling_mscl.MSCLForAudioClassification` takes the raw encoder feature. A
-  fixed Adam learning rate would otherwise measure the feature *scale* (a random-init
-  encoder's features are orders of magnitude smaller than a trained one's).
+* Training crops (:mod:`.crops`): every epoch, one crop at a uniformly random offset
+  inside every 4-s (392-frame) chunk of every training clip (7 per 29.1 s MTAT clip).
+  The chunks' log-mel frames are computed once and cached (they do not depend on the
+  encoder); each epoch the frozen encoder embeds that epoch's crops in eval mode
+  (:class:`FreshCrops`). ``crop_pool=K`` embeds K crops per chunk once instead and
+  draws among them (:class:`CropPool`): a fixed, cacheable cost for repeated runs.
+* Minibatches of 128 raw features (no z-scoring), Adam; early stopping on the
+  validation windows' accuracy (binary accuracy, :func:`binary_accuracy`, for the
+  multi-label tags), patience 5, at most 50 epochs, the best epoch's weights restored.
+  Validation uses the clips' window grid (embedded once) rather than the reference's
+  fresh random crops: the same quantity with less noise and no per-epoch encoding.
+* Test: per-clip aggregation of window outputs on the grid (cached), the mean of
+  sigmoids for tagging and the sum of logits for single-label tasks; metrics through
+  local `evaluate` modules.
+* The earlier protocol of this package stays available per field: ``standardize=True``
+  (z-scored features, folded into the head at the end so the exported
+  :class:`~modeling_mscl.MSCLForAudioClassification` still takes raw features),
+  ``monitor="loss"``, ``batch_size=64``, ``train_sampling="windows"`` (windows
+  precomputed on a grid, ``crops_per_clip`` per clip per epoch). The offline-corpus
+  presets use it (see :data:`PRESETS`).
 * :class:`ProbeHook`: cheap probes on small cached subsets during pre-training, logged as
   JSON lines (``{"step": ..., "<task>/<metric>": ...}``) for the convergence plot.
 
 Modules: :mod:`.tasks` (task presets, labels), :mod:`.embeddings` (window embeddings and
-their cache), :mod:`.heads` (training, aggregation, metrics), :mod:`.protocol` (the
-whole protocol, export, tables), :mod:`.convergence` (the pre-training hook and its log).
+their cache), :mod:`.crops` (training chunks and crops), :mod:`.heads` (training,
+aggregation, metrics), :mod:`.protocol` (the whole protocol, export, tables),
+:mod:`.convergence` (the pre-training hook and its log).
 """
 
 from .convergence import ProbeHook, append_probe_log, make_probe_hook, read_probe_log
+from .crops import (
+    CropPool,
+    CropSource,
+    EpochCrops,
+    FreshCrops,
+    TrainingChunks,
+    WindowCrops,
+    build_crop_pool,
+    cached_crop_pool,
+    cached_training_chunks,
+    chunk_spans,
+    extract_training_chunks,
+)
 from .embeddings import (
     WindowEmbeddings,
     cached_window_embeddings,
+    clip_log_mel,
     encoder_fingerprint,
     extract_window_embeddings,
     recalibrate_batch_norm,
     spread_indices,
     window_features,
 )
-from .heads import TrainedProbe, aggregate_clip_scores, evaluate_probe, train_probe
+from .heads import (
+    TrainedProbe,
+    aggregate_clip_scores,
+    binary_accuracy,
+    evaluate_probe,
+    train_probe,
+    window_accuracy,
+)
 from .protocol import ProbeResult, export_probe, markdown_row, results_table, run_probe
 from .tasks import PRESETS, ProbeTask, clip_labels, get_task
 
 __all__ = [
+    "CropPool",
+    "CropSource",
+    "EpochCrops",
+    "FreshCrops",
     "PRESETS",
     "ProbeHook",
     "ProbeResult",
     "ProbeTask",
     "TrainedProbe",
+    "TrainingChunks",
+    "WindowCrops",
     "WindowEmbeddings",
     "aggregate_clip_scores",
     "append_probe_log",
+    "binary_accuracy",
+    "build_crop_pool",
+    "cached_crop_pool",
+    "cached_training_chunks",
     "cached_window_embeddings",
+    "chunk_spans",
     "clip_labels",
+    "clip_log_mel",
     "encoder_fingerprint",
     "evaluate_probe",
     "export_probe",
+    "extract_training_chunks",
     "extract_window_embeddings",
     "get_task",
     "make_probe_hook",
@@ -64,5 +106,6 @@ __all__ = [
     "run_probe",
     "spread_indices",
     "train_probe",
+    "window_accuracy",
     "window_features",
 ]

@@ -73,7 +73,8 @@ class ProbeHook:
     split, else test) are chosen once (seeded) and their log-mel windows (at most
     ``max_windows`` per clip) are kept in memory; each call embeds them with the current
     encoder (eval mode, no gradients; the model's mode is restored), trains the head for
-    ``epochs`` epochs over every window, without early stopping, and scores the
+    ``epochs`` epochs over every window (``train_sampling="windows"``; the task's other
+    settings, z-scoring included, are kept), without early stopping, and scores the
     evaluation clips. The global RNG state is left as it was, so a run's batches do
     not depend on whether probes run. Call it on the main process only (the others
     wait at their next collective); call :meth:`prepare` at the start of the run to
@@ -177,9 +178,12 @@ class ProbeHook:
         for task in self.tasks:
             entry = self._cache[task.name]
             (train_key, train_labels), (eval_key, eval_labels) = entry["train"], entry["eval"]
+            # Every prepared window once per epoch: the windows were embedded above, and
+            # a curve over many steps needs a cheap probe rather than the full protocol.
             quick = dataclasses.replace(
-                task, crops_per_clip=None, max_epochs=self.epochs, test_windows=None
-            )
+                task, train_sampling="windows", crops_per_clip=None, max_epochs=self.epochs,
+                test_windows=None,
+            )  # fmt: skip
             probe = train_probe(
                 quick, embedded[train_key], train_labels, entry["names"], seed=self.seed
             )

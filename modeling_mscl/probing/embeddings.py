@@ -27,6 +27,7 @@ logger = logging.getLogger("modeling_mscl.probing")
 __all__ = [
     "WindowEmbeddings",
     "cached_window_embeddings",
+    "clip_log_mel",
     "encoder_fingerprint",
     "extract_window_embeddings",
     "recalibrate_batch_norm",
@@ -114,6 +115,21 @@ def _encoder_of(model: nn.Module) -> MSCLModel:
     raise TypeError(f"expected an MSCLModel or a model with an `.mscl` encoder, got {type(model)}")
 
 
+def clip_log_mel(
+    waveform: np.ndarray | torch.Tensor, feature_extractor: MSCLFeatureExtractor
+) -> torch.Tensor:
+    """Log-mel frames `(frames, mel)` of one 1-D clip, zero-padded to at least one window.
+
+    Zero padding does not change the L2 norm, so padding before normalising equals the
+    extractor's normalise-then-pad.
+    """
+    fe = feature_extractor
+    wav = torch.as_tensor(np.asarray(waveform, dtype=np.float32)).reshape(-1)
+    if wav.shape[0] < fe.window_num_samples:
+        wav = F.pad(wav, (0, fe.window_num_samples - wav.shape[0]))
+    return fe.log_mel(wav)
+
+
 def window_features(
     waveform: np.ndarray | torch.Tensor,
     feature_extractor: MSCLFeatureExtractor,
@@ -128,12 +144,7 @@ def window_features(
     many, evenly spaced (:func:`spread_indices`).
     """
     fe = feature_extractor
-    wav = torch.as_tensor(np.asarray(waveform, dtype=np.float32)).reshape(-1)
-    if wav.shape[0] < fe.window_num_samples:
-        # Zero padding does not change the L2 norm, so padding before normalising equals
-        # the extractor's normalise-then-pad.
-        wav = F.pad(wav, (0, fe.window_num_samples - wav.shape[0]))
-    frames = fe.log_mel(wav)  # (frames, mel)
+    frames = clip_log_mel(waveform, fe)  # (frames, mel)
     hop = hop_frames or fe.window_frames
     windows = frames.unfold(0, fe.window_frames, hop)  # (windows, mel, window_frames)
     if max_windows is not None:

@@ -14,10 +14,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..metrics import classification_metrics
+from .crops import CropSource, WindowCrops
 from .embeddings import WindowEmbeddings
 from .tasks import ProbeTask
 
-__all__ = ["TrainedProbe", "aggregate_clip_scores", "evaluate_probe", "train_probe"]
+__all__ = [
+    "TrainedProbe",
+    "aggregate_clip_scores",
+    "binary_accuracy",
+    "evaluate_probe",
+    "train_probe",
+    "window_accuracy",
+]
 
 
 def _build_head(task: ProbeTask, dim: int, num_labels: int) -> nn.Sequential:
@@ -57,7 +65,7 @@ def _fold_standardization(head: nn.Sequential, mean: np.ndarray, std: np.ndarray
 def _one_thread() -> Iterator[None]:
     """Run torch on one intra-op thread, then restore the setting.
 
-    A probe head's minibatches (64 x 1280) are far too small to gain from intra-op
+    A probe head's minibatches (128 x 1280) are far too small to gain from intra-op
     threads; on a loaded CPU their synchronisation made training ~60x slower (measured
     on this project's 2-core machine: 18 s vs 0.3 s for 120 steps).
     """
@@ -75,15 +83,46 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> tor
     return F.cross_entropy(logits, targets)
 
 
+def _correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> tuple[int, int]:
+    """(correct decisions, decisions): per tag for multi-label, per window otherwise."""
+    if multi_label:
+        # sigmoid(z) > 0.5 exactly when z > 0: no sigmoid needed.
+        hits = (logits > 0) == (targets > 0.5)
+        return int(hits.sum()), hits.numel()
+    return int((logits.argmax(-1) == targets).sum()), targets.shape[0]
+
+
+def binary_accuracy(logits: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor) -> float:
+    """Multi-label accuracy: the mean over windows and tags of ``(sigmoid(logit) > 0.5) == tag``.
+
+    The early-stopping metric of the reference's tagging probe (Keras' ``BinaryAccuracy``);
+    ``targets`` is multi-hot.
+    """
+    correct, total = _correct(torch.as_tensor(logits), torch.as_tensor(targets), True)
+    return correct / max(total, 1)
+
+
+def window_accuracy(
+    logits: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor, multi_label: bool
+) -> float:
+    """Window-level validation accuracy: :func:`binary_accuracy` for multi-label tasks,
+    top-1 accuracy of class indices ``targets`` otherwise."""
+    if multi_label:
+        return binary_accuracy(logits, targets)
+    correct, total = _correct(torch.as_tensor(logits), torch.as_tensor(targets), False)
+    return correct / max(total, 1)
+
+
 @dataclass
 class TrainedProbe:
-    """A trained head that takes raw encoder features (standardisation folded in).
+    """A trained head that takes raw encoder features (any standardisation folded in).
 
     Args:
         head: `nn.Sequential` in the layout of ``MSCLForAudioClassification.classifier``.
         task: the task it was trained for.
         label_names: class / tag names, in output order.
-        history: per epoch, ``{"epoch", "train_loss", "val_loss"}``.
+        history: per epoch, ``{"epoch", "train_loss", "crops"}`` and, with validation,
+            ``"val_loss"`` and ``"val_accuracy"`` (window level, see :func:`window_accuracy`).
         best_epoch: epoch whose weights were kept (1-based).
     """
 
@@ -125,101 +164,127 @@ def _feature_stats(embeds: np.ndarray, chunk: int = 32768) -> tuple[np.ndarray, 
 
 
 @torch.no_grad()
-def _validation_loss(
+def _validation_scores(
     head: nn.Sequential,
     validation: WindowEmbeddings,
     targets: torch.Tensor,
-    standardized: Callable[[np.ndarray, np.ndarray], torch.Tensor],
+    transform: Callable[[np.ndarray, np.ndarray], torch.Tensor],
     task: ProbeTask,
     chunk: int = 8192,
-) -> float:
-    """Mean loss over every validation window, in chunks."""
+) -> tuple[float, float]:
+    """Mean loss and :func:`window_accuracy` over every validation window, in chunks."""
     head.eval()
-    total, n = 0.0, validation.embeds.shape[0]
+    total, correct, decisions, n = 0.0, 0, 0, validation.embeds.shape[0]
     for i in range(0, n, chunk):
         rows = np.arange(i, min(i + chunk, n))
-        loss = _loss(head(standardized(validation.embeds, rows)), targets[rows], task.multi_label)
-        total += loss.item() * rows.shape[0]
-    return total / max(n, 1)
+        logits = head(transform(validation.embeds, rows))
+        total += _loss(logits, targets[rows], task.multi_label).item() * rows.shape[0]
+        hits, count = _correct(logits, targets[rows], task.multi_label)
+        correct, decisions = correct + hits, decisions + count
+    return total / max(n, 1), correct / max(decisions, 1)
 
 
-def _window_targets(labels: np.ndarray, clip_index: np.ndarray, multi_label: bool) -> torch.Tensor:
-    targets = labels[clip_index]
-    return torch.as_tensor(targets, dtype=torch.float32 if multi_label else torch.long)
+def _as_targets(labels: np.ndarray, multi_label: bool) -> torch.Tensor:
+    return torch.as_tensor(labels, dtype=torch.float32 if multi_label else torch.long)
+
+
+def _crop_source(task: ProbeTask, train: WindowEmbeddings | CropSource) -> CropSource:
+    """The epochs' crops of ``train``, checked against ``task.train_sampling``."""
+    if isinstance(train, WindowEmbeddings):
+        if task.train_sampling != "windows":
+            raise ValueError(
+                "precomputed windows give train_sampling='windows'; the task asks for "
+                f"{task.train_sampling!r}: pass a FreshCrops or CropPool (run_probe builds them)"
+            )
+        return WindowCrops(train, task.crops_per_clip)
+    if task.train_sampling == "windows":
+        raise ValueError("train_sampling='windows' trains on precomputed WindowEmbeddings")
+    return train
 
 
 def train_probe(
     task: ProbeTask,
-    train: WindowEmbeddings,
+    train: WindowEmbeddings | CropSource,
     train_labels: np.ndarray,
     label_names: list[str],
     validation: WindowEmbeddings | None = None,
     validation_labels: np.ndarray | None = None,
     seed: int = 0,
 ) -> TrainedProbe:
-    """Train ``task``'s head on frozen window features.
+    """Train ``task``'s head on frozen features.
 
-    Every epoch draws ``task.crops_per_clip`` random windows per training clip (all
-    windows once when None) in a random order; minibatches of ``task.batch_size``, Adam at
-    ``task.learning_rate``. With ``validation``, the window-level validation loss is
-    checked after each epoch: training stops after ``task.patience`` epochs without
-    improvement and the best weights are kept. Without it, ``task.max_epochs`` are run.
-    The global torch RNG is left untouched (the pre-training loop calls this mid-run).
+    ``train`` gives every epoch its crops: a :class:`~modeling_mscl.probing.crops.FreshCrops`
+    or :class:`~modeling_mscl.probing.crops.CropPool` (``task.train_sampling="chunks"``:
+    one random-offset crop of every chunk of every clip) or precomputed
+    :class:`WindowEmbeddings` (``"windows"``: ``task.crops_per_clip`` windows per clip, all
+    of them when None). Crops are shuffled, minibatches of ``task.batch_size``, Adam at
+    ``task.learning_rate``. With ``validation``, the window-level ``task.monitor``
+    (accuracy or loss) is checked after each epoch: training stops after ``task.patience``
+    epochs without a strict improvement and the best epoch's weights are restored. Without
+    it, ``task.max_epochs`` are run. With ``task.standardize`` the features are z-scored
+    with the statistics of the first epoch's crops (all windows for ``"windows"``), folded
+    into the head afterwards. The global torch RNG is left untouched (the pre-training loop
+    calls this mid-run).
     """
+    source = _crop_source(task, train)
     num_labels = len(label_names)
     rng = np.random.default_rng(seed)
-    dim = train.embeds.shape[1]
+    draw = source.epoch(rng)  # the first epoch's crops, drawn before the statistics need them
+    dim = draw.features.shape[1]
     if task.standardize:
-        mean, std = _feature_stats(train.embeds)
+        mean, std = _feature_stats(draw.features)
         # A constant feature carries nothing; dividing by 1 keeps it harmless at test.
         std = np.where(std > 1e-8 * max(float(std.max()), 1e-30), std, 1.0)
+        shift, scale = mean.astype(np.float32), (1.0 / std).astype(np.float32)
+
+        def transform(embeds: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+            # Per batch, so that memory-mapped features of a large set are never copied whole.
+            return torch.from_numpy((np.asarray(embeds[rows], dtype=np.float32) - shift) * scale)
+
     else:
-        mean, std = np.zeros(dim), np.ones(dim)
-    shift, scale = mean.astype(np.float32), (1.0 / std).astype(np.float32)
 
-    def standardized(embeds: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-        # Per batch, so that memory-mapped features of a large set are never copied whole.
-        return torch.from_numpy((np.asarray(embeds[rows], dtype=np.float32) - shift) * scale)
+        def transform(embeds: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(embeds[rows], dtype=np.float32))
 
-    y_train = _window_targets(train_labels, train.clip_index, task.multi_label)
+    y_clips = _as_targets(train_labels, task.multi_label)
     if validation is not None:
-        y_val = _window_targets(validation_labels, validation.clip_index, task.multi_label)
+        y_val = _as_targets(validation_labels[validation.clip_index], task.multi_label)
 
-    with torch.random.fork_rng(devices=[]), _one_thread():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = _build_head(task, dim, num_labels)
         optimizer = torch.optim.Adam(head.parameters(), lr=task.learning_rate)
-        starts, counts = train.clip_starts, train.clip_counts
         history: list[dict[str, float]] = []
-        best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
+        best_score, best_epoch, best_state, stale = -math.inf, 0, None, 0
         for epoch in range(1, task.max_epochs + 1):
-            if task.crops_per_clip is None:
-                rows = rng.permutation(train.embeds.shape[0])
-            else:
-                clips = np.repeat(np.arange(train.num_clips), task.crops_per_clip)
-                offsets = rng.integers(0, counts[clips])
-                rows = rng.permutation(starts[clips] + offsets)
-            head.train()
-            total, seen = 0.0, 0
-            for i in range(0, rows.shape[0], task.batch_size):
-                batch = np.sort(rows[i : i + task.batch_size])  # sorted: mmap locality
-                inputs = standardized(train.embeds, batch)
-                loss = _loss(head(inputs), y_train[batch], task.multi_label)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * batch.shape[0]
-                seen += batch.shape[0]
-            record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
-            if validation is not None:
-                head.eval()
-                val_loss = _validation_loss(head, validation, y_val, standardized, task)
-                record["val_loss"] = val_loss
-                if val_loss < best_loss:
-                    best_loss, best_epoch, stale = val_loss, epoch, 0
-                    best_state = copy.deepcopy(head.state_dict())
-                else:
-                    stale += 1
+            if epoch > 1:
+                # Outside _one_thread: fresh crops run the encoder, which wants every core.
+                draw = source.epoch(rng)
+            with _one_thread():
+                head.train()
+                total, seen = 0.0, 0
+                for i in range(0, draw.rows.shape[0], task.batch_size):
+                    batch = np.sort(draw.rows[i : i + task.batch_size])  # sorted: mmap locality
+                    targets = y_clips[draw.clips[batch]]
+                    loss = _loss(head(transform(draw.features, batch)), targets, task.multi_label)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item() * batch.shape[0]
+                    seen += batch.shape[0]
+                record = {"epoch": epoch, "train_loss": total / max(seen, 1), "crops": seen}
+                if validation is not None:
+                    val_loss, val_accuracy = _validation_scores(
+                        head, validation, y_val, transform, task
+                    )
+                    record.update(val_loss=val_loss, val_accuracy=val_accuracy)
+                    # Strictly better only, as the reference: a tie is a stale epoch.
+                    score = val_accuracy if task.monitor == "accuracy" else -val_loss
+                    if score > best_score:
+                        best_score, best_epoch, stale = score, epoch, 0
+                        best_state = copy.deepcopy(head.state_dict())
+                    else:
+                        stale += 1
             history.append(record)
             if validation is not None and stale >= task.patience:
                 break
@@ -228,7 +293,8 @@ def train_probe(
     else:
         best_epoch = len(history)
     head.eval()
-    _fold_standardization(head, mean, std)
+    if task.standardize:
+        _fold_standardization(head, mean, std)
     return TrainedProbe(head, task, list(label_names), history, best_epoch)
 
 

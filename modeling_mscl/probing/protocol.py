@@ -16,6 +16,7 @@ from torch import nn
 
 from ..feature_extraction_mscl import MSCLFeatureExtractor
 from ..modeling_mscl import MSCLForAudioClassification
+from .crops import CropSource, FreshCrops, cached_crop_pool, cached_training_chunks
 from .embeddings import (
     WindowEmbeddings,
     _encoder_of,
@@ -74,6 +75,15 @@ def _subset(split: Any, max_clips: int | None, seed: int) -> Any:
     return split.select(rows.tolist())
 
 
+def _hold_out(split: Any, seed: int) -> tuple[Any, Any]:
+    """(train, validation): a seeded 10 % of ``split``'s clips (at least one) held out."""
+    order = np.random.default_rng(seed).permutation(len(split))
+    n_val = max(1, len(split) // 10)
+    return split.select(np.sort(order[n_val:]).tolist()), split.select(
+        np.sort(order[:n_val]).tolist()
+    )
+
+
 def run_probe(
     model: nn.Module,
     task: ProbeTask,
@@ -87,9 +97,15 @@ def run_probe(
 ) -> ProbeResult:
     """The full protocol of ``task`` on a ``DatasetDict`` with train/validation/test splits.
 
-    Embeds the splits (cached), trains the head with early stopping on validation (a
-    seeded 10 % of the training clips when there is no validation split), and scores the
-    test clips. ``max_clips`` caps each split (seeded subset) for quick runs.
+    Validation and test clips are embedded on their window grid (at most
+    ``task.test_windows`` windows a clip, cached). The training crops follow
+    ``task.train_sampling``: ``"chunks"`` computes the log-mel frames of every training
+    clip's 4-s chunks once (cached, encoder-independent) and embeds one random-offset crop
+    per chunk every epoch (or, with ``task.crop_pool``, a cached pool of crops); ``"windows"``
+    embeds windows on a grid once. The head is trained with early stopping on the
+    validation windows (the validation split, else a seeded 10 % of the training clips)
+    and the test clips are scored. ``max_clips`` caps each split (seeded subset) for quick
+    runs; ``batch_size`` is the encoder's batch.
     """
     encoder = _encoder_of(model)
     fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
@@ -97,6 +113,8 @@ def run_probe(
     splits = {name: _subset(dataset[name], max_clips, seed) for name in dataset}
     if "train" not in splits or "test" not in splits:
         raise KeyError(f"need 'train' and 'test' splits, got {sorted(splits)}")
+    if "validation" not in splits or not len(splits["validation"]):
+        splits["train"], splits["validation"] = _hold_out(splits["train"], seed)
 
     def embed(name: str, hop: int | None, max_windows: int | None) -> WindowEmbeddings:
         return cached_window_embeddings(
@@ -106,18 +124,26 @@ def run_probe(
         )  # fmt: skip
 
     train_labels, names = clip_labels(splits["train"], task)
-    train = embed("train", task.train_hop, task.train_windows)
+    val_labels, _ = clip_labels(splits["validation"], task)
     test_labels, _ = clip_labels(splits["test"], task)
-    test = embed("test", None, task.test_windows)
-    if "validation" in splits and len(splits["validation"]):
-        val_labels, _ = clip_labels(splits["validation"], task)
-        val = embed("validation", None, task.test_windows)
+    train_paths = splits["train"][task.audio_column]
+    train: WindowEmbeddings | CropSource
+    if task.train_sampling == "windows":
+        train = embed("train", task.train_hop, task.train_windows)
+    elif task.crop_pool is None:
+        chunks = cached_training_chunks(
+            train_paths, cache_dir, "train", fe, task.chunk_frames, progress
+        )
+        train = FreshCrops(encoder, chunks, batch_size)
     else:
-        order = np.random.default_rng(seed).permutation(train.num_clips)
-        n_val = max(1, train.num_clips // 10)
-        val_clips, train_clips = np.sort(order[:n_val]), np.sort(order[n_val:])
-        val, val_labels = train.select_clips(val_clips), train_labels[val_clips]
-        train, train_labels = train.select_clips(train_clips), train_labels[train_clips]
+        # The pool's offsets come from a fixed seed, not ``seed``: one cached pool then
+        # serves runs with other head seeds (``seed`` still picks among its crops).
+        train = cached_crop_pool(
+            encoder, train_paths, cache_dir, task.crop_pool, "train", fe, task.chunk_frames,
+            0, batch_size, progress, model_key,
+        )  # fmt: skip
+    val = embed("validation", None, task.test_windows)
+    test = embed("test", None, task.test_windows)
     probe = train_probe(task, train, train_labels, names, val, val_labels, seed)
     metrics, per_class = evaluate_probe(probe, test, test_labels)
     val_metrics, _ = evaluate_probe(probe, val, val_labels)
