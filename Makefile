@@ -42,7 +42,7 @@ $(VENV_TF)/bin/.installed: constraints-tf.txt pyproject.toml
 	touch $@
 
 test-tf: $(VENV_TF)/bin/.installed
-	TF_CPP_MIN_LOG_LEVEL=2 $(VENV_TF)/bin/python -m pytest -q -m slow tests/test_convert.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(VENV_TF)/bin/python -m pytest -q -m slow tests/test_convert.py tests/test_step_parity.py
 
 lint: setup
 	$(BIN)/ruff format --check modeling_mscl scripts tests

@@ -22,6 +22,8 @@ from modeling_mscl.convert import (
     state_dict_to_keras,
 )
 
+from .keras_reference import reference_like_network
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "convert_reference_checkpoint.py"
 
 
@@ -69,45 +71,6 @@ def test_missing_tensorflow_is_explained(tmp_path, monkeypatch):
         convert_reference_checkpoint(tmp_path / "checkpoint-1", tmp_path / "out")
 
 
-def _reference_like_network(tf):
-    """The reference's contrastive model, written independently of the converter: a Keras
-    model whose `embedding_model` and `_similarity_layer` attributes key the checkpoint."""
-
-    class Bilinear(tf.keras.layers.Layer):
-        def __init__(self, dim):
-            super().__init__()
-            self._dim = dim
-
-        def build(self, _):
-            self._w = self.add_weight(
-                shape=(self._dim, self._dim),
-                initializer="random_normal",
-                name="bilinear_product_weight",
-            )
-
-        def call(self, anchor, positive):
-            return tf.linalg.matmul(anchor, tf.linalg.matmul(self._w, positive, transpose_b=True))
-
-    class Contrastive(tf.keras.Model):
-        def __init__(self, embedding_model, similarity):
-            super().__init__()
-            self.embedding_model = embedding_model
-            self._similarity_layer = similarity
-
-    shape = (None, 64, 1)
-    inputs = tf.keras.layers.Input(shape)
-    net = tf.keras.applications.EfficientNetB0(
-        include_top=False, weights=None, input_shape=shape, pooling="max"
-    )
-    encoder = tf.keras.Model(net.inputs, net.outputs, name="encoder")
-    x = tf.keras.layers.Dense(512, activation="linear")(encoder(inputs))
-    x = tf.keras.layers.LayerNormalization()(x)
-    embedding_model = tf.keras.Model(inputs, tf.keras.layers.Activation("tanh")(x))
-    similarity = Bilinear(512)
-    similarity(tf.zeros((1, 512)), tf.zeros((1, 512)))
-    return Contrastive(embedding_model, similarity), encoder
-
-
 def _randomise(tf, model, encoder, rng):
     """Random weights, batch-norm statistics and a non-trivial input Normalization."""
     for variable in model.weights:
@@ -135,7 +98,7 @@ def test_converted_reference_checkpoint_matches_keras(tmp_path):
     tf = pytest.importorskip("tensorflow")
     tf.random.set_seed(0)
     rng = np.random.default_rng(0)
-    model, encoder = _reference_like_network(tf)
+    model, encoder = reference_like_network(tf)
     _randomise(tf, model, encoder, rng)
     # Saved as the reference does: the contrastive model is the checkpoint's root.
     prefix = tf.train.Checkpoint(model).save(str(tmp_path / "ckpt" / "checkpoint"))
