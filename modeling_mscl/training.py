@@ -54,6 +54,7 @@ from .checkpoints import (
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .modeling_mscl import MSCLForPreTraining, MSCLModel
+from .optim import make_optimizer
 from .pairs import (
     CROP_FRAMES,
     TRAIN_STREAM,
@@ -82,8 +83,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ProbeHook = Callable[[MSCLModel, int], dict[str, float]]
-# Keras' Adam epsilon (the reference trained with tf.keras); torch's default is 1e-8.
-ADAM_EPS = 1e-7
 
 
 @dataclass
@@ -222,11 +221,7 @@ def resolve_probe_hook(spec: str | None) -> ProbeHook | None:
 
 def _make_optimizer(args: PretrainingArguments, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = args.training
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-    return torch.optim.Adam(
-        model.parameters(), lr=t.learning_rate, eps=ADAM_EPS, weight_decay=t.weight_decay
-    )
+    return make_optimizer(t.optimizer, model.parameters(), t.learning_rate, t.weight_decay)
 
 
 def _has_accelerator() -> bool:

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 LR_SCHEDULES = ("step", "cosine", "constant")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "torch_adam", "sgd")
 MIXED_PRECISION = ("auto", "no", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
 AUGMENT_ON = ("auto", "loader", "device")
@@ -134,7 +134,11 @@ class TrainingArguments:
     gradient_accumulation_steps: int = _help(
         "minibatches per optimizer step (each one its own source and softmax)", 1
     )
-    optimizer: str = _help("'adam' (the paper) or 'sgd' (plain, for diagnostics)", "adam")
+    optimizer: str = _help(
+        "'adam' (Keras' Adam, the reference's: eps 1e-7 beside sqrt(v)), 'torch_adam' "
+        "(torch's epsilon placement, a departure) or 'sgd' (plain, for diagnostics)",
+        "adam",
+    )
     learning_rate: float = _help("peak learning rate", 1e-3)
     weight_decay: float = _help("weight decay (coupled, as torch's Adam)", 0.0)
     lr_schedule: str = _help(
