@@ -748,3 +748,39 @@ def test_probe_script_writes_results_table_and_export(audio_corpus, cache_dir, t
     assert table[2].startswith("| random |")
     heads = json.loads((tmp_path / "heads" / "corpus_instruments" / "config.json").read_text())
     assert heads["id2label"]["3"] == "voice"
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def test_log_mel_statistics_by_hand_and_as_a_probe_encoder(audio_corpus, cache_dir):
+    from modeling_mscl.probing import LogMelStatistics, mean_over_seeds
+
+    baseline = LogMelStatistics(64)
+    x = torch.randn(3, 98, 64)
+    features = baseline(x).pooler_output
+    assert features.shape == (3, 192) and baseline.config.encoder_hidden_size == 192
+    torch.testing.assert_close(features[:, :64], x.mean(1))
+    torch.testing.assert_close(features[:, 64:128], x.std(1, unbiased=False))
+    torch.testing.assert_close(features[:, 128:], x.amax(1))
+    # A mask leaves padded frames out: the same as the unpadded window alone.
+    padded = torch.cat([x[:1, :50], torch.full((1, 48, 64), 99.0)], dim=1)
+    mask = torch.cat([torch.ones(1, 50), torch.zeros(1, 48)], dim=1)
+    torch.testing.assert_close(
+        baseline(padded, attention_mask=mask).pooler_output, baseline(x[:1, :50]).pooler_output
+    )
+    with pytest.raises(ValueError, match="batch, frames, 64"):
+        baseline(torch.randn(2, 98, 40))
+
+    task = get_task("corpus_genre", hidden_size=16, learning_rate=1e-2, max_epochs=5)
+    runs = [
+        run_probe(baseline, task, audio_corpus, cache_dir=cache_dir, seed=seed).to_dict()
+        for seed in (0, 1)
+    ]
+    merged = mean_over_seeds(runs)
+    accuracies = [r["metrics"]["accuracy"] for r in runs]
+    assert merged["num_seeds"] == 2
+    assert merged["metrics"]["accuracy"] == pytest.approx(np.mean(accuracies))
+    assert merged["metrics_std"]["accuracy"] == pytest.approx(np.std(accuracies))
+    table = results_table({"log-mel statistics": {"corpus_genre": merged}})
+    assert "±" in table.splitlines()[-1]

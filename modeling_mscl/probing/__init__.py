@@ -34,6 +34,7 @@ aggregation, metrics), :mod:`.protocol` (the whole protocol, export, tables),
 :mod:`.convergence` (the pre-training hook and its log).
 """
 
+from .baselines import LogMelStatistics
 from .convergence import ProbeHook, append_probe_log, make_probe_hook, read_probe_log
 from .crops import (
     CropPool,
@@ -66,10 +67,33 @@ from .heads import (
     train_probe,
     window_accuracy,
 )
-from .protocol import ProbeResult, export_probe, markdown_row, results_table, run_probe
+from .protocol import (
+    ProbeResult,
+    export_probe,
+    markdown_row,
+    mean_over_seeds,
+    results_table,
+    run_probe,
+)
+from .retrieval import (
+    RetrievalResult,
+    SourceRetrieval,
+    load_pretraining_model,
+    random_init_model,
+    retrieval_table,
+    stem_retrieval,
+)
 from .tasks import PRESETS, ProbeTask, clip_labels, get_task
 
 __all__ = [
+    "LogMelStatistics",
+    "RetrievalResult",
+    "SourceRetrieval",
+    "load_pretraining_model",
+    "mean_over_seeds",
+    "random_init_model",
+    "retrieval_table",
+    "stem_retrieval",
     "CropPool",
     "CropSource",
     "EpochCrops",

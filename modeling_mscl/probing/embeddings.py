@@ -104,10 +104,13 @@ def spread_indices(num_windows: int, max_windows: int | None) -> np.ndarray:
 
 
 def _encoder_of(model: nn.Module) -> MSCLModel:
-    """The :class:`MSCLModel` inside ``model`` (itself, a pre-training or classifier model)."""
+    """The :class:`MSCLModel` inside ``model`` (itself, a pre-training or classifier model),
+    or a baseline feature module (:class:`~modeling_mscl.probing.baselines.LogMelStatistics`)."""
+    from .baselines import LogMelStatistics
+
     model = getattr(model, "module", model)  # DDP / accelerate wrappers
     model = getattr(model, "_orig_mod", model)  # torch.compile
-    if isinstance(model, MSCLModel):
+    if isinstance(model, (MSCLModel, LogMelStatistics)):
         return model
     inner = getattr(model, "mscl", None)
     if isinstance(inner, MSCLModel):

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,14 @@ from .embeddings import (
 from .heads import TrainedProbe, evaluate_probe, train_probe
 from .tasks import ProbeTask, clip_labels
 
-__all__ = ["ProbeResult", "export_probe", "markdown_row", "results_table", "run_probe"]
+__all__ = [
+    "ProbeResult",
+    "export_probe",
+    "markdown_row",
+    "mean_over_seeds",
+    "results_table",
+    "run_probe",
+]
 
 
 @dataclass
@@ -206,7 +213,8 @@ def markdown_row(encoder_name: str, result: ProbeResult | Mapping[str, Any]) -> 
 def results_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     """Markdown table of ``results[encoder][task] = ProbeResult.to_dict()``, values in %.
 
-    One row per encoder, one column per (task, metric).
+    One row per encoder, one column per (task, metric). A result that also holds
+    ``metrics_std`` (see :func:`mean_over_seeds`) is written ``mean +- std``.
     """
     columns: list[tuple[str, str]] = []
     for per_task in results.values():
@@ -219,7 +227,28 @@ def results_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str
     for encoder_name, per_task in results.items():
         cells = []
         for task_name, metric in columns:
-            value = per_task.get(task_name, {}).get("metrics", {}).get(metric)
-            cells.append("" if value is None else f"{100 * value:.1f}")
+            data = per_task.get(task_name, {})
+            value = data.get("metrics", {}).get(metric)
+            std = data.get("metrics_std", {}).get(metric)
+            cell = "" if value is None else f"{100 * value:.1f}"
+            if value is not None and std is not None:
+                cell += f" ± {100 * std:.1f}"
+            cells.append(cell)
         lines.append(f"| {encoder_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mean_over_seeds(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One result from ``ProbeResult.to_dict()`` of several head seeds: the first seed's
+    fields, ``metrics`` the mean, ``metrics_std`` the standard deviation (ddof 0) and
+    ``num_seeds``; every seed's metrics are kept under ``per_seed``."""
+    if not results:
+        raise ValueError("mean_over_seeds needs at least one result")
+    merged = dict(results[0])
+    names = [m for m in results[0]["metrics"] if all(m in r["metrics"] for r in results)]
+    values = {m: np.array([r["metrics"][m] for r in results], dtype=float) for m in names}
+    merged["metrics"] = {m: float(v.mean()) for m, v in values.items()}
+    merged["metrics_std"] = {m: float(v.std()) for m, v in values.items()}
+    merged["num_seeds"] = len(results)
+    merged["per_seed"] = [r["metrics"] for r in results]
+    return merged
