@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoSettings", "run_demo"]
+__all__ = [
+    "DemoSettings",
+    "offline_tasks",
+    "prepare_offline_data",
+    "pretrain_run",
+    "probe_encoders",
+    "recalibrated_encoders",
+    "run_demo",
+]
 
 _CONFIG = Path(__file__).resolve().parent.parent / "scripts" / "configs" / "demo.yaml"
 
@@ -54,135 +62,176 @@ def _done(start: float) -> None:
     print(f"    done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
+def prepare_offline_data(work: Path, num_songs: int, seconds: float, seed: int) -> tuple:
+    """Steps 1-2 of the demo and the study: the corpus, the note set and the chunk set.
+
+    Returns ``(songs, notes, chunks_dir)``; both steps reuse what an earlier run finished.
+    """
+    from datasets import load_from_disk
+
+    from .chunks import prepare_chunks
+    from .corpora.synthetic import build_default_corpus
+    from .stems import OracleSeparator
+
+    t = _step(f"offline corpus: {num_songs} songs x {seconds:.0f} s + note set")
+    build_default_corpus(work / "corpus", num_songs=num_songs, seconds=seconds, seed=seed)
+    songs = load_from_disk(str(work / "corpus" / "songs"))
+    notes = load_from_disk(str(work / "corpus" / "notes"))
+    _done(t)
+    t = _step("oracle stems -> 4 s chunks with log-mels and presence flags")
+    prepare_chunks(songs, OracleSeparator(), work / "chunks")
+    _done(t)
+    return songs, notes, work / "chunks"
+
+
+def offline_tasks(songs: Any, notes: Any) -> dict[str, Any]:
+    """The three offline probe tasks and their data."""
+    return {"notes_family": notes, "corpus_genre": songs, "corpus_instruments": songs}
+
+
+def pretrain_run(
+    out: Path,
+    argv: list[str],
+    songs: Any,
+    notes: Any,
+    probe_every: int,
+) -> Any:
+    """Pre-train (or resume) one run into ``out`` with the convergence probes; returns the
+    probe hook, whose training windows also calibrate batch norm for the final probes."""
+    from .probing import make_probe_hook
+    from .training import pretrain
+
+    hook = make_probe_hook(
+        ["notes_family", "corpus_genre"],
+        {"notes_family": notes, "corpus_genre": songs},
+        # Every training song (and as many notes), 4 windows each: a few seconds a
+        # call, and a curve less noisy than a handful of clips would give.
+        max_clips=160,
+        max_windows=4,
+        epochs=20,
+        log_path=out / "probes.jsonl",
+        # A few hundred steps is too short for batch-norm running statistics to catch up
+        # (momentum 0.01): probe what the encoder computes, not how stale they are.
+        recalibrate_bn=True,
+    )
+    argv = [*argv, "--output_dir", str(out), "--probe_every", str(probe_every), "--resume", "true"]
+    result = pretrain(argv, probe_hook=hook)
+    if result.history:  # a fresh (not an already finished) run: keep its curves
+        (out / "history.json").write_text(json.dumps(result.history) + "\n")
+    return hook
+
+
+def probe_encoders(
+    encoders: dict[str, Any],
+    tasks: dict[str, Any],
+    cache_dir: Path,
+    probe_windows: int,
+    head_seeds: list[int] | dict[str, list[int]],
+) -> dict[str, dict[str, Any]]:
+    """Probe every encoder on every task; ``results[encoder][task]`` is the mean over the
+    head seeds (a list for all encoders, or one list per encoder)."""
+    from .probing import get_task, mean_over_seeds, run_probe
+
+    results: dict[str, dict[str, Any]] = {}
+    for enc_name, encoder in encoders.items():
+        seeds = head_seeds[enc_name] if isinstance(head_seeds, dict) else head_seeds
+        results[enc_name] = {}
+        for task_name, data in tasks.items():
+            task = get_task(task_name, train_windows=probe_windows, test_windows=probe_windows)
+            per_seed = [
+                run_probe(encoder, task, data, cache_dir=cache_dir, seed=seed).to_dict()
+                for seed in seeds
+            ]
+            merged = mean_over_seeds(per_seed)
+            results[enc_name][task_name] = merged
+            shown = ", ".join(
+                f"{k} {100 * v:.1f} ± {100 * merged['metrics_std'][k]:.1f}"
+                for k, v in merged["metrics"].items()
+            )
+            print(f"    {enc_name:20s} {task_name:20s} {shown}", flush=True)
+    return results
+
+
+def recalibrated_encoders(
+    runs: dict[str, Path], calibration: Any, seed: int, with_baselines: bool = True
+) -> dict[str, Any]:
+    """The encoders of ``runs`` (and, optionally, the two baselines), every network with its
+    batch-norm statistics recomputed on ``calibration`` windows: one regime for every row.
+
+    A fresh encoder's (0, 1) statistics make it nearly a linear map of its input, and a
+    few hundred steps at momentum 0.01 leave a trained encoder's running statistics
+    stale: either would compare regimes, not representations.
+    """
+    import torch
+    from transformers import AutoModel
+
+    from .configuration_mscl import MSCLConfig
+    from .modeling_mscl import MSCLModel
+    from .probing import LogMelStatistics, recalibrate_batch_norm
+
+    encoders: dict[str, Any] = {}
+    first = next(iter(runs.values()))
+    config = AutoModel.from_pretrained(first / "encoder").config
+    if with_baselines:
+        torch.manual_seed(seed)
+        random_init = MSCLModel(MSCLConfig(**_model_fields(config))).eval()
+        encoders["log-mel statistics"] = LogMelStatistics(config.num_mel_bins)
+        encoders["random init"] = recalibrate_batch_norm(random_init, calibration)
+    for name, out in runs.items():
+        trained = AutoModel.from_pretrained(out / "encoder").eval()
+        encoders[name] = recalibrate_batch_norm(trained, calibration)
+    return encoders
+
+
 def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
     """Run every step of the demo; returns the results table's data and the output paths."""
-    import torch
-    from datasets import load_from_disk
     from transformers import AutoFeatureExtractor, AutoModel
 
     from .audio_io import load_audio
-    from .chunks import prepare_chunks
-    from .configuration_mscl import MSCLConfig
-    from .corpora.synthetic import build_default_corpus
-    from .modeling_mscl import MSCLModel
     from .probing import (
-        LogMelStatistics,
-        get_task,
         load_pretraining_model,
-        make_probe_hook,
-        mean_over_seeds,
         random_init_model,
         read_probe_log,
-        recalibrate_batch_norm,
         results_table,
         retrieval_table,
-        run_probe,
         stem_retrieval,
     )
     from .probing.plot import plot_convergence
-    from .stems import OracleSeparator
-    from .training import pretrain
 
     s = settings or DemoSettings()
     work = Path(s.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     total = time.perf_counter()
 
-    t = _step(f"1/6 offline corpus: {s.num_songs} songs x {s.seconds:.0f} s + note set")
-    build_default_corpus(work / "corpus", num_songs=s.num_songs, seconds=s.seconds, seed=s.seed)
-    songs = load_from_disk(str(work / "corpus" / "songs"))
-    notes = load_from_disk(str(work / "corpus" / "notes"))
-    _done(t)
-
-    t = _step("2/6 oracle stems -> 4 s chunks with log-mels and presence flags")
-    prepare_chunks(songs, OracleSeparator(), work / "chunks")
-    _done(t)
-
-    tasks = {
-        "notes_family": (get_task("notes_family"), notes),
-        "corpus_genre": (get_task("corpus_genre"), songs),
-        "corpus_instruments": (get_task("corpus_instruments"), songs),
-    }
+    print("\n1-2/6 data", flush=True)
+    songs, notes, chunks = prepare_offline_data(work, s.num_songs, s.seconds, s.seed)
+    tasks = offline_tasks(songs, notes)
     runs: dict[str, Path] = {}
     for name, extra in s.objectives.items():
         t = _step(f"3/6 pre-train {name} for {s.max_steps} steps (config {s.config})")
         out = work / "runs" / name.lower()
-        hook = make_probe_hook(
-            ["notes_family", "corpus_genre"],
-            {"notes_family": notes, "corpus_genre": songs},
-            # Every training song (and as many notes), 4 windows each: a few seconds a
-            # call, and a curve less noisy than a handful of clips would give.
-            max_clips=160,
-            max_windows=4,
-            epochs=20,
-            log_path=out / "probes.jsonl",
-            # A few hundred steps is too short for batch-norm running statistics to catch up
-            # (momentum 0.01): probe what the encoder computes, not how stale they are.
-            recalibrate_bn=True,
-        )
-        argv = ["--config", s.config, "--data_dir", str(work / "chunks"), "--output_dir", str(out)]
-        argv += ["--max_steps", str(s.max_steps), "--probe_every", str(s.probe_every)]
-        argv += ["--seed", str(s.seed), "--resume", "true", *extra]
-        result = pretrain(argv, probe_hook=hook)
-        if result.history:  # a fresh (not an already finished) run: keep its curves
-            (out / "history.json").write_text(json.dumps(result.history) + "\n")
+        argv = ["--config", s.config, "--data_dir", str(chunks)]
+        argv += ["--max_steps", str(s.max_steps), "--seed", str(s.seed), *extra]
+        hook = pretrain_run(out, argv, songs, notes, s.probe_every)
         runs[name] = out
         _done(t)
 
     t = _step("4/6 frozen probes: baselines, COLA, MSCL on the three offline tasks")
-    encoder_config = AutoModel.from_pretrained(runs["MSCL"] / "encoder").config
-    torch.manual_seed(s.seed)
-    random_init = MSCLModel(MSCLConfig(**_model_fields(encoder_config))).eval()
-    # One regime for every row: batch-norm statistics recomputed on the probes' training
-    # windows. A fresh encoder's (0, 1) statistics make it nearly a linear map of its input,
-    # and 600 steps at momentum 0.01 leave a trained encoder's running statistics stale:
-    # either would compare regimes, not representations.
-    calibration = hook.calibration_windows(random_init.config.num_mel_bins)
-    encoders: dict[str, Any] = {
-        "log-mel statistics": LogMelStatistics(random_init.config.num_mel_bins),
-        "random init": recalibrate_batch_norm(random_init, calibration),
-    }
-    for name, out in runs.items():
-        trained = AutoModel.from_pretrained(out / "encoder").eval()
-        encoders[name] = recalibrate_batch_norm(trained, calibration)
-    results: dict[str, dict[str, Any]] = {}
-    for enc_name, encoder in encoders.items():
-        results[enc_name] = {}
-        for task_name, (_, data) in tasks.items():
-            task = get_task(task_name, train_windows=s.probe_windows, test_windows=s.probe_windows)
-            per_seed = [
-                run_probe(encoder, task, data, cache_dir=work / "embeddings", seed=seed).to_dict()
-                for seed in range(s.seed, s.seed + s.probe_seeds)
-            ]
-            results[enc_name][task_name] = mean_over_seeds(per_seed)
-            metrics = results[enc_name][task_name]
-            shown = ", ".join(
-                f"{k} {100 * v:.1f} ± {100 * metrics['metrics_std'][k]:.1f}"
-                for k, v in metrics["metrics"].items()
-            )
-            print(f"    {enc_name:20s} {task_name:20s} {shown}", flush=True)
+    calibration = hook.calibration_windows()
+    encoders = recalibrated_encoders(runs, calibration, s.seed)
+    head_seeds = list(range(s.seed, s.seed + s.probe_seeds))
+    results = probe_encoders(encoders, tasks, work / "embeddings", s.probe_windows, head_seeds)
     _done(t)
 
     t = _step("5/6 stem retrieval, results tables and convergence figure")
+    models = {"random init": random_init_model(runs["MSCL"] / "pretraining", seed=s.seed)}
+    models.update({name: load_pretraining_model(out) for name, out in runs.items()})
     retrieval = {
-        "random init": stem_retrieval(
-            random_init_model(runs["MSCL"] / "pretraining", seed=s.seed),
-            work / "chunks",
-            split="test",
-            bn_regime="recalibrated",
-            seed=s.seed,
-            name="random init",
+        name: stem_retrieval(
+            model, chunks, split="test", bn_regime="recalibrated", seed=s.seed, name=name
         )
+        for name, model in models.items()
     }
-    for name, out in runs.items():
-        retrieval[name] = stem_retrieval(
-            load_pretraining_model(out),
-            work / "chunks",
-            split="test",
-            bn_regime="recalibrated",
-            seed=s.seed,
-            name=name,
-        )
     table = results_table(results)
     retrieval_md = retrieval_table(retrieval)
     # Small test sets: one clip is several points of accuracy; the table says how many.
