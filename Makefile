@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup system-deps test test-slow test-tf lint format bench corpus demo clean
+.PHONY: setup system-deps test test-slow test-tf lint format bench corpus demo study clean
 
 # System libraries: FluidSynth renders the offline corpus (needs root for apt-get).
 system-deps:
@@ -55,6 +55,11 @@ format: setup
 # The main job: corpus, stems, COLA + MSCL pre-training, probes, figure, reload (~20 min on 2 cores).
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+# The seeded comparison: COLA, MSCL, drums-only and vocals-only MSCL over 3 seeds, with
+# baselines, stem retrieval, steering and convergence bands (estimated 40-60 min on 2 cores).
+study: setup
+	$(BIN)/python scripts/study.py
 
 corpus: setup
 	$(BIN)/python scripts/build_corpus.py --out data_cache/corpus

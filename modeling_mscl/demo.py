@@ -95,6 +95,7 @@ def pretrain_run(
     songs: Any,
     notes: Any,
     probe_every: int,
+    max_clips: int = 160,
 ) -> Any:
     """Pre-train (or resume) one run into ``out`` with the convergence probes; returns the
     probe hook, whose training windows also calibrate batch norm for the final probes."""
@@ -106,7 +107,7 @@ def pretrain_run(
         {"notes_family": notes, "corpus_genre": songs},
         # Every training song (and as many notes), 4 windows each: a few seconds a
         # call, and a curve less noisy than a handful of clips would give.
-        max_clips=160,
+        max_clips=max_clips,
         max_windows=4,
         epochs=20,
         log_path=out / "probes.jsonl",
@@ -127,6 +128,7 @@ def probe_encoders(
     cache_dir: Path,
     probe_windows: int,
     head_seeds: list[int] | dict[str, list[int]],
+    max_clips: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Probe every encoder on every task; ``results[encoder][task]`` is the mean over the
     head seeds (a list for all encoders, or one list per encoder)."""
@@ -139,7 +141,9 @@ def probe_encoders(
         for task_name, data in tasks.items():
             task = get_task(task_name, train_windows=probe_windows, test_windows=probe_windows)
             per_seed = [
-                run_probe(encoder, task, data, cache_dir=cache_dir, seed=seed).to_dict()
+                run_probe(
+                    encoder, task, data, cache_dir=cache_dir, seed=seed, max_clips=max_clips
+                ).to_dict()
                 for seed in seeds
             ]
             merged = mean_over_seeds(per_seed)
