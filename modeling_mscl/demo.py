@@ -38,8 +38,8 @@ class DemoSettings:
     config: str = str(_CONFIG)
     num_songs: int = 200
     seconds: float = 30.0
-    max_steps: int = 600
-    probe_every: int = 150
+    max_steps: int = 2400
+    probe_every: int = 300
     seed: int = 0
     # Probe budget: windows per clip for training / testing the heads (evenly spaced).
     probe_windows: int = 8
