@@ -415,4 +415,3 @@ def test_unequal_local_sizes_raise_on_every_process(dist_results, name):
         assert result["errors"][name] is not None
         assert "same shape on every process" in result["errors"][name]
         assert "(3, 4)" in result["errors"][name] and "(4, 4)" in result["errors"][name]
-
