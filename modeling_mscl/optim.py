@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-__all__ = ["KERAS_ADAM_EPSILON", "KerasAdam", "make_optimizer"]
+__all__ = ["KERAS_ADAM_EPSILON", "OPTIMIZERS", "KerasAdam", "make_optimizer"]
 
 # tf.keras.optimizers.Adam's default epsilon (the reference kept the defaults).
 KERAS_ADAM_EPSILON = 1e-7

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +196,7 @@ def run_study(settings: StudySettings | None = None) -> dict[str, Any]:
     md = _report(s, probes, retrieval, convergence, losses, time.perf_counter() - total)
     (work / "results.md").write_text(md)
     payload = {
-        "settings": {k: v for k, v in vars(s).items()},
+        "settings": asdict(s),
         "probes": probes,
         "retrieval": retrieval,
         "convergence": convergence,

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .optim import OPTIMIZERS
 from .pairs import OBJECTIVES
 from .stems import SOURCES
 
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 LR_SCHEDULES = ("step", "cosine", "constant")
-OPTIMIZERS = ("adam", "torch_adam", "sgd")
 MIXED_PRECISION = ("auto", "no", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
 AUGMENT_ON = ("auto", "loader", "device")
