@@ -85,8 +85,12 @@ def prepare_offline_data(work: Path, num_songs: int, seconds: float, seed: int) 
 
 
 def offline_tasks(songs: Any, notes: Any) -> dict[str, Any]:
-    """The three offline probe tasks and their data."""
-    return {"notes_family": notes, "corpus_genre": songs, "corpus_instruments": songs}
+    """The four offline probe tasks and their data (``corpus_tempo`` where the songs have
+    the tempo label)."""
+    tasks = {"notes_family": notes, "corpus_genre": songs, "corpus_instruments": songs}
+    if "tempo" in next(iter(songs.values())).features:
+        tasks["corpus_tempo"] = songs
+    return tasks
 
 
 def pretrain_run(

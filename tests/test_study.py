@@ -44,6 +44,7 @@ def test_tiny_study_end_to_end(tmp_path):
     work = tmp_path / "study"
     md = (work / "results.md").read_text()
     assert "2 pre-training seeds" in md and "Steering" in md and "chance" in md
+    assert "- corpus_tempo accuracy: drums-only" in md
     assert (work / "convergence_bands.png").stat().st_size > 10_000
     saved = json.loads((work / "results.json").read_text())
     rows = set(saved["probes"])
@@ -55,7 +56,7 @@ def test_tiny_study_end_to_end(tmp_path):
         "MSCL drums",
         "MSCL vocals",
     }
-    for task in ("notes_family", "corpus_genre", "corpus_instruments"):
+    for task in ("notes_family", "corpus_genre", "corpus_instruments", "corpus_tempo"):
         assert saved["probes"]["MSCL"][task]["num_seeds"] == 2
     assert set(saved["retrieval"]) == {"random init", "COLA", "MSCL"}
     assert set(saved["retrieval"]["MSCL"]) == {"vocals", "drums", "bass", "other"}

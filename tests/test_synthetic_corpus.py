@@ -204,6 +204,15 @@ def test_arrangement_follows_plan():
 # --------------------------------------------------------------------------- the song corpus
 
 
+@pytest.mark.parametrize(
+    "bpm, band", [(60.0, 0), (99.9, 0), (100.0, 1), (119.0, 1), (120.0, 2), (139.5, 2), (176.0, 3)]
+)
+def test_tempo_band_boundaries(bpm, band):
+    assert syn.tempo_band(bpm) == band
+    with pytest.raises(ValueError, match="tempo"):
+        syn.tempo_band(0.0)
+
+
 def test_corpus_schema_and_files(corpus):
     out, dd = corpus
     recipe = syn.load_recipe()
@@ -213,6 +222,11 @@ def test_corpus_schema_and_files(corpus):
     assert feats["genre"].names == recipe.genres
     assert isinstance(feats["instruments"].feature, ClassLabel)
     assert feats["instruments"].feature.names == list(mr.INSTRUMENT_CLASSES)
+    assert feats["tempo"].names == [name for name, _ in syn.TEMPO_BANDS]
+    for split, rows in dd.items():  # the band is the plan's tempo, read back from meta.json
+        for row in rows:
+            meta = json.loads((out / "audio" / row["track_id"] / "meta.json").read_text())
+            assert row["tempo"] == syn.tempo_band(meta["plan"]["tempo"]), (split, row["track_id"])
     reloaded = load_from_disk(str(out / "songs"))
     assert reloaded["train"][0] == dd["train"][0]
     assert "genre" in (out / "songs" / "README.md").read_text()

@@ -61,6 +61,7 @@ from .midi_render import (
 logger = logging.getLogger("modeling_mscl.corpora")
 
 __all__ = [
+    "TEMPO_BANDS",
     "Chorale",
     "Recipe",
     "SongPlan",
@@ -72,6 +73,7 @@ __all__ = [
     "extract_chorale",
     "index_chorales",
     "load_recipe",
+    "tempo_band",
     "name_chord",
     "plan_songs",
 ]
@@ -79,6 +81,23 @@ __all__ = [
 _PITCH_NAMES = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _LEVEL = 0.05  # mean |amplitude| of a stem at 0 dB before the common gain
 _BEATS_PER_BAR = 4  # all styles are 4/4 grooves and the chorale list holds 4/4 chorales
+
+# Tempo bands of the `tempo` label (quarter notes per minute, lower bounds). Most styles'
+# tempo ranges straddle a boundary, so the band is not given away by the instruments:
+# it is a rhythm label, the counterpart of the genre's mostly timbral one.
+TEMPO_BANDS: tuple[tuple[str, float], ...] = (
+    ("slow (<100)", 0.0),
+    ("moderate (100-119)", 100.0),
+    ("fast (120-139)", 120.0),
+    ("very fast (>=140)", 140.0),
+)
+
+
+def tempo_band(bpm: float) -> int:
+    """Index in :data:`TEMPO_BANDS` of a tempo in quarter notes per minute."""
+    if not bpm > 0:
+        raise ValueError(f"tempo must be > 0 quarter notes per minute, got {bpm}")
+    return max(i for i, (_, low) in enumerate(TEMPO_BANDS) if bpm >= low)
 
 
 @dataclass(frozen=True)
@@ -652,7 +671,8 @@ def build_synthetic_corpus(
     rows = run_jobs(_song_job, jobs, num_workers, "Rendering songs")
     by_split: dict[str, list[dict]] = {}
     for plan, row in zip(plans, rows, strict=True):
-        by_split.setdefault(plan.split, []).append(row)
+        # From the plan, so that songs rendered before this label existed get it too.
+        by_split.setdefault(plan.split, []).append({**row, "tempo": tempo_band(plan.tempo)})
     sizes = "/".join(str(len(by_split.get(s, []))) for s in ("train", "validation", "test"))
     card = TRACK_CARD.format(
         title="MSCL synthetic multitrack corpus",
@@ -661,7 +681,8 @@ def build_synthetic_corpus(
             "corpus (soprano = vocals, alto + tenor = an inner instrument) arranged by MMA in "
             f"{len(rec.styles)} styles, the genre labels. Sections silence stems (vocals in "
             "the intro, drums in breaks, ...). Recipe: `data/synthetic_styles.yaml`; every "
-            "song's plan is in `audio/<track_id>/meta.json`, its MIDI in `arrangement.mid`."
+            "song's plan is in `audio/<track_id>/meta.json`, its MIDI in `arrangement.mid`. "
+            f"`tempo`: ClassLabel of the song's tempo band {[n for n, _ in TEMPO_BANDS]}."
         ),
         sizes=sizes,
         split_unit="song, stratified by genre (seeded); a chorale never crosses splits",
@@ -672,7 +693,11 @@ def build_synthetic_corpus(
         n_classes=len(INSTRUMENT_CLASSES),
         soundfont=sf.name,
     )
-    dd = save_dataset_dict(by_split, track_features(rec.genres), out / "songs", card)
+    from datasets import ClassLabel
+
+    features = track_features(rec.genres)
+    features["tempo"] = ClassLabel(names=[name for name, _ in TEMPO_BANDS])
+    dd = save_dataset_dict(by_split, features, out / "songs", card)
     logger.info("rendered %d songs in %.1f s", num_songs, time.perf_counter() - started)
     return dd
 

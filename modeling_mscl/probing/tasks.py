@@ -144,6 +144,11 @@ PRESETS: dict[str, ProbeTask] = {
         "corpus_genre", "genre", False, "linear", learning_rate=5e-4, crops_per_clip=8,
         **_CORPUS_PROTOCOL,
     ),
+    # The song's tempo band: a rhythm label that the instruments do not give away.
+    "corpus_tempo": ProbeTask(
+        "corpus_tempo", "tempo", False, "linear", learning_rate=5e-4, crops_per_clip=8,
+        **_CORPUS_PROTOCOL,
+    ),
     "corpus_instruments": ProbeTask(
         "corpus_instruments", "instruments", True, "linear", learning_rate=5e-4,
         crops_per_clip=8, **_CORPUS_PROTOCOL,
