@@ -52,7 +52,8 @@ format: setup
 	$(BIN)/ruff format modeling_mscl scripts tests
 	$(BIN)/ruff check --fix modeling_mscl scripts tests
 
-# The main job: corpus, stems, COLA + MSCL pre-training, probes, figure, reload (~20 min on 2 cores).
+# The main job: corpus, stems, COLA + MSCL pre-training, probes, figure, reload (under 15 min
+# on 2 cores, set-up included).
 demo: setup
 	$(BIN)/python scripts/demo.py
 

@@ -1,6 +1,6 @@
 """The seeded study (`make study`): COLA, MSCL and single-source MSCL over several seeds.
 
-python scripts/study.py [--workdir outputs/study] [--seeds 0 1 2] [--max-steps 600]
+python scripts/study.py [--workdir outputs/study] [--seeds 0 1 2] [--max-steps 1200]
 """
 
 from __future__ import annotations
