@@ -10,6 +10,8 @@ and a saved model must not change when transformers does.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +23,9 @@ from transformers.utils import ModelOutput
 
 from .configuration_mscl import MSCLConfig, round_filters, round_repeats
 from .feature_extraction_mscl import MSCLFeatureExtractor
-from .losses import info_nce_loss, null_source_contrastive_loss
 
 __all__ = [
+    "ContrastiveLossOutput",
     "MSCLClipEmbeddingOutput",
     "MSCLForAudioClassification",
     "MSCLForPreTraining",
@@ -31,7 +33,10 @@ __all__ = [
     "MSCLModel",
     "MSCLModelOutput",
     "MSCLPreTrainedModel",
+    "ProcessGather",
     "count_keras_weights",
+    "info_nce_loss",
+    "null_source_contrastive_loss",
 ]
 
 # VarianceScaling(2.0, "fan_out", "truncated_normal") in Keras divides the standard
@@ -457,6 +462,174 @@ class MSCLModel(MSCLPreTrainedModel):
         )
 
 
+# ---------------------------------------------------------------------------- the losses
+# COLA's InfoNCE and MSCL's null-source variant. They have no parameters: the similarity
+# (a trainable bilinear matrix, or cosine over a temperature) is the model's and is passed
+# in as ``similarity(anchors (B, D), columns (C, D)) -> logits (B, C)``. Across processes
+# they need only a ProcessGather; the collectives themselves stay trainer-side
+# (modeling_mscl.losses), so torch.distributed never travels with a Hub folder.
+
+Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ProcessGather:
+    """How a loss sees the rows of the other processes of a data-parallel run.
+
+    Attributes:
+        all_gather: `(n, ...) -> (world * n, ...)`: a tensor concatenated over processes in
+            rank order, differentiable (in backward each process receives the sum over
+            processes of the gradient of its own rows); `n` must be equal everywhere.
+        rank: this process's place in that order.
+    """
+
+    all_gather: Callable[[torch.Tensor], torch.Tensor]
+    rank: int
+
+
+@dataclass
+class ContrastiveLossOutput:
+    """What a contrastive loss returns.
+
+    Attributes:
+        loss: scalar, mean cross-entropy over the local rows (float32).
+        logits: `(B_local, C)` float32 similarities of each local anchor to every column.
+        targets: `(B_local,)` int64 column index each local anchor must pick.
+        accuracy: scalar, fraction of local rows whose argmax is the target (no gradient).
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    accuracy: torch.Tensor
+
+
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast so the logits and the softmax are computed in float32."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # a device type autocast does not know
+        return contextlib.nullcontext()
+
+
+def _contrast(
+    anchors: torch.Tensor, columns: torch.Tensor, targets: torch.Tensor, similarity: Similarity
+) -> ContrastiveLossOutput:
+    """Cross-entropy of float32 logits of ``anchors`` (B, D) against ``columns`` (C, D)."""
+    batch, num_columns = anchors.shape[0], columns.shape[0]
+    if batch == 0 or num_columns == 0:
+        # Nothing to contrast (an empty batch). A zero loss that still touches the inputs
+        # keeps backward (and any collective inside it) running the same way everywhere.
+        zero = (anchors.float().sum() + columns.float().sum()) * 0.0
+        logits = anchors.new_zeros((batch, num_columns), dtype=torch.float32)
+        return ContrastiveLossOutput(zero, logits, targets, zero.detach().clone())
+    with _autocast_off(anchors.device):
+        logits = similarity(anchors.float(), columns.float()).float()
+    if logits.shape != (batch, num_columns):
+        raise ValueError(
+            f"similarity must return logits of shape ({batch}, {num_columns}); "
+            f"got {tuple(logits.shape)}"
+        )
+    loss = F.cross_entropy(logits, targets)
+    accuracy = (logits.detach().argmax(dim=-1) == targets).float().mean()
+    return ContrastiveLossOutput(loss, logits, targets, accuracy)
+
+
+def _check_pairs(anchor_embeds: torch.Tensor, positive_embeds: torch.Tensor) -> None:
+    if anchor_embeds.dim() != 2 or anchor_embeds.shape != positive_embeds.shape:
+        raise ValueError(
+            "anchor_embeds and positive_embeds must both have shape (batch, dim); got "
+            f"{tuple(anchor_embeds.shape)} and {tuple(positive_embeds.shape)}"
+        )
+
+
+def info_nce_loss(
+    anchor_embeds: torch.Tensor,
+    positive_embeds: torch.Tensor,
+    similarity: Similarity,
+    gather: ProcessGather | None = None,
+) -> ContrastiveLossOutput:
+    """COLA's InfoNCE: each anchor must pick its own positive among all positives.
+
+    Args:
+        anchor_embeds: `(B, D)` local anchors (mixture crops).
+        positive_embeds: `(B, D)` local positives; row i belongs to anchor i.
+        similarity: `(anchors (B, D), columns (C, D)) -> logits (B, C)`.
+        gather: the other processes' rows (see :class:`ProcessGather`): the positives of
+            every process become columns, and the target of local row i on process r is
+            ``r * B + i``. `None`: this process's rows only.
+
+    Returns:
+        :class:`ContrastiveLossOutput`; the loss is the mean over the local rows.
+    """
+    _check_pairs(anchor_embeds, positive_embeds)
+    rank = gather.rank if gather is not None else 0
+    columns = gather.all_gather(positive_embeds) if gather is not None else positive_embeds
+    batch = anchor_embeds.shape[0]
+    targets = torch.arange(batch, device=anchor_embeds.device) + rank * batch
+    return _contrast(anchor_embeds, columns, targets, similarity)
+
+
+def null_source_contrastive_loss(
+    anchor_embeds: torch.Tensor,
+    positive_embeds: torch.Tensor,
+    source_present: torch.Tensor,
+    similarity: Similarity,
+    gather: ProcessGather | None = None,
+) -> ContrastiveLossOutput:
+    """MSCL's InfoNCE with one shared "null" column for absent sources (the method, section 4).
+
+    Columns are the positives of the rows whose source is present, in global order (process
+    0's rows first), then one null column if any row of the global batch is absent: the
+    mean of the embeddings of *all* absent rows of the global batch, as the reference
+    computes it (in training mode stochastic depth makes those rows differ, and the mean
+    sends the gradient to every one of them). A present anchor must pick its own positive;
+    an absent anchor must pick the null column. With every source present this is exactly
+    :func:`info_nce_loss`.
+
+    Args:
+        anchor_embeds: `(B, D)` local anchors (mixture crops).
+        positive_embeds: `(B, D)` local positives: source crops where present, the
+            embedding of the all-zero input where absent.
+        source_present: `(B,)` bool, whether each row's source is present.
+        similarity: `(anchors (B, D), columns (C, D)) -> logits (B, C)`.
+        gather: the other processes' rows (see :class:`ProcessGather`): the positives of
+            every process become columns and the null column averages the absent rows of
+            every process, so that all processes contrast against the same columns.
+            `None`: this process's rows only.
+
+    Returns:
+        :class:`ContrastiveLossOutput`; the loss is the mean over the local rows.
+    """
+    _check_pairs(anchor_embeds, positive_embeds)
+    batch = positive_embeds.shape[0]
+    device = positive_embeds.device
+    if source_present.shape != (batch,):
+        raise ValueError(
+            f"source_present must have shape ({batch},); got {tuple(source_present.shape)}"
+        )
+    present = source_present.to(device=device, dtype=torch.bool)
+
+    rank = gather.rank if gather is not None else 0
+    if gather is None:
+        all_present, all_positives = present, positive_embeds
+    else:
+        all_present = gather.all_gather(present.to(positive_embeds.dtype)) > 0.5
+        all_positives = gather.all_gather(positive_embeds)
+
+    columns = all_positives[all_present]
+    num_present = columns.shape[0]
+    if not bool(all_present.all()):
+        null_column = all_positives[~all_present].float().mean(dim=0)
+        columns = torch.cat([columns.float(), null_column[None]])
+
+    # Global column index of each present row = number of present rows before it.
+    rows = torch.arange(batch, device=device) + rank * batch
+    column_of_row = torch.cumsum(all_present.long(), dim=0) - 1
+    targets = torch.where(present, column_of_row[rows], torch.full_like(rows, num_present))
+    return _contrast(anchor_embeds, columns, targets, similarity)
+
+
 class MSCLSimilarity(nn.Module):
     """Similarity of anchors (B, D) to columns (C, D): logits (B, C).
 
@@ -491,7 +664,7 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
         anchor_features: torch.Tensor,
         positive_features: torch.Tensor,
         source_present: torch.Tensor | None = None,
-        gather: bool = True,
+        gather: ProcessGather | None = None,
         return_dict: bool | None = None,
     ) -> MSCLForPreTrainingOutput | tuple:
         r"""Contrast anchors with positives.
@@ -505,8 +678,10 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
                 Whether each pair's source is present. Absent positives are replaced by the
                 all-zero input and their anchors must pick the shared null column (the mean
                 of the absent rows' embeddings). `None` means all present (plain InfoNCE).
-            gather (`bool`, *optional*, defaults to `True`):
-                Under torch.distributed, use the positives of every process as columns.
+            gather ([`ProcessGather`], *optional*):
+                In a data-parallel run, the other processes' rows: the loss is then one
+                loss over the global batch (the trainer passes
+                `modeling_mscl.losses.process_gather()`). `None`: this batch only.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if anchor_features.shape != positive_features.shape:

@@ -53,6 +53,7 @@ from .checkpoints import (
 )
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
+from .losses import process_gather
 from .modeling_mscl import MSCLForPreTraining, MSCLModel
 from .optim import make_optimizer
 from .pairs import (
@@ -308,7 +309,7 @@ def _evaluate(
             anchor, positive, present = _batch_inputs(
                 batch, accelerator.device, args.data.objective, aug
             )
-            out = unwrapped(anchor, positive, source_present=present)
+            out = unwrapped(anchor, positive, source_present=present, gather=process_gather())
             meter.add(batch["source"], out.loss, out.accuracy)
     unwrapped.train(was_training)
     return meter.collect(accelerator, "val")
@@ -527,6 +528,8 @@ def pretrain(
         record(_run_probe(accelerator, model, hook, 0), 0)
     model.train()
     batches = iter(loader)
+    # One loss over the global batch: every process's positives are columns of every loss.
+    gather = process_gather()
     for _ in range(start_step * accum, t.max_steps * accum):
         waited = time.perf_counter()
         batch = dataset.resolve(next(batches))
@@ -537,7 +540,7 @@ def pretrain(
                 batch = placeholder
                 step_ok = step_ok & False
             anchor, positive, present = _batch_inputs(batch, device, d.objective, augmentation)
-            out = model(anchor, positive, source_present=present)
+            out = model(anchor, positive, source_present=present, gather=gather)
             accelerator.backward(out.loss)
             finite = torch.isfinite(out.loss.detach())
             step_ok = step_ok & finite

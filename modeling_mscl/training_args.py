@@ -402,7 +402,7 @@ class PretrainingArguments:
 def format_help() -> str:
     """Usage text: every key with its type, default and meaning, by group."""
     lines = [
-        "usage: pretrain.py [--config FILE.yaml] [--key value ...]",
+        "usage: pretrain.py [--config FILE.yaml | demo | paper | tiny] [--key value ...]",
         "",
         "Values from --config are overridden by --key value pairs; a bare --flag sets a boolean.",
     ]
@@ -415,6 +415,20 @@ def format_help() -> str:
             lines.append(f"  --{f.name} ({type_name}, default {default!r})")
             lines.append(f"      {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def _config_file(name_or_path: str) -> Path:
+    """A YAML file, or the name of a config shipped with the package (demo, paper, tiny)."""
+    from .package_data import resource_dir
+
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    shipped = resource_dir("configs")
+    if not path.suffix and path.name == name_or_path and (shipped / f"{path}.yaml").is_file():
+        return shipped / f"{path}.yaml"
+    names = sorted(p.stem for p in shipped.glob("*.yaml"))
+    raise ValueError(f"config file {path} does not exist (shipped configs by name: {names})")
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
@@ -453,9 +467,7 @@ def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
         i += 1
     values: dict[str, Any] = {}
     if config_path is not None:
-        path = Path(config_path).expanduser()
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
+        path = _config_file(config_path)
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config must be a mapping of key: value")

@@ -272,7 +272,9 @@ def test_auto_classes_round_trip(tmp_path):
     files = set(os.listdir(tmp_path))
     assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= files
     hub_files = {"configuration_mscl.py", "modeling_mscl.py", "feature_extraction_mscl.py"}
-    assert hub_files | {"losses.py"} <= files
+    # Exactly the three Hub files: the loss travels inside modeling_mscl.py, and the
+    # collectives (losses.py, torch.distributed) stay with the trainer.
+    assert {f for f in files if f.endswith(".py")} == hub_files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForPreTraining"] == "modeling_mscl.MSCLForPreTraining"
 
@@ -315,6 +317,12 @@ def test_trust_remote_code_without_the_package(tmp_path):
         audio = np.load({str(tmp_path / "audio.npy")!r})
         out = model.embed_audio(audio, sampling_rate=16000, feature_extractor=fe)
         np.save({str(tmp_path / "out.npy")!r}, out.clip_embeds[0].numpy())
+        # The remote file alone computes the pre-training loss (absent sources included).
+        remote = sys.modules[type(model).__module__]
+        head = remote.MSCLForPreTraining(model.config)
+        x = torch.randn(4, 98, model.config.num_mel_bins)
+        loss = head(x, x.flip(0), source_present=torch.tensor([True, False, True, False])).loss
+        assert torch.isfinite(loss), loss
         print(type(model).__module__)
         """
     )
@@ -324,6 +332,8 @@ def test_trust_remote_code_without_the_package(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().startswith("transformers_modules")
+    copied = {p.name for p in (tmp_path / "modules").rglob("*.py") if p.name != "__init__.py"}
+    assert copied == {"configuration_mscl.py", "modeling_mscl.py", "feature_extraction_mscl.py"}
     got = torch.from_numpy(np.load(tmp_path / "out.npy"))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 

@@ -124,7 +124,11 @@ def test_missing_data_dir(tmp_path):
 def test_configs_parse(data_dir):
     for name in ("tiny", "demo", "paper"):
         path = REPO / "scripts" / "configs" / f"{name}.yaml"
-        parse_args(["--config", str(path), "--data_dir", data_dir])
+        by_path = parse_args(["--config", str(path), "--data_dir", data_dir])
+        # A shipped config can be named instead of located (what a wheel install needs).
+        assert parse_args(["--config", name, "--data_dir", data_dir]) == by_path
+    with pytest.raises(ValueError, match=r"shipped configs by name: \['demo', 'paper', 'tiny'\]"):
+        parse_args(["--config", "papr", "--data_dir", data_dir])
     keys = PretrainingArguments.keys()
     assert {"max_steps", "objective", "width_coefficient", "time_masks_max"} <= set(keys)
 
