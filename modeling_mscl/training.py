@@ -615,6 +615,17 @@ def pretrain(
     bar.close()
 
     encoder_dir, pretraining_dir = out_dir / "encoder", out_dir / "pretraining"
+    # An encoder of NaNs must not look like a result: every process (DDP keeps the weights
+    # equal) refuses to finish, loudly, and nothing is saved.
+    unwrapped = accelerator.unwrap_model(model)
+    broken = [n for n, p in unwrapped.state_dict().items() if not torch.isfinite(p).all()]
+    if broken:
+        accelerator.end_training()
+        raise RuntimeError(
+            f"the trained weights are not finite ({len(broken)} tensors, e.g. {broken[:3]}); "
+            f"nothing saved to {encoder_dir} or {pretraining_dir}. Lower the learning rate "
+            "or set max_grad_norm."
+        )
     if accelerator.is_main_process:
         _save_final(accelerator.unwrap_model(model), args, encoder_dir, pretraining_dir)
     accelerator.wait_for_everyone()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import sys
 import types
@@ -302,6 +303,11 @@ class PretrainingArguments:
         def bad(key: str, why: str) -> None:
             value = self.to_dict()[key]
             raise ValueError(f"{key}={value!r} is invalid: {why}")
+
+        # inf and nan pass most range checks below (and "nan > 0" is False, not an error).
+        for key, value in self.to_dict().items():
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(key, "must be a finite number")
 
         # The model's own checks (MSCLConfig) cover the model group.
         from .configuration_mscl import MSCLConfig

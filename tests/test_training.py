@@ -104,6 +104,10 @@ def test_yaml_and_command_line(data_dir, tmp_path):
         (["--similarity", "dot"], "similarity"),
         (["--log_with", "tensorbored"], "log_with"),
         (["--max_steps"], "needs a value"),
+        (["--learning_rate", "inf"], "learning_rate=inf is invalid: must be a finite number"),
+        (["--max_grad_norm", "nan"], "max_grad_norm=nan is invalid: must be a finite number"),
+        (["--similarity_temperature", "-inf"], "similarity_temperature=-inf is invalid"),
+        (["--augment_fill_value", "nan"], "augment_fill_value=nan is invalid"),
     ],
 )
 def test_bad_arguments_are_named(data_dir, tmp_path, extra, message):
@@ -181,6 +185,18 @@ def test_two_steps_of_every_objective(data_dir, tmp_path, extra):
         saved["gradient_accumulation_steps"]
     )
     assert (latest_checkpoint(out) / "training_args.json").is_file()
+
+
+def test_non_finite_weights_fail_loudly_and_save_nothing(data_dir, tmp_path):
+    """A finite but absurd learning rate drives the weights to inf in one SGD step; the run
+    must not end "done" with an encoder of NaNs."""
+    from modeling_mscl.training import pretrain
+
+    argv = tiny_argv(data_dir, tmp_path / "blowup", "--max_steps", "1", "--optimizer", "sgd")
+    with pytest.raises(RuntimeError, match="trained weights are not finite"):
+        pretrain([*argv, "--learning_rate", "1e38", "--max_grad_norm", "0"])
+    assert not (tmp_path / "blowup" / "encoder").exists()
+    assert not (tmp_path / "blowup" / "pretraining").exists()
 
 
 def test_bad_steps_are_skipped_then_stop_the_run(data_dir, tmp_path, monkeypatch):
