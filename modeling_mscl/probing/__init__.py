@@ -69,6 +69,7 @@ from .heads import (
 )
 from .protocol import (
     ProbeResult,
+    check_probe_splits,
     export_probe,
     markdown_row,
     mean_over_seeds,
@@ -118,6 +119,7 @@ __all__ = [
     "clip_log_mel",
     "encoder_fingerprint",
     "evaluate_probe",
+    "check_probe_splits",
     "export_probe",
     "extract_training_chunks",
     "extract_window_embeddings",
