@@ -23,7 +23,9 @@ __all__ = [
     "ARGS_FILE",
     "CHECKPOINT_DIR",
     "TRAINER_STATE",
+    "RUN_OUTPUTS",
     "latest_checkpoint",
+    "prepare_output_dir",
     "remove_partial_checkpoints",
     "resume",
     "save_checkpoint",
@@ -84,6 +86,46 @@ def save_checkpoint(
     return final
 
 
+# What a run writes into its output_dir and a fresh run must not mix with.
+RUN_OUTPUTS = (CHECKPOINT_DIR, "encoder", "pretraining")
+
+
+def prepare_output_dir(
+    output_dir: str | os.PathLike, resume: bool, overwrite: bool, is_main_process: bool = True
+) -> Path:
+    """Check ``output_dir`` before anything is loaded; returns it as a Path.
+
+    A fresh run (``resume`` false) in a folder that holds another run's checkpoints or
+    final model is refused: its checkpoints would mingle with the old ones (rotation keeps
+    the highest steps, whoever wrote them) and a later resume would load the wrong run.
+    ``overwrite`` (``--overwrite_output_dir``, as in transformers) deletes those outputs
+    first. Also checks that the folder can be written, so that a read-only or missing
+    location fails now rather than at the first checkpoint. Every process checks; only the
+    main process creates and deletes.
+    """
+    out = Path(output_dir).expanduser()
+    used = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if used and not resume and not overwrite:
+        raise ValueError(
+            f"output_dir {out} already holds a run ({', '.join(used)}): pass --resume true to "
+            "continue it, --overwrite_output_dir true to replace it, or another --output_dir"
+        )
+    if not is_main_process:
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"output_dir {out} cannot be written: {err}") from err
+    if used and not resume:
+        logger.warning("overwrite_output_dir: deleting %s in %s", used, out)
+        for name in used:
+            shutil.rmtree(out / name, ignore_errors=True)
+    return out
+
+
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
     """Delete the temporary folders a killed run left behind (main process only)."""
     for stale in (Path(output_dir) / CHECKPOINT_DIR).glob(".tmp-*"):
@@ -94,6 +136,7 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     ignore = {"resume", "max_steps", "progress_bar", "log_every", "log_with", "num_workers"}
     ignore |= {"prefetch_factor", "checkpoint_every", "keep_checkpoints", "eval_every"}
     ignore |= {"probe_every", "probe_hook", "max_bad_steps", "output_dir", "data_dir"}
+    ignore |= {"overwrite_output_dir"}
     keys = sorted((set(saved) | set(current)) - ignore)
     return [k for k in keys if saved.get(k) != current.get(k)]
 

@@ -47,6 +47,7 @@ import torch
 from .checkpoints import (
     ARGS_FILE,
     latest_checkpoint,
+    prepare_output_dir,
     remove_partial_checkpoints,
     resume,
     save_checkpoint,
@@ -424,6 +425,9 @@ def pretrain(
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     world, rank = accelerator.num_processes, accelerator.process_index
+    # Before any data or model is loaded: a used or unwritable folder fails fast.
+    prepare_output_dir(out_dir, t.resume, t.overwrite_output_dir, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
     if t.batch_size % world:
         raise ValueError(f"batch_size={t.batch_size} must be a multiple of the {world} processes")
     if t.sync_batchnorm and accelerator.device.type != "cuda":
@@ -455,7 +459,6 @@ def pretrain(
     set_seed(t.seed, device_specific=True)
 
     if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(out_dir)
     accelerator.wait_for_everyone()
     fingerprint = sampler.fingerprint()

@@ -168,6 +168,10 @@ class TrainingArguments:
     checkpoint_every: int = _help("steps between checkpoints (0 = only at the end)", 1000)
     keep_checkpoints: int = _help("checkpoints kept (the newest)", 3)
     resume: bool = _help("continue from the newest checkpoint in output_dir", False)
+    overwrite_output_dir: bool = _help(
+        "a fresh run into an output_dir that holds a run: delete that run first (default: refuse)",
+        False,
+    )
     eval_every: int = _help("steps between validations (0 = never)", 500)
     eval_batches: int = _help("fixed validation minibatches", 8)
     probe_every: int = _help("steps between probe_hook calls, from step 0 (0 = never)", 0)

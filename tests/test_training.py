@@ -336,6 +336,41 @@ def test_resume_refuses_a_changed_schedule(data_dir, tmp_path):
             pretrain(argv)
 
 
+def test_a_fresh_run_refuses_a_used_output_dir(data_dir, tmp_path):
+    """A new run must not mingle its checkpoints with an older run's (rotation keeps the
+    highest steps whoever wrote them, and a resume would load the old run)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from modeling_mscl.training import pretrain
+
+    def fresh(*extra):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        common = ("--lr_schedule", "constant", "--checkpoint_every", "1", "--eval_every", "0")
+        return pretrain(tiny_argv(data_dir, tmp_path / "run", *common, *extra))
+
+    fresh("--max_steps", "3", "--keep_checkpoints", "1")
+    with pytest.raises(ValueError, match="already holds a run .*--overwrite_output_dir true"):
+        fresh("--max_steps", "2", "--seed", "1")
+    result = fresh("--max_steps", "2", "--seed", "1", "--overwrite_output_dir", "true")
+    assert result.step == 2
+    # Only the new run's checkpoints are left (the old run's step 3 is gone).
+    kept = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert [p.name for p in kept] == ["step-0000001", "step-0000002"]
+    assert all(json.loads((p / "training_args.json").read_text())["seed"] == 1 for p in kept)
+
+
+def test_an_unwritable_output_dir_fails_before_loading(data_dir, tmp_path, monkeypatch):
+    from modeling_mscl import training
+
+    (tmp_path / "a_file").write_text("")
+    loaded = []
+    monkeypatch.setattr(training, "load_chunk_stores", lambda *a: loaded.append(a))
+    with pytest.raises(ValueError, match="a_file/out cannot be written"):
+        training.pretrain(tiny_argv(data_dir, tmp_path / "a_file" / "out"))
+    assert not loaded
+
+
 def test_sync_batchnorm_is_refused_on_the_cpu(data_dir, tmp_path):
     from modeling_mscl.training import pretrain
 
