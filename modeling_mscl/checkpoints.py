@@ -24,6 +24,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "TRAINER_STATE",
     "RUN_OUTPUTS",
+    "complete_checkpoints",
     "latest_checkpoint",
     "prepare_output_dir",
     "remove_partial_checkpoints",
@@ -50,13 +51,19 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoint folders of a run, oldest first."""
     root = Path(output_dir) / CHECKPOINT_DIR
     if not root.is_dir():
-        return None
+        return []
     found = [(s, p) for p in root.iterdir() if (s := _checkpoint_step(p)) is not None]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    found = complete_checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def save_checkpoint(
@@ -172,22 +179,40 @@ def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tu
     that shape the run changed.
     """
     out_dir = Path(args.training.output_dir).expanduser()
-    checkpoint = latest_checkpoint(out_dir)
-    if checkpoint is None:
+    checkpoints = complete_checkpoints(out_dir)
+    if not checkpoints:
         logger.warning("resume: no checkpoint in %s, starting from scratch", out_dir)
         return 0, 0, 0
-    saved_args = json.loads((checkpoint / ARGS_FILE).read_text())
-    changed_schedule = schedule_changes(saved_args, args.to_dict())
-    if changed_schedule:
-        raise ValueError(
-            f"resume: the learning-rate schedule of {checkpoint} was built with other "
-            f"arguments ({'; '.join(changed_schedule)}); the checkpoint's scheduler would "
-            "keep the old schedule. Resume with the checkpoint's values, or start a new "
-            "run in another output_dir."
+    # Newest first; an unreadable one (a truncated file, a full disk at save time) is
+    # reported and the previous one is tried, rather than failing the whole run.
+    for checkpoint in reversed(checkpoints):
+        try:
+            saved_args = json.loads((checkpoint / ARGS_FILE).read_text())
+            state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        except (OSError, ValueError) as err:
+            logger.warning("resume: %s is unreadable (%s); trying an older one", checkpoint, err)
+            continue
+        changed_schedule = schedule_changes(saved_args, args.to_dict())
+        if changed_schedule:
+            raise ValueError(
+                f"resume: the learning-rate schedule of {checkpoint} was built with other "
+                f"arguments ({'; '.join(changed_schedule)}); the checkpoint's scheduler would "
+                "keep the old schedule. Resume with the checkpoint's values, or start a new "
+                "run in another output_dir."
+            )
+        try:
+            # Model, optimizer, scheduler, RNG states and Accelerate's accumulation counter.
+            accelerator.load_state(str(checkpoint))
+        except Exception as err:  # noqa: BLE001 - safetensors, torch and OS errors alike
+            logger.warning("resume: %s is unreadable (%s); trying an older one", checkpoint, err)
+            continue
+        break
+    else:
+        raise RuntimeError(
+            f"resume: none of the {len(checkpoints)} checkpoints in {out_dir / CHECKPOINT_DIR} "
+            "could be read (see the warnings above); start a new run with "
+            "--overwrite_output_dir true"
         )
-    # Model, optimizer, scheduler, RNG states and Accelerate's accumulation counter.
-    accelerator.load_state(str(checkpoint))
-    state = json.loads((checkpoint / TRAINER_STATE).read_text())
     if state.get("sampler_fingerprint") != fingerprint:
         logger.warning(
             "resume: the data or the sampler settings changed since %s; the batches will "

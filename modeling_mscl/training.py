@@ -34,6 +34,7 @@ import importlib
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -369,12 +370,22 @@ def _validation_batches(
 def _save_final(
     model: MSCLForPreTraining, args: PretrainingArguments, encoder_dir: Path, full_dir: Path
 ) -> None:
-    """The encoder + feature extractor for AutoModel, and the full pre-training model."""
-    model.mscl.save_pretrained(str(encoder_dir))
-    MSCLFeatureExtractor(feature_size=model.config.num_mel_bins).save_pretrained(str(encoder_dir))
-    args.save(encoder_dir / ARGS_FILE)
-    model.save_pretrained(str(full_dir))
-    args.save(full_dir / ARGS_FILE)
+    """The encoder + feature extractor for AutoModel, and the full pre-training model.
+
+    Each folder is written under a temporary name and renamed into place, so a run killed
+    while saving leaves the old folder or the new one, never half of one.
+    """
+    fe = MSCLFeatureExtractor(feature_size=model.config.num_mel_bins)
+    for final, module, extractor in ((encoder_dir, model.mscl, fe), (full_dir, model, None)):
+        tmp = final.with_name(f".tmp-{final.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        module.save_pretrained(str(tmp))
+        if extractor is not None:
+            extractor.save_pretrained(str(tmp))
+        args.save(tmp / ARGS_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
 
 
 def pretrain(

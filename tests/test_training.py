@@ -315,6 +315,35 @@ def test_resume_continues_exactly(data_dir, tmp_path):
         assert torch.equal(want[name], got[name]), name
 
 
+def test_resume_falls_back_from_a_corrupt_latest_checkpoint(data_dir, tmp_path, caplog):
+    """A truncated newest checkpoint is reported and the previous one is used: the resumed
+    run still ends with the weights of a run straight through."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from modeling_mscl.training import pretrain
+
+    common = ("--lr_schedule", "constant", "--checkpoint_every", "2", "--eval_every", "0")
+    whole = pretrain(tiny_argv(data_dir, tmp_path / "whole", "--max_steps", "4", *common))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    pretrain(tiny_argv(data_dir, tmp_path / "parts", "--max_steps", "4", *common))
+    weights = tmp_path / "parts" / "checkpoints" / "step-0000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a save cut short
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    with caplog.at_level("WARNING"):
+        parts = pretrain(
+            tiny_argv(data_dir, tmp_path / "parts", "--max_steps", "4", "--resume", *common)
+        )
+    assert "step-0000004 is unreadable" in caplog.text
+    assert parts.history[0]["step"] == 3.0  # continued from step 2
+    want = load_file(Path(whole.pretraining_dir) / "model.safetensors")
+    got = load_file(Path(parts.pretraining_dir) / "model.safetensors")
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    assert not list((tmp_path / "parts").glob(".tmp-*"))  # the final saves were renamed
+
+
 def test_resume_refuses_a_changed_schedule(data_dir, tmp_path):
     """The checkpoint's scheduler carries its decay step: another max_steps is refused."""
     from modeling_mscl.training import pretrain
