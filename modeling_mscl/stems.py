@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .audio_io import AudioDecodeError, load_audio
+from .feature_extraction_mscl import MAX_CHANNELS
 
 __all__ = [
     "SAMPLING_RATE",
@@ -37,8 +38,6 @@ SAMPLING_RATE = 16000
 # Demucs' own input scaling (demucs.api.Separator.separate_tensor): the mono reference's
 # standard deviation is floored so digital silence does not divide by zero.
 _STD_FLOOR = 1e-8
-# More channels than this on axis 0 means the array is probably (samples, channels).
-_MAX_CHANNELS = 16
 
 
 @runtime_checkable
@@ -90,10 +89,10 @@ def _as_channels_first(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise TypeError(f"expected floating-point audio, got dtype {wav.dtype}")
     if wav.ndim == 1:
         wav = wav[None]
-    if wav.ndim != 2 or wav.shape[0] > _MAX_CHANNELS:
+    if wav.ndim != 2 or wav.shape[0] > MAX_CHANNELS:
         raise ValueError(
             f"expected audio of shape (samples,) or (channels, samples) with at most "
-            f"{_MAX_CHANNELS} channels, got {tuple(wav.shape)}"
+            f"{MAX_CHANNELS} channels, got {tuple(wav.shape)}"
         )
     return wav.float()
 

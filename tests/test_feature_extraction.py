@@ -335,6 +335,10 @@ def test_bad_inputs_raise_clear_errors(fe):
         fe(np.zeros((2, 2, 20000), dtype=np.float32), sampling_rate=SR)
     with pytest.raises(ValueError, match="at most 8 channels"):
         fe([np.zeros((10, 20000), dtype=np.float32)], sampling_rate=SR)
+    # (samples, channels) as soundfile returns it, passed bare: refused at once (read as a
+    # batch it would be 160,000 clips of 6 samples), with the way to pass it.
+    with pytest.raises(ValueError, match=r"clips would have 6 samples each.*\[audio\]"):
+        fe(np.zeros((160000, 6), dtype=np.float32), sampling_rate=SR)
     with pytest.raises(ValueError, match="return_tensors"):
         fe(x, sampling_rate=SR, return_tensors="tf")
 

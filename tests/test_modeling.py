@@ -139,6 +139,19 @@ def test_embed_audio_is_batch_size_invariant_and_handles_long_audio():
     assert model.training is False
 
 
+def test_embed_audio_of_a_stereo_file_is_one_clip():
+    """The README's quickstart: soundfile's (samples, channels) array in a list is one
+    clip, its channels averaged; bare, it is refused rather than read as a huge batch."""
+    model = MSCLModel(tiny_config()).eval()
+    stereo = np.random.default_rng(0).standard_normal((16000 * 3, 2)).astype(np.float32)
+    out = model.embed_audio([stereo], sampling_rate=16000)
+    assert out.clip_embeds.shape == (1, model.config.encoder_hidden_size)
+    mono = model.embed_audio(stereo.mean(axis=1), sampling_rate=16000)
+    torch.testing.assert_close(out.clip_embeds, mono.clip_embeds)
+    with pytest.raises(ValueError, match="pass it in a list"):
+        model.embed_audio(stereo, sampling_rate=16000)
+
+
 def test_pretraining_null_column_and_zeroed_absent_positives():
     torch.manual_seed(0)
     model = MSCLForPreTraining(tiny_config()).eval()
