@@ -11,6 +11,7 @@ re-run is served from the cache and an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import math
@@ -428,6 +429,28 @@ class _Progress:
         self.bar.close()
 
 
+def _content_key(tracks: Dataset) -> str:
+    """Size and modification time of every audio file the rows name (mixture and stems).
+
+    The map cache is keyed on the rows, which hold paths: without this key, a file fixed or
+    replaced since the last run would keep its old result (or its old "unreadable" entry).
+    """
+    digest = hashlib.sha256()
+    for column in ("audio", *SOURCES):
+        if column not in tracks.column_names:
+            continue
+        for value in tracks[column]:
+            path = value.get("path") if isinstance(value, Mapping) else value
+            if not path:
+                continue
+            try:
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
+
+
 def _run_split(
     tracks: Dataset,
     chunker: StemChunker,
@@ -446,8 +469,11 @@ def _run_split(
     for index, start in enumerate(range(0, len(tracks), shard_size)):
         shard = tracks.select(range(start, min(start + shard_size, len(tracks))))
         fingerprint = Hasher.hash(
-            [_FORMAT_VERSION, shard._fingerprint, chunker_hash, batch_size, str(features)]
-        )
+            [
+                _FORMAT_VERSION, shard._fingerprint, _content_key(shard), chunker_hash,
+                batch_size, str(features),
+            ]
+        )  # fmt: skip
         cache_file = shards_dir / f"{index:05d}-{fingerprint}.arrow"
         prefix = str(cache_file)[: -len(".arrow")]
         cached = cache_file.exists() or any(glob.glob(glob.escape(prefix) + "_*_of_*.arrow"))
@@ -560,7 +586,7 @@ def prepare_chunks(
     chunker_hash = chunker.fingerprint()  # once: it may read every weight of a model
     fingerprint = Hasher.hash(
         [_FORMAT_VERSION, chunker_hash, batch_size, shard_size]
-        + [(name, ds._fingerprint) for name, ds in splits.items()]
+        + [(name, ds._fingerprint, _content_key(ds)) for name, ds in splits.items()]
     )
     if report_path.is_file():
         previous = json.loads(report_path.read_text())

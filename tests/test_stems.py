@@ -377,6 +377,24 @@ def test_report_lists_unreadable_silent_and_short_files(tmp_path):
     assert report["complete"] and report["splits"]["data"]["chunks"] == 1
 
 
+def test_a_fixed_file_is_not_served_from_the_cache(tmp_path):
+    """The caches are keyed on the files' contents (size, mtime), not only their paths."""
+    rng = np.random.default_rng(0)
+    good = make_multitrack(tmp_path, "good", CHUNK_SAMPLES + 1000, rng)
+    broken = make_multitrack(tmp_path, "broken", CHUNK_SAMPLES + 1000, rng)
+    mixture = Path(broken["audio"])
+    fixed = mixture.read_bytes()
+    mixture.write_bytes(b"RIFF not really audio")
+    tracks = Dataset.from_list([good, broken], features=_label_features({}))
+    out = prepare_chunks(tracks, OracleSeparator(), tmp_path / "out", progress=False)
+    assert out["track_id"][:] == ["good"]
+    mixture.write_bytes(fixed)  # the user repairs the file and runs the same command again
+    out = prepare_chunks(tracks, OracleSeparator(), tmp_path / "out", progress=False)
+    assert out["track_id"][:] == ["good", "broken"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["splits"]["data"]["skipped"] == []
+
+
 def test_second_run_is_served_from_the_cache(tmp_path):
     rng = np.random.default_rng(0)
     rows = [make_multitrack(tmp_path, f"t{i}", MIN_TRACK_SAMPLES + i, rng) for i in range(3)]
