@@ -382,9 +382,16 @@ def test_stems_folder_flat_and_missing_stem(tmp_path):
     root = make_stems(tmp_path / "flat", {"song1": list(STEMS), "song2": list(STEMS)})
     ds = load_stems_folder(root)
     assert list(ds) == ["train"] and len(ds["train"]) == 2
+    # A track without its drums is skipped and reported; the other tracks still load.
     make_stems(root, {"song3": ["mixture", "vocals", "bass", "other"]})
-    with pytest.raises(FileNotFoundError, match="song3 has no drums"):
-        load_stems_folder(root)
+    ds, skipped = load_stems_folder(root, return_skipped=True)
+    assert list(ds["train"]["track_id"]) == ["song1", "song2"]
+    assert [(s["track_id"], s["reason"]) for s in skipped] == [
+        ("song3", "no drums file (looked for wav/flac)")
+    ]
+    only_broken = make_stems(tmp_path / "broken", {"song": ["mixture", "vocals"]})
+    with pytest.raises(FileNotFoundError, match="no complete track folder.*no drums, bass"):
+        load_stems_folder(only_broken)
 
 
 def test_check_audio_on_stems(tmp_path):
