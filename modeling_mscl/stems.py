@@ -125,8 +125,16 @@ def _folder_listing(folder: Path) -> str:
     return ", ".join(names) if names else "no .th or .yaml files"
 
 
-def load_demucs_model(name: str = "htdemucs", repo: str | os.PathLike | None = None) -> Any:
+def load_demucs_model(
+    name: str = "htdemucs", repo: str | os.PathLike | None = None, trust_repo: bool = False
+) -> Any:
     """Load a pretrained Demucs model (or bag of models) for inference.
+
+    Demucs stores its models as pickles: loading one runs ``torch.load`` with
+    ``weights_only=False`` and instantiates the class its metadata names, i.e. it can run
+    code from the file. Demucs' own models (a plain name such as ``htdemucs``, from Demucs'
+    repository) load as Demucs loads them; a local ``repo`` folder or an ``hf://`` name
+    loads only with ``trust_repo=True``, a statement that you trust where the files came from.
 
     Args:
         name: a Demucs model name (``htdemucs``, ``htdemucs_ft``, ``mdx_extra`` ...), a
@@ -135,8 +143,11 @@ def load_demucs_model(name: str = "htdemucs", repo: str | os.PathLike | None = N
             ``<signature>[-<checksum>].th`` weights. Without it, Demucs looks in the
             Hugging Face hub cache (and downloads when online), then in the torch hub
             cache / the legacy download URL.
+        trust_repo: allow loading (unpickling) the files of ``repo`` or of an ``hf://``
+            repository.
 
     Raises:
+        ValueError: ``repo`` or an ``hf://`` name without ``trust_repo``.
         ImportError: ``demucs`` is not installed.
         DemucsWeightsNotFoundError: nothing could be loaded; the message lists what was
             tried and how to provide the weights.
@@ -155,7 +166,7 @@ def load_demucs_model(name: str = "htdemucs", repo: str | os.PathLike | None = N
         "which stores them in the Hugging Face hub cache (copy that cache folder, or set "
         "HF_HUB_CACHE to a copy), or put the model's <name>.yaml and .th files (URLs in "
         "demucs/remote/files.txt of the demucs package) in a folder and pass it as "
-        "repo=... / --repo."
+        "repo=... / --repo (with trust_repo=True / --trust-repo)."
     )
     if repo is not None:
         repo = Path(repo).expanduser()
@@ -174,6 +185,13 @@ def load_demucs_model(name: str = "htdemucs", repo: str | os.PathLike | None = N
             f"cache {_hf_cache_dir()}{', offline mode' if offline else ''}), "
             f"(2) the torch hub cache {Path(torch.hub.get_dir()) / 'checkpoints'} and "
             "Demucs' legacy download URL"
+        )
+    if (repo is not None or name.startswith("hf://")) and not trust_repo:
+        source = f"the folder {repo}" if repo is not None else f"the repository {name}"
+        raise ValueError(
+            f"loading Demucs model '{name}' from {source} unpickles its files (torch.load "
+            "with weights_only=False), which can run any code they contain; pass "
+            "trust_repo=True (--trust-repo) if you trust where they came from"
         )
     try:
         model = get_model(name, repo=repo)
@@ -217,6 +235,9 @@ class DemucsSeparator:
             Demucs model name or signature, see :func:`load_demucs_model`.
         repo (`str` or `os.PathLike`, *optional*):
             Local folder with the model's weights (``.yaml`` + ``.th`` files).
+        trust_repo (`bool`, *optional*, defaults to `False`):
+            Allow unpickling the files of ``repo`` or of an ``hf://`` model (see
+            :func:`load_demucs_model`); required for both.
         device (`str`, *optional*):
             Where to run; defaults to CUDA when available, else the CPU. A ``device``
             passed to :meth:`separate` wins.
@@ -247,6 +268,8 @@ class DemucsSeparator:
         repo: str | os.PathLike | None = None,
         device: str | None = None,
         segment: float | None = None,
+        *,
+        trust_repo: bool = False,
         overlap: float = 0.25,
         shifts: int = 0,
         batch_size: int | None = None,
@@ -265,6 +288,7 @@ class DemucsSeparator:
             raise ValueError(f"segment must be > 0 seconds, got {segment}")
         self.model_name = model
         self.repo = None if repo is None else str(Path(repo).expanduser())
+        self.trust_repo = bool(trust_repo)
         self.device = None if device is None else str(device)
         self.segment = segment
         self.overlap = float(overlap)
@@ -328,7 +352,7 @@ class DemucsSeparator:
     def model(self) -> Any:
         """The Demucs model, loaded on first access."""
         if self._model is None:
-            self._model = load_demucs_model(self.model_name, self.repo)
+            self._model = load_demucs_model(self.model_name, self.repo, self.trust_repo)
             _source_plan(self._model.sources)
         return self._model
 

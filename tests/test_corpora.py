@@ -127,6 +127,17 @@ def test_mtat_split_files_npy(tmp_path):
     assert tag_sets(ds["test"]) == {"2": {"classical", "slow"}, "17": {"no voice", "classical"}}
 
 
+def test_mtat_split_file_needing_pickle_is_refused(tmp_path):
+    root = make_mtat(tmp_path / "mtat")
+    split_dir = tmp_path / "split"
+    split_dir.mkdir()
+    for name in ("train", "valid", "test"):
+        np.save(split_dir / f"{name}.npy", np.array(["x"], dtype=object), allow_pickle=True)
+    np.save(split_dir / "tags.npy", np.array(["rock"]))
+    with pytest.raises(ValueError, match="object array.*does not unpickle"):
+        load_mtat(root, split_dir=split_dir)
+
+
 def test_mtat_split_files_txt_and_errors(tmp_path):
     root = make_mtat(tmp_path / "mtat")
     split_dir = tmp_path / "split"

@@ -229,12 +229,25 @@ def test_missing_weights_error_says_what_was_tried(tmp_path):
     empty = tmp_path / "weights"
     empty.mkdir()
     with pytest.raises(DemucsWeightsNotFoundError) as info:
-        _ = DemucsSeparator(model="htdemucs", repo=empty).model
+        _ = DemucsSeparator(model="htdemucs", repo=empty, trust_repo=True).model
     message = str(info.value)
     assert "htdemucs" in message and str(empty) in message and "--repo" in message
     assert "no .th or .yaml files" in message
     with pytest.raises(DemucsWeightsNotFoundError, match="not a folder"):
         load_demucs_model("htdemucs", repo=tmp_path / "nowhere")
+
+
+def test_demucs_files_are_unpickled_only_when_trusted(tmp_path):
+    """Demucs loads .th pickles (torch.load, weights_only=False): a local folder or an hf://
+    repository needs trust_repo, so the package never opens such files on its own."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for make in (
+        lambda: DemucsSeparator(model="htdemucs", repo=folder).model,
+        lambda: load_demucs_model("hf://someone/demucs"),
+    ):
+        with pytest.raises(ValueError, match="unpickles its files.*trust_repo=True"):
+            make()
 
 
 def test_missing_demucs_names_the_package(monkeypatch):
