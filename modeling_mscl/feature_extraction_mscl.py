@@ -33,6 +33,8 @@ logger = logging.get_logger(__name__)
 # pipelines and the separators): a multichannel clip is 2-D with at most this many channels
 # on its smaller axis; more means the axes are probably something else.
 MAX_CHANNELS = 8
+# Input rates accepted at all (telephone audio to high-resolution studio files).
+MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 4000, 768000
 # Same epsilon as tf.math.l2_normalize: the sum of squares is floored, so an all-zero clip
 # stays zero instead of becoming NaN; any audible clip is far above it.
 _L2_EPSILON = 1e-12
@@ -527,6 +529,14 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         if isinstance(sampling_rate, float) and sampling_rate.is_integer():
             sampling_rate = int(sampling_rate)
         sampling_rate = _check_int("sampling_rate", sampling_rate)
+        if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
+            # An absurd rate (a sample count passed as the rate, say) resamples into
+            # thousands of windows and gigabytes before anything looks wrong.
+            raise ValueError(
+                f"sampling_rate={sampling_rate} Hz is outside the audio rates this extractor "
+                f"accepts ({MIN_SAMPLING_RATE}-{MAX_SAMPLING_RATE} Hz): is it the rate of "
+                "`raw_audio`?"
+            )
         if sampling_rate != self.sampling_rate and not resample:
             raise ValueError(
                 f"This feature extractor expects audio at {self.sampling_rate} Hz, got "

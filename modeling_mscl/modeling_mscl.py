@@ -11,6 +11,7 @@ and a saved model must not change when transformers does.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -411,6 +412,14 @@ class MSCLModel(MSCLPreTrainedModel):
         return (feature_map * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
 
     @torch.no_grad()
+    def _saved_feature_extractor(self) -> MSCLFeatureExtractor:
+        """The front end saved with this model (its folder's `preprocessor_config.json`),
+        else the default one for its number of mel bins."""
+        folder = getattr(self.config, "_name_or_path", "") or ""
+        if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+            return MSCLFeatureExtractor.from_pretrained(folder)
+        return MSCLFeatureExtractor(feature_size=self.config.num_mel_bins)
+
     def embed_audio(
         self,
         audio,
@@ -424,14 +433,21 @@ class MSCLModel(MSCLPreTrainedModel):
 
         Windows go through the encoder ``batch_size`` at a time, so memory stays bounded
         whatever the length (a 10-minute track is ~610 windows). ``audio`` is anything
-        [`MSCLFeatureExtractor`] accepts (one clip or a list of clips). ``output`` picks
+        [`MSCLFeatureExtractor`] accepts (one clip or a list of clips). Without
+        ``feature_extractor``, the one saved in the model's folder is used (else the default). ``output`` picks
         `"pooler_output"` (1280-d, the downstream feature) or `"audio_embeds"` (512-d).
         """
         if output not in ("pooler_output", "audio_embeds"):
             raise ValueError(f"output must be 'pooler_output' or 'audio_embeds', got {output!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        fe = feature_extractor or MSCLFeatureExtractor(feature_size=self.config.num_mel_bins)
+        fe = feature_extractor or self._saved_feature_extractor()
+        if fe.feature_size != self.config.num_mel_bins:
+            raise ValueError(
+                f"the feature extractor makes {fe.feature_size} mel bins but the model takes "
+                f"{self.config.num_mel_bins} (config.num_mel_bins): they belong to different "
+                "models"
+            )
         windows = fe(
             audio,
             sampling_rate=sampling_rate,

@@ -322,6 +322,9 @@ def test_bad_inputs_raise_clear_errors(fe):
         fe(x)
     with pytest.raises(ValueError, match=r"16000 Hz.*resample=True"):
         fe(x, sampling_rate=44100)
+    for rate in (1, 3999, 768001):  # bounded: sampling_rate=1 made 16,326 windows and 5.5 GB
+        with pytest.raises(ValueError, match=f"sampling_rate={rate} Hz is outside"):
+            fe(x, sampling_rate=rate, resample=True)
     with pytest.raises(ValueError, match="Clip 1 is empty"):
         fe([x, np.zeros(0, dtype=np.float32)], sampling_rate=SR)
     bad = x.copy()

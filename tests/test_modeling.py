@@ -139,6 +139,24 @@ def test_embed_audio_is_batch_size_invariant_and_handles_long_audio():
     assert model.training is False
 
 
+def test_embed_audio_uses_the_saved_front_end(tmp_path):
+    """A folder's preprocessor_config.json is the front end its model was trained with."""
+    torch.manual_seed(0)
+    model = MSCLModel(tiny_config()).eval()
+    custom = MSCLFeatureExtractor(lower_edge_hertz=300.0, normalize_waveform=False)
+    model.save_pretrained(tmp_path)
+    custom.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    audio = np.random.default_rng(0).standard_normal(16000 * 2).astype(np.float32) * 0.1
+    saved = loaded.embed_audio(audio, sampling_rate=16000).clip_embeds
+    explicit = loaded.embed_audio(audio, sampling_rate=16000, feature_extractor=custom)
+    default = model.embed_audio(audio, sampling_rate=16000).clip_embeds  # no folder
+    torch.testing.assert_close(saved, explicit.clip_embeds)
+    assert not torch.allclose(saved, default, rtol=1e-2, atol=0)  # fresh features are ~1e-7
+    with pytest.raises(ValueError, match="makes 32 mel bins but the model takes 64"):
+        loaded.embed_audio(audio, 16000, feature_extractor=MSCLFeatureExtractor(feature_size=32))
+
+
 def test_embed_audio_of_a_stereo_file_is_one_clip():
     """The README's quickstart: soundfile's (samples, channels) array in a list is one
     clip, its channels averaged; bare, it is refused rather than read as a huge batch."""
