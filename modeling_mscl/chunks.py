@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -497,14 +498,16 @@ def _run_split(
         records = mapped.select(np.flatnonzero(is_record)).select_columns(
             ["track_id", _STATUS, _SECONDS]
         )
-        seconds = float(np.sum(records[_SECONDS]))
+        decoded = np.asarray(records[_SECONDS], dtype=np.float64)
+        kept = np.array([not status for status in records[_STATUS]], dtype=bool)
         audio = dict(zip(shard["track_id"], shard["audio"], strict=True))
-        progress.update(len(shard), seconds, None if cached else elapsed)
+        progress.update(len(shard), float(decoded.sum()), None if cached else elapsed)
         summaries.append(
             {
                 "tracks": len(shard),
                 "chunks": int((~is_record).sum()),
-                "seconds": seconds,
+                # The audio the chunks come from: skipped tracks are not counted.
+                "seconds": float(decoded[kept].sum()) if len(kept) else 0.0,
                 "skipped": [
                     {
                         "track_id": r["track_id"],
@@ -609,6 +612,15 @@ def prepare_chunks(
         enable_progress_bars,
         is_progress_bar_enabled,
     )
+
+    for name, ds in splits.items():
+        ids = ds["track_id"] if "track_id" in ds.column_names else []
+        if len(set(ids)) != len(ids):
+            twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(
+                f"split {name or 'data'!r}: track_id must be unique (chunks and the report "
+                f"are keyed on it); repeated: {twice[:5]}{' ...' if len(twice) > 5 else ''}"
+            )
 
     bars_were_enabled = is_progress_bar_enabled()
     disable_progress_bars()  # one bar of ours instead of one per shard

@@ -388,6 +388,18 @@ def test_report_lists_unreadable_silent_and_short_files(tmp_path):
     assert "vocals stem" in skipped["bad_stem"] and "missing.wav" in skipped["bad_stem"]
     assert "absent.wav" in skipped["no_file"]
     assert report["complete"] and report["splits"]["data"]["chunks"] == 1
+    # Only the kept track's audio is counted (the silent and short ones were decoded too).
+    assert report["splits"]["data"]["audio_seconds"] == pytest.approx(
+        (CHUNK_SAMPLES + 1000) / SR, abs=1e-3
+    )
+
+
+def test_duplicate_track_ids_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    row = make_multitrack(tmp_path, "same", CHUNK_SAMPLES + 1000, rng)
+    tracks = Dataset.from_list([row, row], features=_label_features({}))
+    with pytest.raises(ValueError, match=r"track_id must be unique.*\['same'\]"):
+        prepare_chunks(tracks, OracleSeparator(), tmp_path / "out", progress=False)
 
 
 def test_a_fixed_file_is_not_served_from_the_cache(tmp_path):
