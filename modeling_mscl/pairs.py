@@ -24,6 +24,7 @@ objectives differ only in the positive.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,8 @@ __all__ = [
     "holdout_mask",
     "synthetic_chunk_dataset",
 ]
+
+logger = logging.getLogger(__name__)
 
 # One model window: 98 frames of 10 ms (~1 s), METHOD.md section 2.
 CROP_FRAMES = 98
@@ -399,6 +402,12 @@ class SourceBatchSampler:
         self.num_bins = num_bins
         # Rows where each configured source is present: the pools of active minibatches.
         self.pools = {int(k): np.flatnonzero(present[:, k]) for k in self.source_index}
+        if len(present) < self.batch_size:
+            # Drawn with replacement, a chunk would be its own negative in a minibatch.
+            raise ValueError(
+                f"batch_size={self.batch_size} is larger than the {len(present)} chunks: a "
+                "minibatch would repeat chunks; lower batch_size or add data"
+            )
         if self.random_batch_prob < 1.0:
             empty = [SOURCES[k] for k, pool in self.pools.items() if len(pool) == 0]
             if empty:
@@ -406,6 +415,13 @@ class SourceBatchSampler:
                     f"source(s) {empty} are present in none of the {len(present)} chunks, so "
                     "no active minibatch can be built; drop them from sources"
                 )
+            small = {SOURCES[k]: len(p) for k, p in self.pools.items() if len(p) < self.batch_size}
+            if small:
+                logger.warning(
+                    "active minibatches of %s repeat chunks: they are present in fewer chunks "
+                    "than batch_size=%d",
+                    small, self.batch_size,
+                )  # fmt: skip
 
     def _choose(self, rng: np.random.Generator, pool_size: int) -> np.ndarray:
         replace_rows = pool_size < self.batch_size
