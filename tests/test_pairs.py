@@ -171,7 +171,8 @@ def test_sampler_never_repeats_chunks_silently(caplog):
     present = random_present()
     with pytest.raises(ValueError, match=f"larger than the {len(present)} chunks"):
         SourceBatchSampler(present, len(present) + 1, objective="cola")
-    present[3:, 0] = False  # vocals in 3 chunks only: active vocal batches must repeat
+    present[:, 0] = False
+    present[:3, 0] = True  # vocals in 3 chunks only: active vocal batches must repeat
     with caplog.at_level("WARNING"):
         SourceBatchSampler(present, 8)
     assert "{'vocals': 3}" in caplog.text and "batch_size=8" in caplog.text
