@@ -35,6 +35,8 @@ __all__ = [
 SOURCES = ("vocals", "drums", "bass", "other")
 # The log-mel front end works at 16 kHz (METHOD.md section 2), so stems leave here at it.
 SAMPLING_RATE = 16000
+# Seconds by which an oracle stem's length may differ from its mixture's.
+STEM_LENGTH_TOLERANCE = 1.0
 # Demucs' own input scaling (demucs.api.Separator.separate_tensor): the mono reference's
 # standard deviation is floored so digital silence does not divide by zero.
 _STD_FLOOR = 1e-8
@@ -514,7 +516,13 @@ class OracleSeparator:
                 except AudioDecodeError as err:
                     raise AudioDecodeError(f"{name} stem: {err}") from err
                 # Stems of one multitrack song can differ from the mixture by a few
-                # samples (encoder padding); the mixture's length is the reference.
+                # samples (encoder padding); the mixture's length is the reference. More
+                # than a second apart, they are not one recording (or a file is truncated).
+                if abs(decoded.shape[-1] - num_samples) > STEM_LENGTH_TOLERANCE * SAMPLING_RATE:
+                    raise AudioDecodeError(
+                        f"{name} stem {path} lasts {decoded.shape[-1] / SAMPLING_RATE:.2f} s "
+                        f"but the mixture {num_samples / SAMPLING_RATE:.2f} s"
+                    )
                 n = min(num_samples, decoded.shape[-1])
                 wav[:n] = decoded[:n]
             stems[name] = torch.from_numpy(wav)

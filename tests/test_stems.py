@@ -370,7 +370,10 @@ def test_report_lists_unreadable_silent_and_short_files(tmp_path):
     write_audio(tmp_path / "silent.wav", np.zeros(2 * CHUNK_SAMPLES, np.float32), SR)
     write_audio(tmp_path / "short.wav", _noise(rng, SR, 0.3), SR)
     bad_stem = dict(good, track_id="bad_stem", vocals=str(tmp_path / "missing.wav"))
-    rows = [good, bad_stem]
+    # A mixture much shorter than its stems (a truncated file, or another song's stems).
+    write_audio(tmp_path / "long_bass.wav", _noise(rng, CHUNK_SAMPLES + 1000 + 2 * SR, 0.3), SR)
+    long_stem = dict(good, track_id="long_stem", bass=str(tmp_path / "long_bass.wav"))
+    rows = [good, bad_stem, long_stem]
     for name in ("corrupt", "silent", "short"):
         rows.append(
             {"track_id": name, "audio": str(tmp_path / f"{name}.wav"), **dict.fromkeys(SOURCES)}
@@ -381,7 +384,8 @@ def test_report_lists_unreadable_silent_and_short_files(tmp_path):
     assert out["track_id"][:] == ["good"]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     skipped = {s["track_id"]: s["reason"] for s in report["splits"]["data"]["skipped"]}
-    assert set(skipped) == {"bad_stem", "corrupt", "silent", "short", "no_file"}
+    assert set(skipped) == {"bad_stem", "long_stem", "corrupt", "silent", "short", "no_file"}
+    assert "bass stem" in skipped["long_stem"] and "but the mixture" in skipped["long_stem"]
     assert skipped["corrupt"].startswith("unreadable") and "corrupt.wav" in skipped["corrupt"]
     assert skipped["silent"].startswith("silent")
     assert skipped["short"].startswith("too short")
