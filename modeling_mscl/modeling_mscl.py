@@ -143,17 +143,6 @@ def _activation(name: str) -> nn.Module:
     return {"swish": nn.SiLU, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}[name]()
 
 
-def _output_length(length: torch.Tensor, num_stride2: int) -> torch.Tensor:
-    """Time steps left after ``num_stride2`` Keras-padded stride-2 layers.
-
-    With (k//2 - 1, k//2) padding a stride-2 'valid' conv maps n steps to
-    (n + k - 1 - k) // 2 + 1 = n // 2 (for n >= 2).
-    """
-    for _ in range(num_stride2):
-        length = torch.div(length, 2, rounding_mode="floor")
-    return length
-
-
 class MSCLInputNormalization(nn.Module):
     """Keras' ``Normalization`` layer as the reference model has it: (x - mean) / sqrt(var).
 
@@ -295,7 +284,6 @@ class MSCLEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.top = MSCLConvBN(config, in_channels, config.encoder_hidden_size)
         # Stem plus every stage that starts with stride 2: used to shrink attention masks.
-        self.num_stride2 = 1 + sum(1 for s in config.strides if s == 2)
 
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False
@@ -374,8 +362,9 @@ class MSCLModel(MSCLPreTrainedModel):
             input_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
                 Log-mel features from [`MSCLFeatureExtractor`] (98 frames is one window).
             attention_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*):
-                1 for real frames, 0 for padding; padded positions are left out of the
-                global pooling.
+                1 for real frames, 0 for padding at the end of a row. A padded batch is
+                encoded row group by row group at each row's real length, so every clip
+                gets exactly the features it gets alone.
         """
         if input_features.dim() != 3 or input_features.shape[-1] != self.config.num_mel_bins:
             raise ValueError(
@@ -383,9 +372,18 @@ class MSCLModel(MSCLPreTrainedModel):
                 f"got {tuple(input_features.shape)}"
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        pixel_values = input_features.unsqueeze(1) * self.config.input_rescale
-        feature_map, hidden_states = self.encoder(pixel_values, bool(output_hidden_states))
-        pooled = self._pool(feature_map, attention_mask)
+        if attention_mask is not None and not bool(attention_mask.all()):
+            if output_hidden_states:
+                raise ValueError(
+                    "output_hidden_states is not available for a padded batch (an attention "
+                    "mask with padding); encode clips of equal length, or one at a time"
+                )
+            feature_map, pooled = self._encode_by_length(input_features, attention_mask)
+            hidden_states = None
+        else:
+            pixel_values = input_features.unsqueeze(1) * self.config.input_rescale
+            feature_map, hidden_states = self.encoder(pixel_values, bool(output_hidden_states))
+            pooled = self._pool(feature_map)
         embeds = torch.tanh(self.layer_norm(self.projection(pooled)))
         if not return_dict:
             return tuple(v for v in (feature_map, pooled, embeds, hidden_states) if v is not None)
@@ -396,22 +394,38 @@ class MSCLModel(MSCLPreTrainedModel):
             hidden_states=hidden_states,
         )
 
-    def _pool(self, feature_map: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if attention_mask is None or bool(attention_mask.all()):
-            if self.config.pooling == "max":
-                return feature_map.amax(dim=(2, 3))
-            return feature_map.mean(dim=(2, 3))
-        # Keep only time steps computed from at least one real frame.
-        lengths = _output_length(attention_mask.sum(-1).long(), self.encoder.num_stride2)
-        steps = torch.arange(feature_map.shape[2], device=feature_map.device)
-        valid = (steps[None, :] < lengths[:, None].clamp_min(1))[:, None, :, None]
+    def _pool(self, feature_map: torch.Tensor) -> torch.Tensor:
         if self.config.pooling == "max":
-            masked = feature_map.masked_fill(~valid, torch.finfo(feature_map.dtype).min)
-            return masked.amax(dim=(2, 3))
-        weights = valid.to(feature_map.dtype).expand_as(feature_map)
-        return (feature_map * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
+            return feature_map.amax(dim=(2, 3))
+        return feature_map.mean(dim=(2, 3))
 
-    @torch.no_grad()
+    def _encode_by_length(
+        self, input_features: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A padded batch, encoded exactly as its clips would be alone.
+
+        Padding frames reach real positions through the convolutions (and, with "same"
+        padding, shift what the borders see), so masking the pooling alone leaves pooled
+        features several percent away from the clip's own. Rows are instead grouped by
+        their real length and each group is encoded cropped to it; feature maps are
+        zero-padded along time to the longest. Padding must be at the end of each row.
+        """
+        lengths = attention_mask.long().sum(-1)
+        frames = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+        if not bool((attention_mask.bool() == (frames[None] < lengths[:, None])).all()):
+            raise ValueError("attention_mask must mark a prefix of each row (padding at the end)")
+        pooled_rows, maps = [None] * len(lengths), [None] * len(lengths)
+        for length in lengths.unique().tolist():
+            rows = torch.nonzero(lengths == length).flatten()
+            crop = input_features[rows, : max(int(length), 1)]
+            feature_map, _ = self.encoder(crop.unsqueeze(1) * self.config.input_rescale, False)
+            pooled = self._pool(feature_map)
+            for i, row in enumerate(rows.tolist()):
+                pooled_rows[row], maps[row] = pooled[i], feature_map[i]
+        steps = max(m.shape[1] for m in maps)
+        feature_map = torch.stack([F.pad(m, (0, 0, 0, steps - m.shape[1])) for m in maps])
+        return feature_map, torch.stack(pooled_rows)
+
     def _saved_feature_extractor(self) -> MSCLFeatureExtractor:
         """The front end saved with this model (its folder's `preprocessor_config.json`),
         else the default one for its number of mel bins."""
@@ -420,6 +434,7 @@ class MSCLModel(MSCLPreTrainedModel):
             return MSCLFeatureExtractor.from_pretrained(folder)
         return MSCLFeatureExtractor(feature_size=self.config.num_mel_bins)
 
+    @torch.no_grad()
     def embed_audio(
         self,
         audio,
