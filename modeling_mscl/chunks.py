@@ -1,9 +1,9 @@
 """The stems map step: track rows in, 4-second chunk rows of log-mels out.
 
 Each track is separated (:mod:`modeling_mscl.stems`), the log-mel of the mixture and of
-every stem is computed over the whole track (each waveform L2-normalised as one clip,
-METHOD.md section 2) and cut into consecutive 392-frame chunks. Every chunk row holds
-the five spectrograms (float16), the presence flag of each source (METHOD.md section 5)
+every stem is computed over the whole track (each waveform L2-normalised as one clip)
+and cut into consecutive 392-frame chunks. Every chunk row holds
+the five spectrograms (float16), the presence flag of each source
 and the track's labels. :func:`prepare_chunks` runs the step shard by shard so that a
 re-run is served from the cache and an interrupted run resumes where it stopped.
 """
@@ -56,11 +56,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Log-mel geometry of the COLA front end (METHOD.md section 2): 400-sample frames, hop 160.
+# Log-mel geometry of the COLA front end: 400-sample frames, hop 160.
 FRAME_LENGTH = 400
 HOP_LENGTH = 160
 N_MELS = 64
-# A chunk is 392 frames (~4 s): four 98-frame model windows (METHOD.md section 2).
+# A chunk is 392 frames (~4 s): four 98-frame model windows.
 CHUNK_FRAMES = 392
 # Chunk c of the presence flags covers samples [62720 c, 62720 (c + 1)): one chunk hop of
 # spectrogram frames, so flags and spectrogram chunks share their boundaries. (The
@@ -69,7 +69,7 @@ CHUNK_FRAMES = 392
 CHUNK_SAMPLES = CHUNK_FRAMES * HOP_LENGTH
 # Shortest track that yields one full chunk of frames: 400 + 391 * 160 samples.
 MIN_TRACK_SAMPLES = FRAME_LENGTH + (CHUNK_FRAMES - 1) * HOP_LENGTH
-# Mean absolute amplitude above which a source counts as present (METHOD.md section 5).
+# Mean absolute amplitude above which a source counts as present.
 DEFAULT_THRESHOLD = 0.01
 
 TRACK_COLUMNS = ("track_id", "audio", *SOURCES)

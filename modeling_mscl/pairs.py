@@ -6,7 +6,7 @@ Three pieces, each usable alone:
   :func:`modeling_mscl.chunks.prepare_chunks`) straight from its memory-mapped Arrow
   files: one vectorised numpy gather per batch, no row decoding, nothing loaded into RAM.
 - :class:`SourceBatchSampler` decides everything random about a minibatch as a pure
-  function of ``(seed, step)`` (METHOD.md section 6): the source, active or random, the
+  function of ``(seed, step)``: the source, active or random, the
   rows, the crop offsets and, for the S3T baseline, the augmentation parameters. It
   draws the *global* batch; a process takes its slice by rank, so every process uses the
   same source at the same step and any number of processes sees the same pairs. Resuming
@@ -52,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# One model window: 98 frames of 10 ms (~1 s), METHOD.md section 2.
+# One model window: 98 frames of 10 ms (~1 s).
 CROP_FRAMES = 98
 OBJECTIVES = ("cola", "mscl", "s3t")
 MIXTURE = "mixture"
@@ -329,7 +329,7 @@ class PairPlan:
 
 
 class SourceBatchSampler:
-    """Plans minibatches as pure functions of ``(seed, step)`` (METHOD.md section 6).
+    """Plans minibatches as pure functions of ``(seed, step)``.
 
     ``mscl``: each minibatch uses one source drawn uniformly from ``sources``. With
     ``absent_sources``, it is "random" with probability ``random_batch_prob`` (rows drawn

@@ -1,7 +1,7 @@
 """Source separators: Demucs for any music, oracle stems for multitrack data.
 
-A separator turns mixtures into the four sources MSCL contrasts against the mixture
-(METHOD.md section 1): ``vocals``, ``drums``, ``bass`` and ``other``, as 16 kHz mono
+A separator turns mixtures into the four sources MSCL contrasts against the mixture:
+``vocals``, ``drums``, ``bass`` and ``other``, as 16 kHz mono
 waveforms. :class:`DemucsSeparator` runs a Demucs model (``demucs`` is imported lazily);
 :class:`OracleSeparator` reads the real stems named in a track row (MUSDB18 layout,
 the offline corpus). The map step that turns track rows into chunk rows lives in
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 SOURCES = ("vocals", "drums", "bass", "other")
-# The log-mel front end works at 16 kHz (METHOD.md section 2), so stems leave here at it.
+# The log-mel front end works at 16 kHz, so stems leave here at it.
 SAMPLING_RATE = 16000
 # Seconds by which an oracle stem's length may differ from its mixture's.
 STEM_LENGTH_TOLERANCE = 1.0

@@ -1,4 +1,4 @@
-"""Tests of MSCLFeatureExtractor: the COLA log-mel front end (METHOD.md section 2)."""
+"""Tests of MSCLFeatureExtractor: the COLA log-mel front end."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def cosine(temperature: float):
 
 
 def naive_null_source(anchors, positives, present, similarity):
-    """The loss of METHOD.md section 4 written row by row: (loss, logits, targets).
+    """The null-source loss written row by row: (loss, logits, targets).
 
     The null column is the mean of the absent rows' positive embeddings."""
     present = [bool(p) for p in present]

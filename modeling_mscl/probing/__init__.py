@@ -1,6 +1,6 @@
 """Frozen-encoder probes: window embeddings, heads, the protocols of the paper, export.
 
-The downstream protocol of Garoufis et al. (METHOD.md section 7): the encoder is frozen
+The downstream protocol of Garoufis et al.: the encoder is frozen
 and a small head is trained on its raw 1280-d pooled feature of ~1 s (98-frame) crops.
 The :class:`ProbeTask` defaults (and the ``mtat``, ``nsynth``, ``fma`` presets) follow the
 authors' reference:
