@@ -77,12 +77,20 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            args.save(tmp / ARGS_FILE)
+            # Written last: a folder with trainer_state.json is a complete checkpoint.
+            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+    except OSError as err:
+        # A full disk or a vanished folder: say which checkpoint, keep the older ones.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(
+            err.errno, f"checkpoint of step {step} could not be written to {tmp}: {err}"
+        ) from err
     if accelerator.is_main_process:
-        args.save(tmp / ARGS_FILE)
-        # Written last: a folder with trainer_state.json is a complete checkpoint.
-        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

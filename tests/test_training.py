@@ -344,6 +344,33 @@ def test_resume_falls_back_from_a_corrupt_latest_checkpoint(data_dir, tmp_path, 
     assert not list((tmp_path / "parts").glob(".tmp-*"))  # the final saves were renamed
 
 
+def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_older_ones(
+    data_dir, tmp_path, monkeypatch
+):
+    import errno
+
+    from accelerate import Accelerator
+
+    from modeling_mscl.training import pretrain
+
+    save_state = Accelerator.save_state
+
+    def fills_up(self, output_dir, **kwargs):
+        if "step-0000002" in str(output_dir):
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", fills_up)
+    argv = tiny_argv(data_dir, tmp_path / "run", "--max_steps", "3", "--checkpoint_every", "1")
+    with pytest.raises(
+        OSError, match="checkpoint of step 2 could not be written to .*step-0000002"
+    ):
+        pretrain([*argv, "--eval_every", "0"])
+    left = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert left == ["step-0000001"]  # the half-written one is gone, the older one kept
+
+
 def test_resume_refuses_a_changed_schedule(data_dir, tmp_path):
     """The checkpoint's scheduler carries its decay step: another max_steps is refused."""
     from modeling_mscl.training import pretrain
