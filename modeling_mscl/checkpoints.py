@@ -221,6 +221,15 @@ def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tu
             "could be read (see the warnings above); start a new run with "
             "--overwrite_output_dir true"
         )
+    rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    if not rng_file.is_file() or rng_file.stat().st_size == 0:
+        # Accelerate only logs this at INFO level; the resumed run then draws other
+        # dropout masks and crops than an uninterrupted one would.
+        logger.warning(
+            "resume: %s is missing or empty: the random states are not restored, so the "
+            "resumed run will not match an uninterrupted one exactly",
+            rng_file,
+        )
     if state.get("sampler_fingerprint") != fingerprint:
         logger.warning(
             "resume: the data or the sampler settings changed since %s; the batches will "

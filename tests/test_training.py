@@ -336,6 +336,7 @@ def test_resume_falls_back_from_a_corrupt_latest_checkpoint(data_dir, tmp_path, 
             tiny_argv(data_dir, tmp_path / "parts", "--max_steps", "4", "--resume", *common)
         )
     assert "step-0000004 is unreadable" in caplog.text
+    assert "random states are not restored" not in caplog.text
     assert parts.history[0]["step"] == 3.0  # continued from step 2
     want = load_file(Path(whole.pretraining_dir) / "model.safetensors")
     got = load_file(Path(parts.pretraining_dir) / "model.safetensors")
@@ -369,6 +370,21 @@ def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_older_ones(
         pretrain([*argv, "--eval_every", "0"])
     left = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert left == ["step-0000001"]  # the half-written one is gone, the older one kept
+
+
+def test_resume_without_random_states_warns(data_dir, tmp_path, caplog):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from modeling_mscl.training import pretrain
+
+    common = ("--lr_schedule", "constant", "--checkpoint_every", "2", "--eval_every", "0")
+    pretrain(tiny_argv(data_dir, tmp_path / "run", "--max_steps", "2", *common))
+    (tmp_path / "run" / "checkpoints" / "step-0000002" / "random_states_0.pkl").unlink()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    with caplog.at_level("WARNING"):
+        pretrain(tiny_argv(data_dir, tmp_path / "run", "--max_steps", "3", *common, "--resume"))
+    assert "random_states_0.pkl is missing or empty" in caplog.text
 
 
 def test_resume_refuses_a_changed_schedule(data_dir, tmp_path):
