@@ -481,3 +481,21 @@ def test_multi_hot_and_label_names():
         label_names(plain)
     with pytest.raises(TypeError):
         label_names(plain, "x")
+
+
+def test_a_truncated_wav_decodes_with_a_warning(tmp_path, caplog):
+    from modeling_mscl.audio_io import load_audio
+
+    path = tmp_path / "cut.wav"
+    write_audio(path, np.full(16000, 0.1, np.float32), 16000)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a download that stopped half-way
+    with caplog.at_level("WARNING"):
+        audio = load_audio(path)
+    assert 0 < len(audio) < 16000
+    assert "cut.wav: truncated: the header announces 32000 bytes" in caplog.text
+    caplog.clear()
+    write_audio(path, np.full(16000, 0.1, np.float32), 16000)
+    with caplog.at_level("WARNING"):
+        assert len(load_audio(path)) == 16000
+    assert "truncated" not in caplog.text
