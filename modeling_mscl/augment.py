@@ -1,4 +1,4 @@
-"""The S3T spectrogram augmentation of the augmentation baseline (METHOD.md section 6).
+"""The S3T spectrogram augmentation of the augmentation baseline.
 
 The baseline trains COLA with both crops of a pair augmented, independently, by the
 authors' S3T-style pipeline on log-mel crops (98 frames x 64 mel bins), in this order:

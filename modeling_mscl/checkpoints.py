@@ -23,7 +23,10 @@ __all__ = [
     "ARGS_FILE",
     "CHECKPOINT_DIR",
     "TRAINER_STATE",
+    "RUN_OUTPUTS",
+    "complete_checkpoints",
     "latest_checkpoint",
+    "prepare_output_dir",
     "remove_partial_checkpoints",
     "resume",
     "save_checkpoint",
@@ -48,13 +51,19 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoint folders of a run, oldest first."""
     root = Path(output_dir) / CHECKPOINT_DIR
     if not root.is_dir():
-        return None
+        return []
     found = [(s, p) for p in root.iterdir() if (s := _checkpoint_step(p)) is not None]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    found = complete_checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def save_checkpoint(
@@ -68,12 +77,20 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            args.save(tmp / ARGS_FILE)
+            # Written last: a folder with trainer_state.json is a complete checkpoint.
+            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+    except OSError as err:
+        # A full disk or a vanished folder: say which checkpoint, keep the older ones.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(
+            err.errno, f"checkpoint of step {step} could not be written to {tmp}: {err}"
+        ) from err
     if accelerator.is_main_process:
-        args.save(tmp / ARGS_FILE)
-        # Written last: a folder with trainer_state.json is a complete checkpoint.
-        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -82,6 +99,46 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+# What a run writes into its output_dir and a fresh run must not mix with.
+RUN_OUTPUTS = (CHECKPOINT_DIR, "encoder", "pretraining")
+
+
+def prepare_output_dir(
+    output_dir: str | os.PathLike, resume: bool, overwrite: bool, is_main_process: bool = True
+) -> Path:
+    """Check ``output_dir`` before anything is loaded; returns it as a Path.
+
+    A fresh run (``resume`` false) in a folder that holds another run's checkpoints or
+    final model is refused: its checkpoints would mingle with the old ones (rotation keeps
+    the highest steps, whoever wrote them) and a later resume would load the wrong run.
+    ``overwrite`` (``--overwrite_output_dir``, as in transformers) deletes those outputs
+    first. Also checks that the folder can be written, so that a read-only or missing
+    location fails now rather than at the first checkpoint. Every process checks; only the
+    main process creates and deletes.
+    """
+    out = Path(output_dir).expanduser()
+    used = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if used and not resume and not overwrite:
+        raise ValueError(
+            f"output_dir {out} already holds a run ({', '.join(used)}): pass --resume true to "
+            "continue it, --overwrite_output_dir true to replace it, or another --output_dir"
+        )
+    if not is_main_process:
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"output_dir {out} cannot be written: {err}") from err
+    if used and not resume:
+        logger.warning("overwrite_output_dir: deleting %s in %s", used, out)
+        for name in used:
+            shutil.rmtree(out / name, ignore_errors=True)
+    return out
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
@@ -94,6 +151,7 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     ignore = {"resume", "max_steps", "progress_bar", "log_every", "log_with", "num_workers"}
     ignore |= {"prefetch_factor", "checkpoint_every", "keep_checkpoints", "eval_every"}
     ignore |= {"probe_every", "probe_hook", "max_bad_steps", "output_dir", "data_dir"}
+    ignore |= {"overwrite_output_dir"}
     keys = sorted((set(saved) | set(current)) - ignore)
     return [k for k in keys if saved.get(k) != current.get(k)]
 
@@ -129,22 +187,49 @@ def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tu
     that shape the run changed.
     """
     out_dir = Path(args.training.output_dir).expanduser()
-    checkpoint = latest_checkpoint(out_dir)
-    if checkpoint is None:
+    checkpoints = complete_checkpoints(out_dir)
+    if not checkpoints:
         logger.warning("resume: no checkpoint in %s, starting from scratch", out_dir)
         return 0, 0, 0
-    saved_args = json.loads((checkpoint / ARGS_FILE).read_text())
-    changed_schedule = schedule_changes(saved_args, args.to_dict())
-    if changed_schedule:
-        raise ValueError(
-            f"resume: the learning-rate schedule of {checkpoint} was built with other "
-            f"arguments ({'; '.join(changed_schedule)}); the checkpoint's scheduler would "
-            "keep the old schedule. Resume with the checkpoint's values, or start a new "
-            "run in another output_dir."
+    # Newest first; an unreadable one (a truncated file, a full disk at save time) is
+    # reported and the previous one is tried, rather than failing the whole run.
+    for checkpoint in reversed(checkpoints):
+        try:
+            saved_args = json.loads((checkpoint / ARGS_FILE).read_text())
+            state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        except (OSError, ValueError) as err:
+            logger.warning("resume: %s is unreadable (%s); trying an older one", checkpoint, err)
+            continue
+        changed_schedule = schedule_changes(saved_args, args.to_dict())
+        if changed_schedule:
+            raise ValueError(
+                f"resume: the learning-rate schedule of {checkpoint} was built with other "
+                f"arguments ({'; '.join(changed_schedule)}); the checkpoint's scheduler would "
+                "keep the old schedule. Resume with the checkpoint's values, or start a new "
+                "run in another output_dir."
+            )
+        try:
+            # Model, optimizer, scheduler, RNG states and Accelerate's accumulation counter.
+            accelerator.load_state(str(checkpoint))
+        except Exception as err:  # noqa: BLE001 - safetensors, torch and OS errors alike
+            logger.warning("resume: %s is unreadable (%s); trying an older one", checkpoint, err)
+            continue
+        break
+    else:
+        raise RuntimeError(
+            f"resume: none of the {len(checkpoints)} checkpoints in {out_dir / CHECKPOINT_DIR} "
+            "could be read (see the warnings above); start a new run with "
+            "--overwrite_output_dir true"
         )
-    # Model, optimizer, scheduler, RNG states and Accelerate's accumulation counter.
-    accelerator.load_state(str(checkpoint))
-    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    if not rng_file.is_file() or rng_file.stat().st_size == 0:
+        # Accelerate only logs this at INFO level; the resumed run then draws other
+        # dropout masks and crops than an uninterrupted one would.
+        logger.warning(
+            "resume: %s is missing or empty: the random states are not restored, so the "
+            "resumed run will not match an uninterrupted one exactly",
+            rng_file,
+        )
     if state.get("sampler_fingerprint") != fingerprint:
         logger.warning(
             "resume: the data or the sampler settings changed since %s; the batches will "

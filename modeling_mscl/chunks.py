@@ -1,9 +1,9 @@
 """The stems map step: track rows in, 4-second chunk rows of log-mels out.
 
 Each track is separated (:mod:`modeling_mscl.stems`), the log-mel of the mixture and of
-every stem is computed over the whole track (each waveform L2-normalised as one clip,
-METHOD.md section 2) and cut into consecutive 392-frame chunks. Every chunk row holds
-the five spectrograms (float16), the presence flag of each source (METHOD.md section 5)
+every stem is computed over the whole track (each waveform L2-normalised as one clip)
+and cut into consecutive 392-frame chunks. Every chunk row holds
+the five spectrograms (float16), the presence flag of each source
 and the track's labels. :func:`prepare_chunks` runs the step shard by shard so that a
 re-run is served from the cache and an interrupted run resumes where it stopped.
 """
@@ -11,6 +11,7 @@ re-run is served from the cache and an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,11 +56,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Log-mel geometry of the COLA front end (METHOD.md section 2): 400-sample frames, hop 160.
+# Log-mel geometry of the COLA front end: 400-sample frames, hop 160.
 FRAME_LENGTH = 400
 HOP_LENGTH = 160
 N_MELS = 64
-# A chunk is 392 frames (~4 s): four 98-frame model windows (METHOD.md section 2).
+# A chunk is 392 frames (~4 s): four 98-frame model windows.
 CHUNK_FRAMES = 392
 # Chunk c of the presence flags covers samples [62720 c, 62720 (c + 1)): one chunk hop of
 # spectrogram frames, so flags and spectrogram chunks share their boundaries. (The
@@ -67,7 +69,7 @@ CHUNK_FRAMES = 392
 CHUNK_SAMPLES = CHUNK_FRAMES * HOP_LENGTH
 # Shortest track that yields one full chunk of frames: 400 + 391 * 160 samples.
 MIN_TRACK_SAMPLES = FRAME_LENGTH + (CHUNK_FRAMES - 1) * HOP_LENGTH
-# Mean absolute amplitude above which a source counts as present (METHOD.md section 5).
+# Mean absolute amplitude above which a source counts as present.
 DEFAULT_THRESHOLD = 0.01
 
 TRACK_COLUMNS = ("track_id", "audio", *SOURCES)
@@ -428,6 +430,28 @@ class _Progress:
         self.bar.close()
 
 
+def _content_key(tracks: Dataset) -> str:
+    """Size and modification time of every audio file the rows name (mixture and stems).
+
+    The map cache is keyed on the rows, which hold paths: without this key, a file fixed or
+    replaced since the last run would keep its old result (or its old "unreadable" entry).
+    """
+    digest = hashlib.sha256()
+    for column in ("audio", *SOURCES):
+        if column not in tracks.column_names:
+            continue
+        for value in tracks[column]:
+            path = value.get("path") if isinstance(value, Mapping) else value
+            if not path:
+                continue
+            try:
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
+
+
 def _run_split(
     tracks: Dataset,
     chunker: StemChunker,
@@ -446,8 +470,11 @@ def _run_split(
     for index, start in enumerate(range(0, len(tracks), shard_size)):
         shard = tracks.select(range(start, min(start + shard_size, len(tracks))))
         fingerprint = Hasher.hash(
-            [_FORMAT_VERSION, shard._fingerprint, chunker_hash, batch_size, str(features)]
-        )
+            [
+                _FORMAT_VERSION, shard._fingerprint, _content_key(shard), chunker_hash,
+                batch_size, str(features),
+            ]
+        )  # fmt: skip
         cache_file = shards_dir / f"{index:05d}-{fingerprint}.arrow"
         prefix = str(cache_file)[: -len(".arrow")]
         cached = cache_file.exists() or any(glob.glob(glob.escape(prefix) + "_*_of_*.arrow"))
@@ -471,14 +498,16 @@ def _run_split(
         records = mapped.select(np.flatnonzero(is_record)).select_columns(
             ["track_id", _STATUS, _SECONDS]
         )
-        seconds = float(np.sum(records[_SECONDS]))
+        decoded = np.asarray(records[_SECONDS], dtype=np.float64)
+        kept = np.array([not status for status in records[_STATUS]], dtype=bool)
         audio = dict(zip(shard["track_id"], shard["audio"], strict=True))
-        progress.update(len(shard), seconds, None if cached else elapsed)
+        progress.update(len(shard), float(decoded.sum()), None if cached else elapsed)
         summaries.append(
             {
                 "tracks": len(shard),
                 "chunks": int((~is_record).sum()),
-                "seconds": seconds,
+                # The audio the chunks come from: skipped tracks are not counted.
+                "seconds": float(decoded[kept].sum()) if len(kept) else 0.0,
                 "skipped": [
                     {
                         "track_id": r["track_id"],
@@ -560,7 +589,7 @@ def prepare_chunks(
     chunker_hash = chunker.fingerprint()  # once: it may read every weight of a model
     fingerprint = Hasher.hash(
         [_FORMAT_VERSION, chunker_hash, batch_size, shard_size]
-        + [(name, ds._fingerprint) for name, ds in splits.items()]
+        + [(name, ds._fingerprint, _content_key(ds)) for name, ds in splits.items()]
     )
     if report_path.is_file():
         previous = json.loads(report_path.read_text())
@@ -583,6 +612,15 @@ def prepare_chunks(
         enable_progress_bars,
         is_progress_bar_enabled,
     )
+
+    for name, ds in splits.items():
+        ids = ds["track_id"] if "track_id" in ds.column_names else []
+        if len(set(ids)) != len(ids):
+            twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(
+                f"split {name or 'data'!r}: track_id must be unique (chunks and the report "
+                f"are keyed on it); repeated: {twice[:5]}{' ...' if len(twice) > 5 else ''}"
+            )
 
     bars_were_enabled = is_progress_bar_enabled()
     disable_progress_bars()  # one bar of ours instead of one per shard

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .package_data import resource_dir
+
 __all__ = [
     "DemoSettings",
     "offline_tasks",
@@ -27,7 +29,7 @@ __all__ = [
     "run_demo",
 ]
 
-_CONFIG = Path(__file__).resolve().parent.parent / "scripts" / "configs" / "demo.yaml"
+_CONFIG = resource_dir("configs") / "demo.yaml"
 
 
 @dataclass

@@ -25,13 +25,16 @@ from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
 from transformers.utils import logging
 
-__all__ = ["MSCLFeatureExtractor"]
+__all__ = ["MAX_CHANNELS", "MSCLFeatureExtractor"]
 
 logger = logging.get_logger(__name__)
 
-# A 2-D element of a list batch is one multichannel clip; more channels than this means the
-# axes are probably not (channels, time) / (time, channels) but something else.
-_MAX_CHANNELS = 8
+# The package's one rule for audio with channels (the feature extractor, `embed_audio`, the
+# pipelines and the separators): a multichannel clip is 2-D with at most this many channels
+# on its smaller axis; more means the axes are probably something else.
+MAX_CHANNELS = 8
+# Input rates accepted at all (telephone audio to high-resolution studio files).
+MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 4000, 768000
 # Same epsilon as tf.math.l2_normalize: the sum of squares is floored, so an all-zero clip
 # stays zero instead of becoming NaN; any audible clip is far above it.
 _L2_EPSILON = 1e-12
@@ -318,6 +321,15 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
             if raw_audio.ndim == 1:
                 return [raw_audio]
             if raw_audio.ndim == 2:
+                if raw_audio.shape[1] <= MAX_CHANNELS < raw_audio.shape[0]:
+                    # Read as a batch, a (samples, channels) array would be `samples` clips
+                    # of a few samples each: minutes of work and gigabytes for nothing.
+                    raise ValueError(
+                        f"Got a 2-D array of shape {tuple(raw_audio.shape)}: a 2-D array is a "
+                        "batch of mono clips (batch, samples), and these clips would have "
+                        f"{raw_audio.shape[1]} samples each. For one multichannel clip (as "
+                        "soundfile returns it, (samples, channels)) pass it in a list: [audio]."
+                    )
                 return list(raw_audio)  # a batch of mono clips, as in transformers
             raise ValueError(
                 f"Got an array of shape {tuple(raw_audio.shape)}. Accepted: a 1-D clip "
@@ -376,10 +388,10 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         if clip.ndim == 2:
             # The smaller axis holds the channels (channels-first on a tie); average them.
             channel_axis = 0 if clip.shape[0] <= clip.shape[1] else 1
-            if clip.shape[channel_axis] > _MAX_CHANNELS:
+            if clip.shape[channel_axis] > MAX_CHANNELS:
                 raise ValueError(
                     f"Clip {index} has shape {tuple(clip.shape)}: a 2-D clip is read as "
-                    f"multichannel audio with at most {_MAX_CHANNELS} channels on its smaller "
+                    f"multichannel audio with at most {MAX_CHANNELS} channels on its smaller "
                     "axis. To pass a batch of mono clips, pass a 2-D array directly or a list "
                     "of 1-D clips."
                 )
@@ -517,6 +529,14 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         if isinstance(sampling_rate, float) and sampling_rate.is_integer():
             sampling_rate = int(sampling_rate)
         sampling_rate = _check_int("sampling_rate", sampling_rate)
+        if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
+            # An absurd rate (a sample count passed as the rate, say) resamples into
+            # thousands of windows and gigabytes before anything looks wrong.
+            raise ValueError(
+                f"sampling_rate={sampling_rate} Hz is outside the audio rates this extractor "
+                f"accepts ({MIN_SAMPLING_RATE}-{MAX_SAMPLING_RATE} Hz): is it the rate of "
+                "`raw_audio`?"
+            )
         if sampling_rate != self.sampling_rate and not resample:
             raise ValueError(
                 f"This feature extractor expects audio at {self.sampling_rate} Hz, got "

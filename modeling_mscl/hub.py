@@ -30,6 +30,7 @@ from transformers import (
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .modeling_mscl import MSCLForAudioClassification, MSCLForPreTraining, MSCLModel
+from .package_data import resource_dir
 
 __all__ = [
     "CARD_KINDS",
@@ -57,8 +58,6 @@ PAPER_BIBTEX = """@inproceedings{garoufis2023multisource,
   archivePrefix = {arXiv}
 }"""
 _TAGS = ["audio", "music", "contrastive-learning", "self-supervised-learning", "mscl"]
-# Templates live next to the package in a source checkout (editable installs).
-_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 _ENCODER_ARCHITECTURES = {"MSCLModel", "MSCLForPreTraining"}
 _HEAD_ARCHITECTURES = {"MSCLForAudioClassification"}
 # Training-argument keys that hold local paths: they mean nothing on the Hub and may leak
@@ -372,12 +371,9 @@ def _is_hub_id(name: str) -> bool:
 
 
 def _template(kind: str) -> Path:
-    path = _TEMPLATE_DIR / f"{kind}.md"
+    path = resource_dir("model_cards") / f"{kind}.md"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"model card template {path} not found: card rendering needs a source checkout "
-            "of modeling-mscl (pip install -e .)"
-        )
+        raise FileNotFoundError(f"model card template {path} not found (kind {kind!r})")
     return path
 
 
@@ -536,7 +532,6 @@ _FE_AUTO_MAP = {"AutoFeatureExtractor": _auto_ref(MSCLFeatureExtractor)}
 HUB_CODE_FILES = (
     "configuration_mscl.py",
     "feature_extraction_mscl.py",
-    "losses.py",
     "modeling_mscl.py",
 )
 

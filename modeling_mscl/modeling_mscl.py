@@ -10,6 +10,9 @@ and a saved model must not change when transformers does.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +24,9 @@ from transformers.utils import ModelOutput
 
 from .configuration_mscl import MSCLConfig, round_filters, round_repeats
 from .feature_extraction_mscl import MSCLFeatureExtractor
-from .losses import info_nce_loss, null_source_contrastive_loss
 
 __all__ = [
+    "ContrastiveLossOutput",
     "MSCLClipEmbeddingOutput",
     "MSCLForAudioClassification",
     "MSCLForPreTraining",
@@ -31,7 +34,10 @@ __all__ = [
     "MSCLModel",
     "MSCLModelOutput",
     "MSCLPreTrainedModel",
+    "ProcessGather",
     "count_keras_weights",
+    "info_nce_loss",
+    "null_source_contrastive_loss",
 ]
 
 # VarianceScaling(2.0, "fan_out", "truncated_normal") in Keras divides the standard
@@ -135,17 +141,6 @@ def _keras_pad(kernel_size: int) -> tuple[int, int, int, int]:
 
 def _activation(name: str) -> nn.Module:
     return {"swish": nn.SiLU, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}[name]()
-
-
-def _output_length(length: torch.Tensor, num_stride2: int) -> torch.Tensor:
-    """Time steps left after ``num_stride2`` Keras-padded stride-2 layers.
-
-    With (k//2 - 1, k//2) padding a stride-2 'valid' conv maps n steps to
-    (n + k - 1 - k) // 2 + 1 = n // 2 (for n >= 2).
-    """
-    for _ in range(num_stride2):
-        length = torch.div(length, 2, rounding_mode="floor")
-    return length
 
 
 class MSCLInputNormalization(nn.Module):
@@ -289,7 +284,6 @@ class MSCLEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.top = MSCLConvBN(config, in_channels, config.encoder_hidden_size)
         # Stem plus every stage that starts with stride 2: used to shrink attention masks.
-        self.num_stride2 = 1 + sum(1 for s in config.strides if s == 2)
 
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False
@@ -368,8 +362,9 @@ class MSCLModel(MSCLPreTrainedModel):
             input_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
                 Log-mel features from [`MSCLFeatureExtractor`] (98 frames is one window).
             attention_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*):
-                1 for real frames, 0 for padding; padded positions are left out of the
-                global pooling.
+                1 for real frames, 0 for padding at the end of a row. A padded batch is
+                encoded row group by row group at each row's real length, so every clip
+                gets exactly the features it gets alone.
         """
         if input_features.dim() != 3 or input_features.shape[-1] != self.config.num_mel_bins:
             raise ValueError(
@@ -377,9 +372,18 @@ class MSCLModel(MSCLPreTrainedModel):
                 f"got {tuple(input_features.shape)}"
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        pixel_values = input_features.unsqueeze(1) * self.config.input_rescale
-        feature_map, hidden_states = self.encoder(pixel_values, bool(output_hidden_states))
-        pooled = self._pool(feature_map, attention_mask)
+        if attention_mask is not None and not bool(attention_mask.all()):
+            if output_hidden_states:
+                raise ValueError(
+                    "output_hidden_states is not available for a padded batch (an attention "
+                    "mask with padding); encode clips of equal length, or one at a time"
+                )
+            feature_map, pooled = self._encode_by_length(input_features, attention_mask)
+            hidden_states = None
+        else:
+            pixel_values = input_features.unsqueeze(1) * self.config.input_rescale
+            feature_map, hidden_states = self.encoder(pixel_values, bool(output_hidden_states))
+            pooled = self._pool(feature_map)
         embeds = torch.tanh(self.layer_norm(self.projection(pooled)))
         if not return_dict:
             return tuple(v for v in (feature_map, pooled, embeds, hidden_states) if v is not None)
@@ -390,20 +394,45 @@ class MSCLModel(MSCLPreTrainedModel):
             hidden_states=hidden_states,
         )
 
-    def _pool(self, feature_map: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if attention_mask is None or bool(attention_mask.all()):
-            if self.config.pooling == "max":
-                return feature_map.amax(dim=(2, 3))
-            return feature_map.mean(dim=(2, 3))
-        # Keep only time steps computed from at least one real frame.
-        lengths = _output_length(attention_mask.sum(-1).long(), self.encoder.num_stride2)
-        steps = torch.arange(feature_map.shape[2], device=feature_map.device)
-        valid = (steps[None, :] < lengths[:, None].clamp_min(1))[:, None, :, None]
+    def _pool(self, feature_map: torch.Tensor) -> torch.Tensor:
         if self.config.pooling == "max":
-            masked = feature_map.masked_fill(~valid, torch.finfo(feature_map.dtype).min)
-            return masked.amax(dim=(2, 3))
-        weights = valid.to(feature_map.dtype).expand_as(feature_map)
-        return (feature_map * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
+            return feature_map.amax(dim=(2, 3))
+        return feature_map.mean(dim=(2, 3))
+
+    def _encode_by_length(
+        self, input_features: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A padded batch, encoded exactly as its clips would be alone.
+
+        Padding frames reach real positions through the convolutions (and, with "same"
+        padding, shift what the borders see), so masking the pooling alone leaves pooled
+        features several percent away from the clip's own. Rows are instead grouped by
+        their real length and each group is encoded cropped to it; feature maps are
+        zero-padded along time to the longest. Padding must be at the end of each row.
+        """
+        lengths = attention_mask.long().sum(-1)
+        frames = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+        if not bool((attention_mask.bool() == (frames[None] < lengths[:, None])).all()):
+            raise ValueError("attention_mask must mark a prefix of each row (padding at the end)")
+        pooled_rows, maps = [None] * len(lengths), [None] * len(lengths)
+        for length in lengths.unique().tolist():
+            rows = torch.nonzero(lengths == length).flatten()
+            crop = input_features[rows, : max(int(length), 1)]
+            feature_map, _ = self.encoder(crop.unsqueeze(1) * self.config.input_rescale, False)
+            pooled = self._pool(feature_map)
+            for i, row in enumerate(rows.tolist()):
+                pooled_rows[row], maps[row] = pooled[i], feature_map[i]
+        steps = max(m.shape[1] for m in maps)
+        feature_map = torch.stack([F.pad(m, (0, 0, 0, steps - m.shape[1])) for m in maps])
+        return feature_map, torch.stack(pooled_rows)
+
+    def _saved_feature_extractor(self) -> MSCLFeatureExtractor:
+        """The front end saved with this model (its folder's `preprocessor_config.json`),
+        else the default one for its number of mel bins."""
+        folder = getattr(self.config, "_name_or_path", "") or ""
+        if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+            return MSCLFeatureExtractor.from_pretrained(folder)
+        return MSCLFeatureExtractor(feature_size=self.config.num_mel_bins)
 
     @torch.no_grad()
     def embed_audio(
@@ -419,14 +448,21 @@ class MSCLModel(MSCLPreTrainedModel):
 
         Windows go through the encoder ``batch_size`` at a time, so memory stays bounded
         whatever the length (a 10-minute track is ~610 windows). ``audio`` is anything
-        [`MSCLFeatureExtractor`] accepts (one clip or a list of clips). ``output`` picks
+        [`MSCLFeatureExtractor`] accepts (one clip or a list of clips). Without
+        ``feature_extractor``, the one saved in the model's folder is used (else the default). ``output`` picks
         `"pooler_output"` (1280-d, the downstream feature) or `"audio_embeds"` (512-d).
         """
         if output not in ("pooler_output", "audio_embeds"):
             raise ValueError(f"output must be 'pooler_output' or 'audio_embeds', got {output!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        fe = feature_extractor or MSCLFeatureExtractor(feature_size=self.config.num_mel_bins)
+        fe = feature_extractor or self._saved_feature_extractor()
+        if fe.feature_size != self.config.num_mel_bins:
+            raise ValueError(
+                f"the feature extractor makes {fe.feature_size} mel bins but the model takes "
+                f"{self.config.num_mel_bins} (config.num_mel_bins): they belong to different "
+                "models"
+            )
         windows = fe(
             audio,
             sampling_rate=sampling_rate,
@@ -455,6 +491,174 @@ class MSCLModel(MSCLPreTrainedModel):
             window_embeds=window_embeds,
             window_clip_index=clip_index,
         )
+
+
+# ---------------------------------------------------------------------------- the losses
+# COLA's InfoNCE and MSCL's null-source variant. They have no parameters: the similarity
+# (a trainable bilinear matrix, or cosine over a temperature) is the model's and is passed
+# in as ``similarity(anchors (B, D), columns (C, D)) -> logits (B, C)``. Across processes
+# they need only a ProcessGather; the collectives themselves stay trainer-side
+# (modeling_mscl.losses), so torch.distributed never travels with a Hub folder.
+
+Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ProcessGather:
+    """How a loss sees the rows of the other processes of a data-parallel run.
+
+    Attributes:
+        all_gather: `(n, ...) -> (world * n, ...)`: a tensor concatenated over processes in
+            rank order, differentiable (in backward each process receives the sum over
+            processes of the gradient of its own rows); `n` must be equal everywhere.
+        rank: this process's place in that order.
+    """
+
+    all_gather: Callable[[torch.Tensor], torch.Tensor]
+    rank: int
+
+
+@dataclass
+class ContrastiveLossOutput:
+    """What a contrastive loss returns.
+
+    Attributes:
+        loss: scalar, mean cross-entropy over the local rows (float32).
+        logits: `(B_local, C)` float32 similarities of each local anchor to every column.
+        targets: `(B_local,)` int64 column index each local anchor must pick.
+        accuracy: scalar, fraction of local rows whose argmax is the target (no gradient).
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    accuracy: torch.Tensor
+
+
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast so the logits and the softmax are computed in float32."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # a device type autocast does not know
+        return contextlib.nullcontext()
+
+
+def _contrast(
+    anchors: torch.Tensor, columns: torch.Tensor, targets: torch.Tensor, similarity: Similarity
+) -> ContrastiveLossOutput:
+    """Cross-entropy of float32 logits of ``anchors`` (B, D) against ``columns`` (C, D)."""
+    batch, num_columns = anchors.shape[0], columns.shape[0]
+    if batch == 0 or num_columns == 0:
+        # Nothing to contrast (an empty batch). A zero loss that still touches the inputs
+        # keeps backward (and any collective inside it) running the same way everywhere.
+        zero = (anchors.float().sum() + columns.float().sum()) * 0.0
+        logits = anchors.new_zeros((batch, num_columns), dtype=torch.float32)
+        return ContrastiveLossOutput(zero, logits, targets, zero.detach().clone())
+    with _autocast_off(anchors.device):
+        logits = similarity(anchors.float(), columns.float()).float()
+    if logits.shape != (batch, num_columns):
+        raise ValueError(
+            f"similarity must return logits of shape ({batch}, {num_columns}); "
+            f"got {tuple(logits.shape)}"
+        )
+    loss = F.cross_entropy(logits, targets)
+    accuracy = (logits.detach().argmax(dim=-1) == targets).float().mean()
+    return ContrastiveLossOutput(loss, logits, targets, accuracy)
+
+
+def _check_pairs(anchor_embeds: torch.Tensor, positive_embeds: torch.Tensor) -> None:
+    if anchor_embeds.dim() != 2 or anchor_embeds.shape != positive_embeds.shape:
+        raise ValueError(
+            "anchor_embeds and positive_embeds must both have shape (batch, dim); got "
+            f"{tuple(anchor_embeds.shape)} and {tuple(positive_embeds.shape)}"
+        )
+
+
+def info_nce_loss(
+    anchor_embeds: torch.Tensor,
+    positive_embeds: torch.Tensor,
+    similarity: Similarity,
+    gather: ProcessGather | None = None,
+) -> ContrastiveLossOutput:
+    """COLA's InfoNCE: each anchor must pick its own positive among all positives.
+
+    Args:
+        anchor_embeds: `(B, D)` local anchors (mixture crops).
+        positive_embeds: `(B, D)` local positives; row i belongs to anchor i.
+        similarity: `(anchors (B, D), columns (C, D)) -> logits (B, C)`.
+        gather: the other processes' rows (see :class:`ProcessGather`): the positives of
+            every process become columns, and the target of local row i on process r is
+            ``r * B + i``. `None`: this process's rows only.
+
+    Returns:
+        :class:`ContrastiveLossOutput`; the loss is the mean over the local rows.
+    """
+    _check_pairs(anchor_embeds, positive_embeds)
+    rank = gather.rank if gather is not None else 0
+    columns = gather.all_gather(positive_embeds) if gather is not None else positive_embeds
+    batch = anchor_embeds.shape[0]
+    targets = torch.arange(batch, device=anchor_embeds.device) + rank * batch
+    return _contrast(anchor_embeds, columns, targets, similarity)
+
+
+def null_source_contrastive_loss(
+    anchor_embeds: torch.Tensor,
+    positive_embeds: torch.Tensor,
+    source_present: torch.Tensor,
+    similarity: Similarity,
+    gather: ProcessGather | None = None,
+) -> ContrastiveLossOutput:
+    """MSCL's InfoNCE with one shared "null" column for absent sources (the method, section 4).
+
+    Columns are the positives of the rows whose source is present, in global order (process
+    0's rows first), then one null column if any row of the global batch is absent: the
+    mean of the embeddings of *all* absent rows of the global batch, as the reference
+    computes it (in training mode stochastic depth makes those rows differ, and the mean
+    sends the gradient to every one of them). A present anchor must pick its own positive;
+    an absent anchor must pick the null column. With every source present this is exactly
+    :func:`info_nce_loss`.
+
+    Args:
+        anchor_embeds: `(B, D)` local anchors (mixture crops).
+        positive_embeds: `(B, D)` local positives: source crops where present, the
+            embedding of the all-zero input where absent.
+        source_present: `(B,)` bool, whether each row's source is present.
+        similarity: `(anchors (B, D), columns (C, D)) -> logits (B, C)`.
+        gather: the other processes' rows (see :class:`ProcessGather`): the positives of
+            every process become columns and the null column averages the absent rows of
+            every process, so that all processes contrast against the same columns.
+            `None`: this process's rows only.
+
+    Returns:
+        :class:`ContrastiveLossOutput`; the loss is the mean over the local rows.
+    """
+    _check_pairs(anchor_embeds, positive_embeds)
+    batch = positive_embeds.shape[0]
+    device = positive_embeds.device
+    if source_present.shape != (batch,):
+        raise ValueError(
+            f"source_present must have shape ({batch},); got {tuple(source_present.shape)}"
+        )
+    present = source_present.to(device=device, dtype=torch.bool)
+
+    rank = gather.rank if gather is not None else 0
+    if gather is None:
+        all_present, all_positives = present, positive_embeds
+    else:
+        all_present = gather.all_gather(present.to(positive_embeds.dtype)) > 0.5
+        all_positives = gather.all_gather(positive_embeds)
+
+    columns = all_positives[all_present]
+    num_present = columns.shape[0]
+    if not bool(all_present.all()):
+        null_column = all_positives[~all_present].float().mean(dim=0)
+        columns = torch.cat([columns.float(), null_column[None]])
+
+    # Global column index of each present row = number of present rows before it.
+    rows = torch.arange(batch, device=device) + rank * batch
+    column_of_row = torch.cumsum(all_present.long(), dim=0) - 1
+    targets = torch.where(present, column_of_row[rows], torch.full_like(rows, num_present))
+    return _contrast(anchor_embeds, columns, targets, similarity)
 
 
 class MSCLSimilarity(nn.Module):
@@ -491,7 +695,7 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
         anchor_features: torch.Tensor,
         positive_features: torch.Tensor,
         source_present: torch.Tensor | None = None,
-        gather: bool = True,
+        gather: ProcessGather | None = None,
         return_dict: bool | None = None,
     ) -> MSCLForPreTrainingOutput | tuple:
         r"""Contrast anchors with positives.
@@ -505,8 +709,10 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
                 Whether each pair's source is present. Absent positives are replaced by the
                 all-zero input and their anchors must pick the shared null column (the mean
                 of the absent rows' embeddings). `None` means all present (plain InfoNCE).
-            gather (`bool`, *optional*, defaults to `True`):
-                Under torch.distributed, use the positives of every process as columns.
+            gather ([`ProcessGather`], *optional*):
+                In a data-parallel run, the other processes' rows: the loss is then one
+                loss over the global batch (the trainer passes
+                `modeling_mscl.losses.process_gather()`). `None`: this batch only.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if anchor_features.shape != positive_features.shape:

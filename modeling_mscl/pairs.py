@@ -6,7 +6,7 @@ Three pieces, each usable alone:
   :func:`modeling_mscl.chunks.prepare_chunks`) straight from its memory-mapped Arrow
   files: one vectorised numpy gather per batch, no row decoding, nothing loaded into RAM.
 - :class:`SourceBatchSampler` decides everything random about a minibatch as a pure
-  function of ``(seed, step)`` (METHOD.md section 6): the source, active or random, the
+  function of ``(seed, step)``: the source, active or random, the
   rows, the crop offsets and, for the S3T baseline, the augmentation parameters. It
   draws the *global* batch; a process takes its slice by rank, so every process uses the
   same source at the same step and any number of processes sees the same pairs. Resuming
@@ -24,6 +24,7 @@ objectives differ only in the positive.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -49,7 +50,9 @@ __all__ = [
     "synthetic_chunk_dataset",
 ]
 
-# One model window: 98 frames of 10 ms (~1 s), METHOD.md section 2.
+logger = logging.getLogger(__name__)
+
+# One model window: 98 frames of 10 ms (~1 s).
 CROP_FRAMES = 98
 OBJECTIVES = ("cola", "mscl", "s3t")
 MIXTURE = "mixture"
@@ -326,7 +329,7 @@ class PairPlan:
 
 
 class SourceBatchSampler:
-    """Plans minibatches as pure functions of ``(seed, step)`` (METHOD.md section 6).
+    """Plans minibatches as pure functions of ``(seed, step)``.
 
     ``mscl``: each minibatch uses one source drawn uniformly from ``sources``. With
     ``absent_sources``, it is "random" with probability ``random_batch_prob`` (rows drawn
@@ -399,6 +402,12 @@ class SourceBatchSampler:
         self.num_bins = num_bins
         # Rows where each configured source is present: the pools of active minibatches.
         self.pools = {int(k): np.flatnonzero(present[:, k]) for k in self.source_index}
+        if len(present) < self.batch_size:
+            # Drawn with replacement, a chunk would be its own negative in a minibatch.
+            raise ValueError(
+                f"batch_size={self.batch_size} is larger than the {len(present)} chunks: a "
+                "minibatch would repeat chunks; lower batch_size or add data"
+            )
         if self.random_batch_prob < 1.0:
             empty = [SOURCES[k] for k, pool in self.pools.items() if len(pool) == 0]
             if empty:
@@ -406,6 +415,13 @@ class SourceBatchSampler:
                     f"source(s) {empty} are present in none of the {len(present)} chunks, so "
                     "no active minibatch can be built; drop them from sources"
                 )
+            small = {SOURCES[k]: len(p) for k, p in self.pools.items() if len(p) < self.batch_size}
+            if small:
+                logger.warning(
+                    "active minibatches of %s repeat chunks: they are present in fewer chunks "
+                    "than batch_size=%d",
+                    small, self.batch_size,
+                )  # fmt: skip
 
     def _choose(self, rng: np.random.Generator, pool_size: int) -> np.ndarray:
         replace_rows = pool_size < self.batch_size

@@ -1,7 +1,7 @@
 """Source separators: Demucs for any music, oracle stems for multitrack data.
 
-A separator turns mixtures into the four sources MSCL contrasts against the mixture
-(METHOD.md section 1): ``vocals``, ``drums``, ``bass`` and ``other``, as 16 kHz mono
+A separator turns mixtures into the four sources MSCL contrasts against the mixture:
+``vocals``, ``drums``, ``bass`` and ``other``, as 16 kHz mono
 waveforms. :class:`DemucsSeparator` runs a Demucs model (``demucs`` is imported lazily);
 :class:`OracleSeparator` reads the real stems named in a track row (MUSDB18 layout,
 the offline corpus). The map step that turns track rows into chunk rows lives in
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .audio_io import AudioDecodeError, load_audio
+from .feature_extraction_mscl import MAX_CHANNELS
 
 __all__ = [
     "SAMPLING_RATE",
@@ -32,13 +33,13 @@ __all__ = [
 ]
 
 SOURCES = ("vocals", "drums", "bass", "other")
-# The log-mel front end works at 16 kHz (METHOD.md section 2), so stems leave here at it.
+# The log-mel front end works at 16 kHz, so stems leave here at it.
 SAMPLING_RATE = 16000
+# Seconds by which an oracle stem's length may differ from its mixture's.
+STEM_LENGTH_TOLERANCE = 1.0
 # Demucs' own input scaling (demucs.api.Separator.separate_tensor): the mono reference's
 # standard deviation is floored so digital silence does not divide by zero.
 _STD_FLOOR = 1e-8
-# More channels than this on axis 0 means the array is probably (samples, channels).
-_MAX_CHANNELS = 16
 
 
 @runtime_checkable
@@ -90,10 +91,10 @@ def _as_channels_first(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise TypeError(f"expected floating-point audio, got dtype {wav.dtype}")
     if wav.ndim == 1:
         wav = wav[None]
-    if wav.ndim != 2 or wav.shape[0] > _MAX_CHANNELS:
+    if wav.ndim != 2 or wav.shape[0] > MAX_CHANNELS:
         raise ValueError(
             f"expected audio of shape (samples,) or (channels, samples) with at most "
-            f"{_MAX_CHANNELS} channels, got {tuple(wav.shape)}"
+            f"{MAX_CHANNELS} channels, got {tuple(wav.shape)}"
         )
     return wav.float()
 
@@ -126,8 +127,16 @@ def _folder_listing(folder: Path) -> str:
     return ", ".join(names) if names else "no .th or .yaml files"
 
 
-def load_demucs_model(name: str = "htdemucs", repo: str | os.PathLike | None = None) -> Any:
+def load_demucs_model(
+    name: str = "htdemucs", repo: str | os.PathLike | None = None, trust_repo: bool = False
+) -> Any:
     """Load a pretrained Demucs model (or bag of models) for inference.
+
+    Demucs stores its models as pickles: loading one runs ``torch.load`` with
+    ``weights_only=False`` and instantiates the class its metadata names, i.e. it can run
+    code from the file. Demucs' own models (a plain name such as ``htdemucs``, from Demucs'
+    repository) load as Demucs loads them; a local ``repo`` folder or an ``hf://`` name
+    loads only with ``trust_repo=True``, a statement that you trust where the files came from.
 
     Args:
         name: a Demucs model name (``htdemucs``, ``htdemucs_ft``, ``mdx_extra`` ...), a
@@ -136,8 +145,11 @@ def load_demucs_model(name: str = "htdemucs", repo: str | os.PathLike | None = N
             ``<signature>[-<checksum>].th`` weights. Without it, Demucs looks in the
             Hugging Face hub cache (and downloads when online), then in the torch hub
             cache / the legacy download URL.
+        trust_repo: allow loading (unpickling) the files of ``repo`` or of an ``hf://``
+            repository.
 
     Raises:
+        ValueError: ``repo`` or an ``hf://`` name without ``trust_repo``.
         ImportError: ``demucs`` is not installed.
         DemucsWeightsNotFoundError: nothing could be loaded; the message lists what was
             tried and how to provide the weights.
@@ -156,7 +168,7 @@ def load_demucs_model(name: str = "htdemucs", repo: str | os.PathLike | None = N
         "which stores them in the Hugging Face hub cache (copy that cache folder, or set "
         "HF_HUB_CACHE to a copy), or put the model's <name>.yaml and .th files (URLs in "
         "demucs/remote/files.txt of the demucs package) in a folder and pass it as "
-        "repo=... / --repo."
+        "repo=... / --repo (with trust_repo=True / --trust-repo)."
     )
     if repo is not None:
         repo = Path(repo).expanduser()
@@ -175,6 +187,13 @@ def load_demucs_model(name: str = "htdemucs", repo: str | os.PathLike | None = N
             f"cache {_hf_cache_dir()}{', offline mode' if offline else ''}), "
             f"(2) the torch hub cache {Path(torch.hub.get_dir()) / 'checkpoints'} and "
             "Demucs' legacy download URL"
+        )
+    if (repo is not None or name.startswith("hf://")) and not trust_repo:
+        source = f"the folder {repo}" if repo is not None else f"the repository {name}"
+        raise ValueError(
+            f"loading Demucs model '{name}' from {source} unpickles its files (torch.load "
+            "with weights_only=False), which can run any code they contain; pass "
+            "trust_repo=True (--trust-repo) if you trust where they came from"
         )
     try:
         model = get_model(name, repo=repo)
@@ -218,6 +237,9 @@ class DemucsSeparator:
             Demucs model name or signature, see :func:`load_demucs_model`.
         repo (`str` or `os.PathLike`, *optional*):
             Local folder with the model's weights (``.yaml`` + ``.th`` files).
+        trust_repo (`bool`, *optional*, defaults to `False`):
+            Allow unpickling the files of ``repo`` or of an ``hf://`` model (see
+            :func:`load_demucs_model`); required for both.
         device (`str`, *optional*):
             Where to run; defaults to CUDA when available, else the CPU. A ``device``
             passed to :meth:`separate` wins.
@@ -248,6 +270,8 @@ class DemucsSeparator:
         repo: str | os.PathLike | None = None,
         device: str | None = None,
         segment: float | None = None,
+        *,
+        trust_repo: bool = False,
         overlap: float = 0.25,
         shifts: int = 0,
         batch_size: int | None = None,
@@ -266,6 +290,7 @@ class DemucsSeparator:
             raise ValueError(f"segment must be > 0 seconds, got {segment}")
         self.model_name = model
         self.repo = None if repo is None else str(Path(repo).expanduser())
+        self.trust_repo = bool(trust_repo)
         self.device = None if device is None else str(device)
         self.segment = segment
         self.overlap = float(overlap)
@@ -329,7 +354,7 @@ class DemucsSeparator:
     def model(self) -> Any:
         """The Demucs model, loaded on first access."""
         if self._model is None:
-            self._model = load_demucs_model(self.model_name, self.repo)
+            self._model = load_demucs_model(self.model_name, self.repo, self.trust_repo)
             _source_plan(self._model.sources)
         return self._model
 
@@ -491,7 +516,13 @@ class OracleSeparator:
                 except AudioDecodeError as err:
                     raise AudioDecodeError(f"{name} stem: {err}") from err
                 # Stems of one multitrack song can differ from the mixture by a few
-                # samples (encoder padding); the mixture's length is the reference.
+                # samples (encoder padding); the mixture's length is the reference. More
+                # than a second apart, they are not one recording (or a file is truncated).
+                if abs(decoded.shape[-1] - num_samples) > STEM_LENGTH_TOLERANCE * SAMPLING_RATE:
+                    raise AudioDecodeError(
+                        f"{name} stem {path} lasts {decoded.shape[-1] / SAMPLING_RATE:.2f} s "
+                        f"but the mixture {num_samples / SAMPLING_RATE:.2f} s"
+                    )
                 n = min(num_samples, decoded.shape[-1])
                 wav[:n] = decoded[:n]
             stems[name] = torch.from_numpy(wav)

@@ -34,6 +34,7 @@ import importlib
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -47,12 +48,14 @@ import torch
 from .checkpoints import (
     ARGS_FILE,
     latest_checkpoint,
+    prepare_output_dir,
     remove_partial_checkpoints,
     resume,
     save_checkpoint,
 )
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
+from .losses import process_gather
 from .modeling_mscl import MSCLForPreTraining, MSCLModel
 from .optim import make_optimizer
 from .pairs import (
@@ -308,7 +311,7 @@ def _evaluate(
             anchor, positive, present = _batch_inputs(
                 batch, accelerator.device, args.data.objective, aug
             )
-            out = unwrapped(anchor, positive, source_present=present)
+            out = unwrapped(anchor, positive, source_present=present, gather=process_gather())
             meter.add(batch["source"], out.loss, out.accuracy)
     unwrapped.train(was_training)
     return meter.collect(accelerator, "val")
@@ -367,12 +370,22 @@ def _validation_batches(
 def _save_final(
     model: MSCLForPreTraining, args: PretrainingArguments, encoder_dir: Path, full_dir: Path
 ) -> None:
-    """The encoder + feature extractor for AutoModel, and the full pre-training model."""
-    model.mscl.save_pretrained(str(encoder_dir))
-    MSCLFeatureExtractor(feature_size=model.config.num_mel_bins).save_pretrained(str(encoder_dir))
-    args.save(encoder_dir / ARGS_FILE)
-    model.save_pretrained(str(full_dir))
-    args.save(full_dir / ARGS_FILE)
+    """The encoder + feature extractor for AutoModel, and the full pre-training model.
+
+    Each folder is written under a temporary name and renamed into place, so a run killed
+    while saving leaves the old folder or the new one, never half of one.
+    """
+    fe = MSCLFeatureExtractor(feature_size=model.config.num_mel_bins)
+    for final, module, extractor in ((encoder_dir, model.mscl, fe), (full_dir, model, None)):
+        tmp = final.with_name(f".tmp-{final.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        module.save_pretrained(str(tmp))
+        if extractor is not None:
+            extractor.save_pretrained(str(tmp))
+        args.save(tmp / ARGS_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
 
 
 def pretrain(
@@ -423,6 +436,9 @@ def pretrain(
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     world, rank = accelerator.num_processes, accelerator.process_index
+    # Before any data or model is loaded: a used or unwritable folder fails fast.
+    prepare_output_dir(out_dir, t.resume, t.overwrite_output_dir, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
     if t.batch_size % world:
         raise ValueError(f"batch_size={t.batch_size} must be a multiple of the {world} processes")
     if t.sync_batchnorm and accelerator.device.type != "cuda":
@@ -454,7 +470,6 @@ def pretrain(
     set_seed(t.seed, device_specific=True)
 
     if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(out_dir)
     accelerator.wait_for_everyone()
     fingerprint = sampler.fingerprint()
@@ -527,6 +542,8 @@ def pretrain(
         record(_run_probe(accelerator, model, hook, 0), 0)
     model.train()
     batches = iter(loader)
+    # One loss over the global batch: every process's positives are columns of every loss.
+    gather = process_gather()
     for _ in range(start_step * accum, t.max_steps * accum):
         waited = time.perf_counter()
         batch = dataset.resolve(next(batches))
@@ -537,7 +554,7 @@ def pretrain(
                 batch = placeholder
                 step_ok = step_ok & False
             anchor, positive, present = _batch_inputs(batch, device, d.objective, augmentation)
-            out = model(anchor, positive, source_present=present)
+            out = model(anchor, positive, source_present=present, gather=gather)
             accelerator.backward(out.loss)
             finite = torch.isfinite(out.loss.detach())
             step_ok = step_ok & finite
@@ -612,6 +629,17 @@ def pretrain(
     bar.close()
 
     encoder_dir, pretraining_dir = out_dir / "encoder", out_dir / "pretraining"
+    # An encoder of NaNs must not look like a result: every process (DDP keeps the weights
+    # equal) refuses to finish, loudly, and nothing is saved.
+    unwrapped = accelerator.unwrap_model(model)
+    broken = [n for n, p in unwrapped.state_dict().items() if not torch.isfinite(p).all()]
+    if broken:
+        accelerator.end_training()
+        raise RuntimeError(
+            f"the trained weights are not finite ({len(broken)} tensors, e.g. {broken[:3]}); "
+            f"nothing saved to {encoder_dir} or {pretraining_dir}. Lower the learning rate "
+            "or set max_grad_norm."
+        )
     if accelerator.is_main_process:
         _save_final(accelerator.unwrap_model(model), args, encoder_dir, pretraining_dir)
     accelerator.wait_for_everyone()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import sys
 import types
@@ -167,6 +168,10 @@ class TrainingArguments:
     checkpoint_every: int = _help("steps between checkpoints (0 = only at the end)", 1000)
     keep_checkpoints: int = _help("checkpoints kept (the newest)", 3)
     resume: bool = _help("continue from the newest checkpoint in output_dir", False)
+    overwrite_output_dir: bool = _help(
+        "a fresh run into an output_dir that holds a run: delete that run first (default: refuse)",
+        False,
+    )
     eval_every: int = _help("steps between validations (0 = never)", 500)
     eval_batches: int = _help("fixed validation minibatches", 8)
     probe_every: int = _help("steps between probe_hook calls, from step 0 (0 = never)", 0)
@@ -303,6 +308,11 @@ class PretrainingArguments:
             value = self.to_dict()[key]
             raise ValueError(f"{key}={value!r} is invalid: {why}")
 
+        # inf and nan pass most range checks below (and "nan > 0" is False, not an error).
+        for key, value in self.to_dict().items():
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(key, "must be a finite number")
+
         # The model's own checks (MSCLConfig) cover the model group.
         from .configuration_mscl import MSCLConfig
 
@@ -402,7 +412,7 @@ class PretrainingArguments:
 def format_help() -> str:
     """Usage text: every key with its type, default and meaning, by group."""
     lines = [
-        "usage: pretrain.py [--config FILE.yaml] [--key value ...]",
+        "usage: pretrain.py [--config FILE.yaml | demo | paper | tiny] [--key value ...]",
         "",
         "Values from --config are overridden by --key value pairs; a bare --flag sets a boolean.",
     ]
@@ -415,6 +425,20 @@ def format_help() -> str:
             lines.append(f"  --{f.name} ({type_name}, default {default!r})")
             lines.append(f"      {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def _config_file(name_or_path: str) -> Path:
+    """A YAML file, or the name of a config shipped with the package (demo, paper, tiny)."""
+    from .package_data import resource_dir
+
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    shipped = resource_dir("configs")
+    if not path.suffix and path.name == name_or_path and (shipped / f"{path}.yaml").is_file():
+        return shipped / f"{path}.yaml"
+    names = sorted(p.stem for p in shipped.glob("*.yaml"))
+    raise ValueError(f"config file {path} does not exist (shipped configs by name: {names})")
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
@@ -453,9 +477,7 @@ def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
         i += 1
     values: dict[str, Any] = {}
     if config_path is not None:
-        path = Path(config_path).expanduser()
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
+        path = _config_file(config_path)
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config must be a mapping of key: value")

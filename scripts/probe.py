@@ -1,4 +1,4 @@
-"""Probe a frozen MSCL encoder on downstream tasks (METHOD.md section 7).
+"""Probe a frozen MSCL encoder on downstream tasks.
 
     python scripts/probe.py --model runs/mscl/encoder --task corpus_genre \
         --task corpus_instruments --data corpus/songs --output results/probes.json \

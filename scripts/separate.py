@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--separator", choices=("demucs", "oracle"), default="demucs")
     parser.add_argument("--model", default="htdemucs", help="Demucs model name or signature")
     parser.add_argument("--repo", type=Path, help="local folder with the Demucs weights")
+    parser.add_argument(
+        "--trust-repo",
+        action="store_true",
+        help="allow unpickling the --repo (or hf://) model files: they can run code",
+    )
     parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: CUDA if present)")
     parser.add_argument("--segment", type=float, help="Demucs segment in seconds")
     parser.add_argument("--overlap", type=float, default=0.25)
@@ -58,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         separator = DemucsSeparator(
             model=args.model,
             repo=args.repo,
+            trust_repo=args.trust_repo,
             device=args.device,
             segment=args.segment,
             overlap=args.overlap,

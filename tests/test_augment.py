@@ -14,7 +14,7 @@ from modeling_mscl.training_args import AugmentArguments, PretrainingArguments
 
 BINS = 64
 
-# The reference pipeline's values (METHOD.md section 6), for 98 x 64 crops.
+# The reference pipeline's values, for 98 x 64 crops.
 REFERENCE = {
     "time_mask_prob": 0.5,
     "time_masks_max": 9,

@@ -127,6 +127,17 @@ def test_mtat_split_files_npy(tmp_path):
     assert tag_sets(ds["test"]) == {"2": {"classical", "slow"}, "17": {"no voice", "classical"}}
 
 
+def test_mtat_split_file_needing_pickle_is_refused(tmp_path):
+    root = make_mtat(tmp_path / "mtat")
+    split_dir = tmp_path / "split"
+    split_dir.mkdir()
+    for name in ("train", "valid", "test"):
+        np.save(split_dir / f"{name}.npy", np.array(["x"], dtype=object), allow_pickle=True)
+    np.save(split_dir / "tags.npy", np.array(["rock"]))
+    with pytest.raises(ValueError, match="object array.*does not unpickle"):
+        load_mtat(root, split_dir=split_dir)
+
+
 def test_mtat_split_files_txt_and_errors(tmp_path):
     root = make_mtat(tmp_path / "mtat")
     split_dir = tmp_path / "split"
@@ -382,9 +393,16 @@ def test_stems_folder_flat_and_missing_stem(tmp_path):
     root = make_stems(tmp_path / "flat", {"song1": list(STEMS), "song2": list(STEMS)})
     ds = load_stems_folder(root)
     assert list(ds) == ["train"] and len(ds["train"]) == 2
+    # A track without its drums is skipped and reported; the other tracks still load.
     make_stems(root, {"song3": ["mixture", "vocals", "bass", "other"]})
-    with pytest.raises(FileNotFoundError, match="song3 has no drums"):
-        load_stems_folder(root)
+    ds, skipped = load_stems_folder(root, return_skipped=True)
+    assert list(ds["train"]["track_id"]) == ["song1", "song2"]
+    assert [(s["track_id"], s["reason"]) for s in skipped] == [
+        ("song3", "no drums file (looked for wav/flac)")
+    ]
+    only_broken = make_stems(tmp_path / "broken", {"song": ["mixture", "vocals"]})
+    with pytest.raises(FileNotFoundError, match="no complete track folder.*no drums, bass"):
+        load_stems_folder(only_broken)
 
 
 def test_check_audio_on_stems(tmp_path):
@@ -463,3 +481,21 @@ def test_multi_hot_and_label_names():
         label_names(plain)
     with pytest.raises(TypeError):
         label_names(plain, "x")
+
+
+def test_a_truncated_wav_decodes_with_a_warning(tmp_path, caplog):
+    from modeling_mscl.audio_io import load_audio
+
+    path = tmp_path / "cut.wav"
+    write_audio(path, np.full(16000, 0.1, np.float32), 16000)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a download that stopped half-way
+    with caplog.at_level("WARNING"):
+        audio = load_audio(path)
+    assert 0 < len(audio) < 16000
+    assert "cut.wav: truncated: the header announces 32000 bytes" in caplog.text
+    caplog.clear()
+    write_audio(path, np.full(16000, 0.1, np.float32), 16000)
+    with caplog.at_level("WARNING"):
+        assert len(load_audio(path)) == 16000
+    assert "truncated" not in caplog.text

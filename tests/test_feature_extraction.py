@@ -1,4 +1,4 @@
-"""Tests of MSCLFeatureExtractor: the COLA log-mel front end (METHOD.md section 2)."""
+"""Tests of MSCLFeatureExtractor: the COLA log-mel front end."""
 
 from __future__ import annotations
 
@@ -322,6 +322,9 @@ def test_bad_inputs_raise_clear_errors(fe):
         fe(x)
     with pytest.raises(ValueError, match=r"16000 Hz.*resample=True"):
         fe(x, sampling_rate=44100)
+    for rate in (1, 3999, 768001):  # bounded: sampling_rate=1 made 16,326 windows and 5.5 GB
+        with pytest.raises(ValueError, match=f"sampling_rate={rate} Hz is outside"):
+            fe(x, sampling_rate=rate, resample=True)
     with pytest.raises(ValueError, match="Clip 1 is empty"):
         fe([x, np.zeros(0, dtype=np.float32)], sampling_rate=SR)
     bad = x.copy()
@@ -335,6 +338,10 @@ def test_bad_inputs_raise_clear_errors(fe):
         fe(np.zeros((2, 2, 20000), dtype=np.float32), sampling_rate=SR)
     with pytest.raises(ValueError, match="at most 8 channels"):
         fe([np.zeros((10, 20000), dtype=np.float32)], sampling_rate=SR)
+    # (samples, channels) as soundfile returns it, passed bare: refused at once (read as a
+    # batch it would be 160,000 clips of 6 samples), with the way to pass it.
+    with pytest.raises(ValueError, match=r"clips would have 6 samples each.*\[audio\]"):
+        fe(np.zeros((160000, 6), dtype=np.float32), sampling_rate=SR)
     with pytest.raises(ValueError, match="return_tensors"):
         fe(x, sampling_rate=SR, return_tensors="tf")
 

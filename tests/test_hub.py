@@ -188,8 +188,8 @@ def test_dry_run_lists_files_and_prints_card(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "Dry run, nothing sent. 8 files would go to someone/mscl-tiny (revision main)" in out
-    for name in ("README.md", "config.json", "model.safetensors", "modeling_mscl.py", "losses.py"):
+    assert "Dry run, nothing sent. 7 files would go to someone/mscl-tiny (revision main)" in out
+    for name in ("README.md", "config.json", "model.safetensors", "modeling_mscl.py"):
         assert f" {name} " in out
     assert "----- README.md -----\n---\n" in out
     assert "## Evaluation" in out
@@ -261,7 +261,7 @@ def test_push_then_load_from_the_hub_without_the_package(tmp_path, hub_server, m
         == 0
     )
     first = capsys.readouterr()
-    assert f"Uploaded 8 of 8 files to {encoder_repo} (revision main)" in first.out
+    assert f"Uploaded 7 of 7 files to {encoder_repo} (revision main)" in first.out
     assert hub_server.repos[encoder_repo].private and not hub_server.repos[head_repo].private
     files = hub_server.files(encoder_repo)
     assert set(files) == {
@@ -273,7 +273,6 @@ def test_push_then_load_from_the_hub_without_the_package(tmp_path, hub_server, m
         "configuration_mscl.py",
         "modeling_mscl.py",
         "feature_extraction_mscl.py",
-        "losses.py",
     }
     assert files["model.safetensors"] == (encoder_dir / "model.safetensors").read_bytes()
     auto_map = json.loads(files["config.json"])["auto_map"]
@@ -295,7 +294,7 @@ def test_push_then_load_from_the_hub_without_the_package(tmp_path, hub_server, m
     again = hub_server.requests()[before:]
     assert not [r for r in again if "/preupload/" in r.path or "/commit/" in r.path]
     assert (hub_server.head(encoder_repo), hub_server.head(head_repo)) == heads
-    assert "Nothing to upload: the 8 files on" in capsys.readouterr().out
+    assert "Nothing to upload: the 7 files on" in capsys.readouterr().out
 
     # A new card on another branch: only README.md goes up, and main stays as it was.
     (encoder_dir / "probe_results.json").write_text(
@@ -303,7 +302,7 @@ def test_push_then_load_from_the_hub_without_the_package(tmp_path, hub_server, m
     )
     args = ["encoder", str(encoder_dir), "--repo-id", encoder_repo, "--revision", "dev"]
     assert push([*args, "--commit-message", "New probe results"]) == 0
-    assert "Uploaded 1 of 8 files" in capsys.readouterr().out
+    assert "Uploaded 1 of 7 files" in capsys.readouterr().out
     assert hub_server.head(encoder_repo) == heads[0]
     assert b"0.875" in hub_server.files(encoder_repo, "dev")["README.md"]
     assert hub_server.repos[encoder_repo].commits[hub_server.head(encoder_repo, "dev")].message == (

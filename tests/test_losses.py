@@ -20,6 +20,7 @@ from modeling_mscl.losses import (
     gather_with_grad,
     info_nce_loss,
     null_source_contrastive_loss,
+    process_gather,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def cosine(temperature: float):
 
 
 def naive_null_source(anchors, positives, present, similarity):
-    """The loss of METHOD.md section 4 written row by row: (loss, logits, targets).
+    """The null-source loss written row by row: (loss, logits, targets).
 
     The null column is the mean of the absent rows' positive embeddings."""
     present = [bool(p) for p in present]
@@ -208,6 +209,7 @@ def test_gathers_are_identity_without_distributed():
     x = torch.randn(3, 2)
     assert gather_with_grad(x) is x
     assert gather_no_grad(x) is x
+    assert process_gather() is None
 
 
 # --------------------------------------------------------------------------------------
@@ -237,12 +239,14 @@ class TinyContrastiveModel(nn.Module):
         return anchors @ self.weight @ columns.T
 
     def forward(self, anchors_x, positives_x, present=None):
+        # The trainer's way: the single-process loss plus the gather of process_gather().
+        gather = process_gather()
         anchors = self.encoder(anchors_x)
         if present is None:
-            out = info_nce_loss(anchors, self.encoder(positives_x), self.similarity)
+            out = info_nce_loss(anchors, self.encoder(positives_x), self.similarity, gather)
         else:
             positives = self.encoder(positives_x * present[:, None])
-            out = null_source_contrastive_loss(anchors, positives, present, self.similarity)
+            out = null_source_contrastive_loss(anchors, positives, present, self.similarity, gather)
         return out.loss, out.logits, out.targets
 
 
@@ -297,7 +301,9 @@ def _worker_main(rank: int, init_file: str, out_dir: str) -> None:
         errors = {}
         x = torch.randn(3 + rank, 4)  # unequal local batch sizes
         for name, fn in {
-            "info_nce_unequal": lambda: info_nce_loss(x, x, bilinear(torch.eye(4))),
+            "info_nce_unequal": lambda: info_nce_loss(
+                x, x, bilinear(torch.eye(4)), process_gather()
+            ),
             "gather_no_grad_unequal": lambda: gather_no_grad(x),
         }.items():
             try:
@@ -311,8 +317,8 @@ def _worker_main(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-# Imports modeling_mscl.losses without running the package __init__ (transformers), which
-# would more than double the start-up time of each worker.
+# Imports modeling_mscl.losses without running the package __init__ (which registers the
+# Auto classes and imports the Hub helpers): only what the losses need.
 _WORKER_BOOT = """
 import sys, types
 root = sys.argv[1]
@@ -323,7 +329,8 @@ sys.modules["modeling_mscl"] = package
 from tests.test_losses import _worker_main
 _worker_main(int(sys.argv[2]), sys.argv[3], sys.argv[4])
 """
-DIST_TIMEOUT_S = 60
+# Each worker imports transformers (the losses live in the Hub file modeling_mscl.py).
+DIST_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")

@@ -167,6 +167,17 @@ def test_sampler_rejects_bad_settings():
         SourceBatchSampler(present, 8, objective="byol")
 
 
+def test_sampler_never_repeats_chunks_silently(caplog):
+    present = random_present()
+    with pytest.raises(ValueError, match=f"larger than the {len(present)} chunks"):
+        SourceBatchSampler(present, len(present) + 1, objective="cola")
+    present[:, 0] = False
+    present[:3, 0] = True  # vocals in 3 chunks only: active vocal batches must repeat
+    with caplog.at_level("WARNING"):
+        SourceBatchSampler(present, 8)
+    assert "{'vocals': 3}" in caplog.text and "batch_size=8" in caplog.text
+
+
 @pytest.mark.parametrize("objective", ["mscl", "s3t"])
 def test_shards_reassemble_the_global_batch(dataset, objective):
     store = ChunkStore(dataset)

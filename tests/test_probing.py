@@ -32,6 +32,7 @@ from modeling_mscl.probing import (
     cached_crop_pool,
     cached_training_chunks,
     cached_window_embeddings,
+    check_probe_splits,
     chunk_spans,
     clip_log_mel,
     evaluate_probe,
@@ -514,6 +515,32 @@ def genre_result(audio_corpus, tiny_encoder, cache_dir):
     return run_probe(tiny_encoder, task, audio_corpus, cache_dir=cache_dir)
 
 
+def test_degenerate_splits_are_refused_with_the_reason(audio_corpus, tiny_encoder, caplog):
+    genre = get_task("corpus_genre", max_epochs=1)
+    one_class = audio_corpus["train"].filter(lambda row: row["genre"] == 0)
+    with pytest.raises(
+        ValueError, match=r"training split holds 4 clips of 1 class\(es\) \(\['low'\]\)"
+    ):
+        run_probe(tiny_encoder, genre, DatasetDict({**audio_corpus, "train": one_class}))
+    one_val = audio_corpus["validation"].filter(lambda row: row["genre"] == 2)
+    with pytest.raises(ValueError, match="validation split holds 2 clips of 1 class"):
+        run_probe(tiny_encoder, genre, DatasetDict({**audio_corpus, "validation": one_val}))
+
+    tags = get_task("corpus_instruments")
+    names = INSTRUMENTS
+    train = np.ones((6, 4)) * np.array([1, 1, 0, 1])  # "drums" never positive in training
+    train[0] = 0
+    test = np.zeros((5, 4))
+    test[:2, 0] = 1  # only "bass" has both positive and negative test clips
+    with pytest.raises(ValueError, match="only 1 of 4 tags have both positive and negative"):
+        check_probe_splits(tags, names, train, train, test)
+    test[:3, 1] = 1  # "keys" too: 2 of 4, enough for a headline, with a warning
+    with caplog.at_level("WARNING"):
+        check_probe_splits(tags, names, train, train, test)
+    assert "average 2 of 4 tags" in caplog.text and "['drums', 'voice']" in caplog.text
+    assert "without a positive training clip: ['drums']" in caplog.text
+
+
 def test_run_probe_reports_metrics_and_history(genre_result):
     data = genre_result.to_dict()
     assert set(data["metrics"]) == {"accuracy"}
@@ -536,11 +563,12 @@ def test_run_probe_trains_on_fresh_chunk_crops_or_a_pool(audio_corpus, tiny_enco
     assert [r["crops"] for r in data["history"]] == [12] * data["epochs"]
     assert all("val_accuracy" in r for r in data["history"])
     assert list((tmp_path / "logmel").glob("train-*.frames.f32"))
-    # No validation split: a seeded 10 % of the training clips is held out.
+    # No validation split: a seeded 10 % of the training clips is held out, and at least
+    # one clip of every class (3 here), so that validation accuracy means something.
     no_val = DatasetDict({"train": audio_corpus["train"], "test": audio_corpus["test"]})
     held = run_probe(tiny_encoder, task, no_val, cache_dir=tmp_path)
-    assert held.num_clips == {"train": 11, "validation": 1, "test": 6}
-    assert held.probe.history[0]["crops"] == 11
+    assert held.num_clips == {"train": 9, "validation": 3, "test": 6}
+    assert held.probe.history[0]["crops"] == 9
     pooled = run_probe(
         tiny_encoder, dataclasses.replace(task, crop_pool=2), audio_corpus, cache_dir=tmp_path
     )

@@ -229,12 +229,25 @@ def test_missing_weights_error_says_what_was_tried(tmp_path):
     empty = tmp_path / "weights"
     empty.mkdir()
     with pytest.raises(DemucsWeightsNotFoundError) as info:
-        _ = DemucsSeparator(model="htdemucs", repo=empty).model
+        _ = DemucsSeparator(model="htdemucs", repo=empty, trust_repo=True).model
     message = str(info.value)
     assert "htdemucs" in message and str(empty) in message and "--repo" in message
     assert "no .th or .yaml files" in message
     with pytest.raises(DemucsWeightsNotFoundError, match="not a folder"):
         load_demucs_model("htdemucs", repo=tmp_path / "nowhere")
+
+
+def test_demucs_files_are_unpickled_only_when_trusted(tmp_path):
+    """Demucs loads .th pickles (torch.load, weights_only=False): a local folder or an hf://
+    repository needs trust_repo, so the package never opens such files on its own."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for make in (
+        lambda: DemucsSeparator(model="htdemucs", repo=folder).model,
+        lambda: load_demucs_model("hf://someone/demucs"),
+    ):
+        with pytest.raises(ValueError, match="unpickles its files.*trust_repo=True"):
+            make()
 
 
 def test_missing_demucs_names_the_package(monkeypatch):
@@ -357,7 +370,10 @@ def test_report_lists_unreadable_silent_and_short_files(tmp_path):
     write_audio(tmp_path / "silent.wav", np.zeros(2 * CHUNK_SAMPLES, np.float32), SR)
     write_audio(tmp_path / "short.wav", _noise(rng, SR, 0.3), SR)
     bad_stem = dict(good, track_id="bad_stem", vocals=str(tmp_path / "missing.wav"))
-    rows = [good, bad_stem]
+    # A mixture much shorter than its stems (a truncated file, or another song's stems).
+    write_audio(tmp_path / "long_bass.wav", _noise(rng, CHUNK_SAMPLES + 1000 + 2 * SR, 0.3), SR)
+    long_stem = dict(good, track_id="long_stem", bass=str(tmp_path / "long_bass.wav"))
+    rows = [good, bad_stem, long_stem]
     for name in ("corrupt", "silent", "short"):
         rows.append(
             {"track_id": name, "audio": str(tmp_path / f"{name}.wav"), **dict.fromkeys(SOURCES)}
@@ -368,13 +384,44 @@ def test_report_lists_unreadable_silent_and_short_files(tmp_path):
     assert out["track_id"][:] == ["good"]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     skipped = {s["track_id"]: s["reason"] for s in report["splits"]["data"]["skipped"]}
-    assert set(skipped) == {"bad_stem", "corrupt", "silent", "short", "no_file"}
+    assert set(skipped) == {"bad_stem", "long_stem", "corrupt", "silent", "short", "no_file"}
+    assert "bass stem" in skipped["long_stem"] and "but the mixture" in skipped["long_stem"]
     assert skipped["corrupt"].startswith("unreadable") and "corrupt.wav" in skipped["corrupt"]
     assert skipped["silent"].startswith("silent")
     assert skipped["short"].startswith("too short")
     assert "vocals stem" in skipped["bad_stem"] and "missing.wav" in skipped["bad_stem"]
     assert "absent.wav" in skipped["no_file"]
     assert report["complete"] and report["splits"]["data"]["chunks"] == 1
+    # Only the kept track's audio is counted (the silent and short ones were decoded too).
+    assert report["splits"]["data"]["audio_seconds"] == pytest.approx(
+        (CHUNK_SAMPLES + 1000) / SR, abs=1e-3
+    )
+
+
+def test_duplicate_track_ids_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    row = make_multitrack(tmp_path, "same", CHUNK_SAMPLES + 1000, rng)
+    tracks = Dataset.from_list([row, row], features=_label_features({}))
+    with pytest.raises(ValueError, match=r"track_id must be unique.*\['same'\]"):
+        prepare_chunks(tracks, OracleSeparator(), tmp_path / "out", progress=False)
+
+
+def test_a_fixed_file_is_not_served_from_the_cache(tmp_path):
+    """The caches are keyed on the files' contents (size, mtime), not only their paths."""
+    rng = np.random.default_rng(0)
+    good = make_multitrack(tmp_path, "good", CHUNK_SAMPLES + 1000, rng)
+    broken = make_multitrack(tmp_path, "broken", CHUNK_SAMPLES + 1000, rng)
+    mixture = Path(broken["audio"])
+    fixed = mixture.read_bytes()
+    mixture.write_bytes(b"RIFF not really audio")
+    tracks = Dataset.from_list([good, broken], features=_label_features({}))
+    out = prepare_chunks(tracks, OracleSeparator(), tmp_path / "out", progress=False)
+    assert out["track_id"][:] == ["good"]
+    mixture.write_bytes(fixed)  # the user repairs the file and runs the same command again
+    out = prepare_chunks(tracks, OracleSeparator(), tmp_path / "out", progress=False)
+    assert out["track_id"][:] == ["good", "broken"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["splits"]["data"]["skipped"] == []
 
 
 def test_second_run_is_served_from_the_cache(tmp_path):

@@ -104,6 +104,10 @@ def test_yaml_and_command_line(data_dir, tmp_path):
         (["--similarity", "dot"], "similarity"),
         (["--log_with", "tensorbored"], "log_with"),
         (["--max_steps"], "needs a value"),
+        (["--learning_rate", "inf"], "learning_rate=inf is invalid: must be a finite number"),
+        (["--max_grad_norm", "nan"], "max_grad_norm=nan is invalid: must be a finite number"),
+        (["--similarity_temperature", "-inf"], "similarity_temperature=-inf is invalid"),
+        (["--augment_fill_value", "nan"], "augment_fill_value=nan is invalid"),
     ],
 )
 def test_bad_arguments_are_named(data_dir, tmp_path, extra, message):
@@ -124,7 +128,11 @@ def test_missing_data_dir(tmp_path):
 def test_configs_parse(data_dir):
     for name in ("tiny", "demo", "paper"):
         path = REPO / "scripts" / "configs" / f"{name}.yaml"
-        parse_args(["--config", str(path), "--data_dir", data_dir])
+        by_path = parse_args(["--config", str(path), "--data_dir", data_dir])
+        # A shipped config can be named instead of located (what a wheel install needs).
+        assert parse_args(["--config", name, "--data_dir", data_dir]) == by_path
+    with pytest.raises(ValueError, match=r"shipped configs by name: \['demo', 'paper', 'tiny'\]"):
+        parse_args(["--config", "papr", "--data_dir", data_dir])
     keys = PretrainingArguments.keys()
     assert {"max_steps", "objective", "width_coefficient", "time_masks_max"} <= set(keys)
 
@@ -177,6 +185,18 @@ def test_two_steps_of_every_objective(data_dir, tmp_path, extra):
         saved["gradient_accumulation_steps"]
     )
     assert (latest_checkpoint(out) / "training_args.json").is_file()
+
+
+def test_non_finite_weights_fail_loudly_and_save_nothing(data_dir, tmp_path):
+    """A finite but absurd learning rate drives the weights to inf in one SGD step; the run
+    must not end "done" with an encoder of NaNs."""
+    from modeling_mscl.training import pretrain
+
+    argv = tiny_argv(data_dir, tmp_path / "blowup", "--max_steps", "1", "--optimizer", "sgd")
+    with pytest.raises(RuntimeError, match="trained weights are not finite"):
+        pretrain([*argv, "--learning_rate", "1e38", "--max_grad_norm", "0"])
+    assert not (tmp_path / "blowup" / "encoder").exists()
+    assert not (tmp_path / "blowup" / "pretraining").exists()
 
 
 def test_bad_steps_are_skipped_then_stop_the_run(data_dir, tmp_path, monkeypatch):
@@ -295,6 +315,78 @@ def test_resume_continues_exactly(data_dir, tmp_path):
         assert torch.equal(want[name], got[name]), name
 
 
+def test_resume_falls_back_from_a_corrupt_latest_checkpoint(data_dir, tmp_path, caplog):
+    """A truncated newest checkpoint is reported and the previous one is used: the resumed
+    run still ends with the weights of a run straight through."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from modeling_mscl.training import pretrain
+
+    common = ("--lr_schedule", "constant", "--checkpoint_every", "2", "--eval_every", "0")
+    whole = pretrain(tiny_argv(data_dir, tmp_path / "whole", "--max_steps", "4", *common))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    pretrain(tiny_argv(data_dir, tmp_path / "parts", "--max_steps", "4", *common))
+    weights = tmp_path / "parts" / "checkpoints" / "step-0000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a save cut short
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    with caplog.at_level("WARNING"):
+        parts = pretrain(
+            tiny_argv(data_dir, tmp_path / "parts", "--max_steps", "4", "--resume", *common)
+        )
+    assert "step-0000004 is unreadable" in caplog.text
+    assert "random states are not restored" not in caplog.text
+    assert parts.history[0]["step"] == 3.0  # continued from step 2
+    want = load_file(Path(whole.pretraining_dir) / "model.safetensors")
+    got = load_file(Path(parts.pretraining_dir) / "model.safetensors")
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    assert not list((tmp_path / "parts").glob(".tmp-*"))  # the final saves were renamed
+
+
+def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_older_ones(
+    data_dir, tmp_path, monkeypatch
+):
+    import errno
+
+    from accelerate import Accelerator
+
+    from modeling_mscl.training import pretrain
+
+    save_state = Accelerator.save_state
+
+    def fills_up(self, output_dir, **kwargs):
+        if "step-0000002" in str(output_dir):
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", fills_up)
+    argv = tiny_argv(data_dir, tmp_path / "run", "--max_steps", "3", "--checkpoint_every", "1")
+    with pytest.raises(
+        OSError, match="checkpoint of step 2 could not be written to .*step-0000002"
+    ):
+        pretrain([*argv, "--eval_every", "0"])
+    left = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert left == ["step-0000001"]  # the half-written one is gone, the older one kept
+
+
+def test_resume_without_random_states_warns(data_dir, tmp_path, caplog):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from modeling_mscl.training import pretrain
+
+    common = ("--lr_schedule", "constant", "--checkpoint_every", "2", "--eval_every", "0")
+    pretrain(tiny_argv(data_dir, tmp_path / "run", "--max_steps", "2", *common))
+    (tmp_path / "run" / "checkpoints" / "step-0000002" / "random_states_0.pkl").unlink()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    with caplog.at_level("WARNING"):
+        pretrain(tiny_argv(data_dir, tmp_path / "run", "--max_steps", "3", *common, "--resume"))
+    assert "random_states_0.pkl is missing or empty" in caplog.text
+
+
 def test_resume_refuses_a_changed_schedule(data_dir, tmp_path):
     """The checkpoint's scheduler carries its decay step: another max_steps is refused."""
     from modeling_mscl.training import pretrain
@@ -314,6 +406,41 @@ def test_resume_refuses_a_changed_schedule(data_dir, tmp_path):
         )
         with pytest.raises(ValueError, match=f"schedule.*{word}"):
             pretrain(argv)
+
+
+def test_a_fresh_run_refuses_a_used_output_dir(data_dir, tmp_path):
+    """A new run must not mingle its checkpoints with an older run's (rotation keeps the
+    highest steps whoever wrote them, and a resume would load the old run)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from modeling_mscl.training import pretrain
+
+    def fresh(*extra):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        common = ("--lr_schedule", "constant", "--checkpoint_every", "1", "--eval_every", "0")
+        return pretrain(tiny_argv(data_dir, tmp_path / "run", *common, *extra))
+
+    fresh("--max_steps", "3", "--keep_checkpoints", "1")
+    with pytest.raises(ValueError, match="already holds a run .*--overwrite_output_dir true"):
+        fresh("--max_steps", "2", "--seed", "1")
+    result = fresh("--max_steps", "2", "--seed", "1", "--overwrite_output_dir", "true")
+    assert result.step == 2
+    # Only the new run's checkpoints are left (the old run's step 3 is gone).
+    kept = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert [p.name for p in kept] == ["step-0000001", "step-0000002"]
+    assert all(json.loads((p / "training_args.json").read_text())["seed"] == 1 for p in kept)
+
+
+def test_an_unwritable_output_dir_fails_before_loading(data_dir, tmp_path, monkeypatch):
+    from modeling_mscl import training
+
+    (tmp_path / "a_file").write_text("")
+    loaded = []
+    monkeypatch.setattr(training, "load_chunk_stores", lambda *a: loaded.append(a))
+    with pytest.raises(ValueError, match="a_file/out cannot be written"):
+        training.pretrain(tiny_argv(data_dir, tmp_path / "a_file" / "out"))
+    assert not loaded
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu(data_dir, tmp_path):

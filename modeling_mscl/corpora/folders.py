@@ -62,16 +62,25 @@ def _find_stem(track_dir: Path, stem: str, extensions: tuple[str, ...]) -> Path 
 
 
 def load_stems_folder(
-    root: str | os.PathLike, extensions: Iterable[str] = ("wav", "flac")
-) -> DatasetDict:
+    root: str | os.PathLike,
+    extensions: Iterable[str] = ("wav", "flac"),
+    return_skipped: bool = False,
+) -> DatasetDict | tuple[DatasetDict, list[dict]]:
     """Read a multitrack folder in the MUSDB18-HQ layout into track rows with stem paths.
 
     ``root/{train,test}/<track>/{mixture,vocals,drums,bass,other}.wav``; ``valid`` or
     ``validation`` folders are read too. Without split folders, ``root/<track>/...``
     gives a single ``train`` split. Each track needs all five files (any of
-    ``extensions``, tried in order); a missing one raises ``FileNotFoundError`` naming
-    the track folder. (MUSDB18's ``.stem.mp4`` files must first be decoded to wav,
-    e.g. with ``musdbconvert`` from the musdb package.)
+    ``extensions``, tried in order); a track folder that lacks one is skipped and
+    reported (a warning, and the list with ``return_skipped``), not the whole folder.
+    (MUSDB18's ``.stem.mp4`` files must first be decoded to wav, e.g. with
+    ``musdbconvert`` from the musdb package.)
+
+    Args:
+        root: the folder.
+        extensions: file suffixes to look for, in order.
+        return_skipped: also return the skipped tracks: dicts with ``split``,
+            ``track_id``, ``path`` (the track folder) and ``reason``.
 
     Returns:
         A ``DatasetDict`` with ``track_id`` (the track folder name), ``audio`` (the
@@ -83,6 +92,7 @@ def load_stems_folder(
     extensions = tuple(e.lower().lstrip(".") for e in extensions)
     splits = _split_folders(root) or {"train": root}
     rows_by_split: dict[str, list[dict]] = {}
+    skipped: list[dict] = []
     for split, folder in splits.items():
         rows = []
         for track_dir in sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p)):
@@ -94,10 +104,12 @@ def load_stems_folder(
                 hint = ""
                 if any(track_dir.glob("*.stem.mp4")):
                     hint = " (it holds MUSDB18 .stem.mp4 files: decode them to wav first)"
-                raise FileNotFoundError(
-                    f"track folder {track_dir} has no {', '.join(missing)} file "
-                    f"(looked for {'/'.join(extensions)}){hint}; expected {_STEMS_LAYOUT}"
-                )
+                reason = f"no {', '.join(missing)} file (looked for {'/'.join(extensions)}){hint}"
+                skipped.append(
+                    {"split": split, "track_id": track_dir.name, "path": str(track_dir),
+                     "reason": reason}
+                )  # fmt: skip
+                continue
             row = {"track_id": track_dir.name, "audio": str(paths["mixture"])}
             row.update({name: str(paths[name]) for name in STEM_COLUMNS})
             rows.append(row)
@@ -108,6 +120,11 @@ def load_stems_folder(
                 f"{root} holds MUSDB18 .stem.mp4 files; decode them to wav folders first "
                 f"(e.g. musdbconvert); expected {_STEMS_LAYOUT}"
             )
+        if skipped:
+            raise FileNotFoundError(
+                f"no complete track folder in {root} ({len(skipped)} skipped, e.g. "
+                f"{skipped[0]['path']}: {skipped[0]['reason']}); expected {_STEMS_LAYOUT}"
+            )
         raise FileNotFoundError(f"no track folders found in {root}; expected {_STEMS_LAYOUT}")
     features = Features(
         {
@@ -116,7 +133,9 @@ def load_stems_folder(
             **{name: Value("string") for name in STEM_COLUMNS},
         }
     )
-    return build_dataset_dict(rows_by_split, features, "stems folder")
+    log_skipped("stems folder", skipped)
+    dataset = build_dataset_dict(rows_by_split, features, "stems folder")
+    return (dataset, skipped) if return_skipped else dataset
 
 
 def _audio_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..audio_io import write_audio
+from ..package_data import resource_dir
 from .nsynth import NSYNTH_FAMILIES, NSYNTH_SOURCES
 
 logger = logging.getLogger("modeling_mscl.corpora")
@@ -63,8 +64,8 @@ VOICE_PROGRAMS = frozenset({52, 53, 54, 85})  # Choir Aahs, Voice Oohs, Synth Vo
 _VOCAL_NAME = re.compile(r"vocal|voice|vox|melody|lead", re.IGNORECASE)
 # Bank select would switch to banks a GM SoundFont may lack; the program is set explicitly.
 _IGNORED_CONTROLLERS = frozenset({0, 32})
-# The recipes live in the repository's data/ folder (not importable, see ARCHITECTURE.md).
-DATA_DIR = Path(os.environ.get("MSCL_DATA_DIR", Path(__file__).resolve().parents[2] / "data"))
+# The recipes ship with the package (modeling_mscl.package_data); MSCL_DATA_DIR overrides.
+DATA_DIR = Path(os.environ.get("MSCL_DATA_DIR") or resource_dir("data"))
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,8 @@ def gm_programs(path: str | os.PathLike | None = None) -> tuple[GMProgram, ...]:
     path = Path(path) if path is not None else DATA_DIR / "gm_programs.csv"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: the GM program table ships in the repository's data/ folder "
-            "(set MSCL_DATA_DIR to the folder holding it)"
+            f"{path} not found: the GM program table ships with the package "
+            "(set MSCL_DATA_DIR to a folder holding it)"
         )
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -95,8 +95,15 @@ def _read_list(path: Path) -> list[str]:
     if path.suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
-        except ValueError:  # object arrays need pickle; the user pointed us at this file
-            array = np.load(path, allow_pickle=True)
+        except ValueError as err:
+            # An object array can only be read by unpickling, which runs code from the
+            # file: this package does not do that with a downloaded file.
+            raise ValueError(
+                f"{path} holds an object array, which only pickle can read, and this "
+                "package does not unpickle downloaded files. Convert it once where you trust "
+                "it: np.save(path, np.load(path, allow_pickle=True).astype(str)), or write a "
+                "text file with one entry per line."
+            ) from err
         entries = [str(x) for x in np.asarray(array).reshape(-1)]
     else:
         entries = path.read_text(encoding="utf-8").splitlines()

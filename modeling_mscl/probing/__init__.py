@@ -1,6 +1,6 @@
 """Frozen-encoder probes: window embeddings, heads, the protocols of the paper, export.
 
-The downstream protocol of Garoufis et al. (METHOD.md section 7): the encoder is frozen
+The downstream protocol of Garoufis et al.: the encoder is frozen
 and a small head is trained on its raw 1280-d pooled feature of ~1 s (98-frame) crops.
 The :class:`ProbeTask` defaults (and the ``mtat``, ``nsynth``, ``fma`` presets) follow the
 authors' reference:
@@ -69,6 +69,7 @@ from .heads import (
 )
 from .protocol import (
     ProbeResult,
+    check_probe_splits,
     export_probe,
     markdown_row,
     mean_over_seeds,
@@ -118,6 +119,7 @@ __all__ = [
     "clip_log_mel",
     "encoder_fingerprint",
     "evaluate_probe",
+    "check_probe_splits",
     "export_probe",
     "extract_training_chunks",
     "extract_window_embeddings",

@@ -28,6 +28,7 @@ from .tasks import ProbeTask, clip_labels
 
 __all__ = [
     "ProbeResult",
+    "check_probe_splits",
     "export_probe",
     "markdown_row",
     "mean_over_seeds",
@@ -82,10 +83,24 @@ def _subset(split: Any, max_clips: int | None, seed: int) -> Any:
     return split.select(rows.tolist())
 
 
-def _hold_out(split: Any, seed: int) -> tuple[Any, Any]:
-    """(train, validation): a seeded 10 % of ``split``'s clips (at least one) held out."""
+def _hold_out(split: Any, seed: int, labels: np.ndarray | None = None) -> tuple[Any, Any]:
+    """(train, validation): a seeded 10 % of ``split``'s clips (at least one) held out.
+
+    With single-label ``labels``, the held-out clips include one of every class that has
+    two clips or more, so that validation accuracy can tell a head from a constant.
+    """
     order = np.random.default_rng(seed).permutation(len(split))
     n_val = max(1, len(split) // 10)
+    if labels is not None:
+        classes, counts = np.unique(labels, return_counts=True)
+        wanted = set(classes[counts >= 2].tolist())
+        first = []
+        for i in order:
+            if labels[i] in wanted:
+                wanted.remove(labels[i])
+                first.append(i)
+        order = np.array(first + [i for i in order if i not in set(first)])
+        n_val = max(n_val, len(first))
     return split.select(np.sort(order[n_val:]).tolist()), split.select(
         np.sort(order[:n_val]).tolist()
     )
@@ -121,7 +136,8 @@ def run_probe(
     if "train" not in splits or "test" not in splits:
         raise KeyError(f"need 'train' and 'test' splits, got {sorted(splits)}")
     if "validation" not in splits or not len(splits["validation"]):
-        splits["train"], splits["validation"] = _hold_out(splits["train"], seed)
+        labels = None if task.multi_label else clip_labels(splits["train"], task)[0]
+        splits["train"], splits["validation"] = _hold_out(splits["train"], seed, labels)
 
     def embed(name: str, hop: int | None, max_windows: int | None) -> WindowEmbeddings:
         return cached_window_embeddings(
@@ -133,6 +149,7 @@ def run_probe(
     train_labels, names = clip_labels(splits["train"], task)
     val_labels, _ = clip_labels(splits["validation"], task)
     test_labels, _ = clip_labels(splits["test"], task)
+    check_probe_splits(task, names, train_labels, val_labels, test_labels)
     train_paths = splits["train"][task.audio_column]
     train: WindowEmbeddings | CropSource
     if task.train_sampling == "windows":
@@ -156,6 +173,54 @@ def run_probe(
     val_metrics, _ = evaluate_probe(probe, val, val_labels)
     sizes = {"train": train.num_clips, "validation": val.num_clips, "test": test.num_clips}
     return ProbeResult(task, metrics, val_metrics, per_class, probe, sizes, seed)
+
+
+def check_probe_splits(
+    task: ProbeTask,
+    names: Sequence[str],
+    train: np.ndarray,
+    validation: np.ndarray,
+    test: np.ndarray,
+) -> None:
+    """Refuse splits on which a probe's numbers would mean nothing, with the reason.
+
+    Single-label: the training and validation splits need two classes or more (one class
+    trains a constant head, and early stopping on it measures nothing). Multi-label: the
+    headline ROC-AUC / PR-AUC averages only the tags whose test clips hold both positives
+    and negatives: at least half of the tags must qualify, and a warning names the others
+    (and any tag without a positive training clip, which the head cannot learn).
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    where = f"probe task {task.name!r}"
+    if not task.multi_label:
+        for split, labels in (("training", train), ("validation", validation)):
+            present = sorted({int(v) for v in labels})
+            if len(present) < 2:
+                shown = [names[i] for i in present] or "none"
+                raise ValueError(
+                    f"{where}: the {split} split holds {len(labels)} clips of {len(present)} "
+                    f"class(es) ({shown}); a probe needs at least 2 classes there"
+                )
+        return
+    never = [names[i] for i in np.flatnonzero(train.sum(axis=0) == 0)]
+    if never:
+        log.warning("%s: tags without a positive training clip: %s", where, never)
+    positives = test.sum(axis=0)
+    scored = (positives > 0) & (positives < len(test))
+    if scored.sum() * 2 < len(names):
+        raise ValueError(
+            f"{where}: only {int(scored.sum())} of {len(names)} tags have both positive and "
+            f"negative test clips; a macro ROC-AUC over them would not describe the task"
+        )
+    if not scored.all():
+        log.warning(
+            "%s: ROC-AUC / PR-AUC average %d of %d tags; left out (all-positive or "
+            "all-negative on the %d test clips): %s",
+            where, int(scored.sum()), len(names), len(test),
+            [names[i] for i in np.flatnonzero(~scored)],
+        )  # fmt: skip
 
 
 def export_probe(

@@ -1,4 +1,4 @@
-"""Probe tasks: which labels, which head, how it is trained and tested (METHOD.md section 7)."""
+"""Probe tasks: which labels, which head, how it is trained and tested."""
 
 from __future__ import annotations
 
