@@ -343,38 +343,35 @@ def dist_results(tmp_path_factory):
         # gloo otherwise binds to the address the host name resolves to, which may be
         # unreachable in a sandbox; the loopback device always works for one machine.
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _WORKER_BOOT,
-                str(REPO_ROOT),
-                str(rank),
-                str(tmp / "store"),
-                str(tmp),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(WORLD)
-    ]
+    # Logs go to files, not pipes: a worker blocked on a full pipe while the other waits
+    # in a collective would hang both; and on a timeout the logs say where each one was.
+    logs = [tmp / f"worker{rank}.log" for rank in range(WORLD)]
+    procs = []
+    for rank in range(WORLD):
+        argv = [sys.executable, "-c", _WORKER_BOOT, str(REPO_ROOT), str(rank)]
+        with open(logs[rank], "w") as log:
+            procs.append(
+                subprocess.Popen(
+                    [*argv, str(tmp / "store"), str(tmp)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     deadline = time.monotonic() + DIST_TIMEOUT_S
-    logs = []
     try:
         for proc in procs:
-            logs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        pytest.fail(f"distributed workers did not finish within {DIST_TIMEOUT_S} s")
+        tails = "\n".join(f"--- worker {r}:\n{p.read_text()[-2000:]}" for r, p in enumerate(logs))
+        pytest.fail(f"distributed workers did not finish within {DIST_TIMEOUT_S} s\n{tails}")
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for rank, (proc, log) in enumerate(zip(procs, logs, strict=True)):
-        assert proc.returncode == 0, f"worker {rank} failed:\n{log}"
+    for rank, proc in enumerate(procs):
+        assert proc.returncode == 0, f"worker {rank} failed:\n{logs[rank].read_text()}"
     return [torch.load(tmp / f"rank{rank}.pt") for rank in range(WORLD)]
 
 
