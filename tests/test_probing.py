@@ -532,7 +532,7 @@ def test_degenerate_splits_are_refused_with_the_reason(audio_corpus, tiny_encode
     train[0] = 0
     test = np.zeros((5, 4))
     test[:2, 0] = 1  # only "bass" has both positive and negative test clips
-    with pytest.raises(ValueError, match="only 1 of 4 tags have both positive and negative"):
+    with pytest.raises(ValueError, match="only 1 of the 3 tags with training positives"):
         check_probe_splits(tags, names, train, train, test)
     test[:3, 1] = 1  # "keys" too: 2 of 4, enough for a headline, with a warning
     with caplog.at_level("WARNING"):

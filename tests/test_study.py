@@ -31,7 +31,9 @@ def test_tiny_study_end_to_end(tmp_path):
     settings = StudySettings(
         workdir=str(tmp_path / "study"),
         config=str(REPO / "scripts" / "configs" / "tiny.yaml"),
-        num_songs=40,
+        # 10 songs per style: one test song of each, enough for the instrument tags to be
+        # scored (with 4 test songs most tags are all-positive or all-negative: refused).
+        num_songs=70,
         seconds=8.0,
         max_steps=4,
         probe_every=2,

@@ -187,8 +187,9 @@ def check_probe_splits(
     Single-label: the training and validation splits need two classes or more (one class
     trains a constant head, and early stopping on it measures nothing). Multi-label: the
     headline ROC-AUC / PR-AUC averages only the tags whose test clips hold both positives
-    and negatives: at least half of the tags must qualify, and a warning names the others
-    (and any tag without a positive training clip, which the head cannot learn).
+    and negatives: at least half of the tags that have training positives must qualify,
+    and a warning names the others (and any tag without a positive training clip, which
+    the head cannot learn).
     """
     import logging
 
@@ -204,15 +205,18 @@ def check_probe_splits(
                     f"class(es) ({shown}); a probe needs at least 2 classes there"
                 )
         return
-    never = [names[i] for i in np.flatnonzero(train.sum(axis=0) == 0)]
+    learnable = train.sum(axis=0) > 0
+    never = [names[i] for i in np.flatnonzero(~learnable)]
     if never:
         log.warning("%s: tags without a positive training clip: %s", where, never)
     positives = test.sum(axis=0)
     scored = (positives > 0) & (positives < len(test))
-    if scored.sum() * 2 < len(names):
+    # Of the tags the training split can teach, at least half must be scored.
+    if (scored & learnable).sum() * 2 < learnable.sum():
         raise ValueError(
-            f"{where}: only {int(scored.sum())} of {len(names)} tags have both positive and "
-            f"negative test clips; a macro ROC-AUC over them would not describe the task"
+            f"{where}: only {int((scored & learnable).sum())} of the {int(learnable.sum())} "
+            "tags with training positives have both positive and negative test clips; a "
+            "macro ROC-AUC over them would not describe the task"
         )
     if not scored.all():
         log.warning(
