@@ -11,7 +11,6 @@ re-run is served from the cache and an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import math
@@ -430,30 +429,34 @@ class _Progress:
         self.bar.close()
 
 
-def _content_key(tracks: Dataset) -> str:
-    """Size and modification time of every audio file the rows name (mixture and stems).
+def _file_stamps(tracks: Dataset) -> list[str]:
+    """Per row, the size and modification time of every audio file it names (mixture and
+    stems): part of the cache keys.
 
-    The map cache is keyed on the rows, which hold paths: without this key, a file fixed or
-    replaced since the last run would keep its old result (or its old "unreadable" entry).
+    The map cache is keyed on the rows, which hold paths: without the stamps, a file fixed
+    or replaced since the last run would keep its old result (or its old "unreadable"
+    entry). Computed once per split; each shard's key hashes its own slice.
     """
-    digest = hashlib.sha256()
-    for column in ("audio", *SOURCES):
-        if column not in tracks.column_names:
-            continue
-        for value in tracks[column]:
+    columns = [tracks[c] for c in ("audio", *SOURCES) if c in tracks.column_names]
+    stamps = []
+    for values in zip(*columns, strict=True):
+        row = []
+        for value in values:
             path = value.get("path") if isinstance(value, Mapping) else value
             if not path:
                 continue
             try:
                 stat = os.stat(path)
-                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                row.append(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}")
             except OSError:
-                digest.update(f"{path}\0missing\n".encode())
-    return digest.hexdigest()
+                row.append(f"{path}\0missing")
+        stamps.append("\n".join(row))
+    return stamps
 
 
 def _run_split(
     tracks: Dataset,
+    stamps: list[str],
     chunker: StemChunker,
     chunker_hash: str,
     shards_dir: Path,
@@ -462,16 +465,18 @@ def _run_split(
     shard_size: int,
     progress: _Progress,
 ) -> tuple[Dataset | None, list[dict], set[str]]:
-    """Map ``tracks`` shard by shard; returns the records-and-chunks dataset, the
-    per-shard summaries and the cache files in use."""
+    """Map ``tracks`` shard by shard (``stamps``: :func:`_file_stamps` of ``tracks``);
+    returns the records-and-chunks dataset, the per-shard summaries and the cache files
+    in use."""
     features = chunker.features(tracks.features)
     shards_dir.mkdir(parents=True, exist_ok=True)
     results, summaries, in_use = [], [], set()
     for index, start in enumerate(range(0, len(tracks), shard_size)):
-        shard = tracks.select(range(start, min(start + shard_size, len(tracks))))
+        stop = min(start + shard_size, len(tracks))
+        shard = tracks.select(range(start, stop))
         fingerprint = Hasher.hash(
             [
-                _FORMAT_VERSION, shard._fingerprint, _content_key(shard), chunker_hash,
+                _FORMAT_VERSION, shard._fingerprint, stamps[start:stop], chunker_hash,
                 batch_size, str(features),
             ]
         )  # fmt: skip
@@ -587,9 +592,10 @@ def prepare_chunks(
     report_path = output_dir / "report.json"
 
     chunker_hash = chunker.fingerprint()  # once: it may read every weight of a model
+    stamps = {name: _file_stamps(ds) for name, ds in splits.items()}
     fingerprint = Hasher.hash(
         [_FORMAT_VERSION, chunker_hash, batch_size, shard_size]
-        + [(name, ds._fingerprint, _content_key(ds)) for name, ds in splits.items()]
+        + [(name, ds._fingerprint, stamps[name]) for name, ds in splits.items()]
     )
     if report_path.is_file():
         previous = json.loads(report_path.read_text())
@@ -630,6 +636,7 @@ def prepare_chunks(
         for name, ds in splits.items():
             mapped, summaries, files = _run_split(
                 ds,
+                stamps[name],
                 chunker,
                 chunker_hash,
                 output_dir / "shards" / (name or "data"),

@@ -306,12 +306,13 @@ def _evaluate(
     was_training = unwrapped.training
     unwrapped.eval()
     meter = _Meter(accelerator.device)
+    gather = process_gather()
     with torch.no_grad(), accelerator.autocast():
         for batch in batches:
             anchor, positive, present = _batch_inputs(
                 batch, accelerator.device, args.data.objective, aug
             )
-            out = unwrapped(anchor, positive, source_present=present, gather=process_gather())
+            out = unwrapped(anchor, positive, source_present=present, gather=gather)
             meter.add(batch["source"], out.loss, out.accuracy)
     unwrapped.train(was_training)
     return meter.collect(accelerator, "val")

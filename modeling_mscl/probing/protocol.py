@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ __all__ = [
     "results_table",
     "run_probe",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -191,9 +194,6 @@ def check_probe_splits(
     and a warning names the others (and any tag without a positive training clip, which
     the head cannot learn).
     """
-    import logging
-
-    log = logging.getLogger(__name__)
     where = f"probe task {task.name!r}"
     if not task.multi_label:
         for split, labels in (("training", train), ("validation", validation)):
@@ -208,7 +208,7 @@ def check_probe_splits(
     learnable = train.sum(axis=0) > 0
     never = [names[i] for i in np.flatnonzero(~learnable)]
     if never:
-        log.warning("%s: tags without a positive training clip: %s", where, never)
+        logger.warning("%s: tags without a positive training clip: %s", where, never)
     positives = test.sum(axis=0)
     scored = (positives > 0) & (positives < len(test))
     # Of the tags the training split can teach, at least half must be scored.
@@ -219,7 +219,7 @@ def check_probe_splits(
             "macro ROC-AUC over them would not describe the task"
         )
     if not scored.all():
-        log.warning(
+        logger.warning(
             "%s: ROC-AUC / PR-AUC average %d of %d tags; left out (all-positive or "
             "all-negative on the %d test clips): %s",
             where, int(scored.sum()), len(names), len(test),
