@@ -47,10 +47,11 @@ class DemoSettings:
     probe_windows: int = 8
     # Head seeds per (encoder, task): the embeddings are cached, so each costs a head only.
     probe_seeds: int = 3
-    objectives: dict[str, list[str]] = field(
+    # Each objective's arguments on top of the config (PretrainingArguments keys).
+    objectives: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
-            "COLA": ["--objective", "cola"],
-            "MSCL": ["--objective", "mscl", "--absent_sources", "true"],
+            "COLA": {"objective": "cola"},
+            "MSCL": {"objective": "mscl", "absent_sources": True},
         }
     )
 
@@ -97,16 +98,19 @@ def offline_tasks(songs: Any, notes: Any) -> dict[str, Any]:
 
 def pretrain_run(
     out: Path,
-    argv: list[str],
+    config: str,
+    overrides: dict[str, Any],
     songs: Any,
     notes: Any,
     probe_every: int,
     max_clips: int = 160,
 ) -> Any:
-    """Pre-train (or resume) one run into ``out`` with the convergence probes; returns the
-    probe hook, whose training windows also calibrate batch norm for the final probes."""
+    """Pre-train (or resume) one run of ``config`` + ``overrides`` into ``out`` with the
+    convergence probes; returns the probe hook, whose training windows also calibrate
+    batch norm for the final probes."""
     from .probing import make_probe_hook
     from .training import pretrain
+    from .training_args import PretrainingArguments
 
     hook = make_probe_hook(
         ["notes_family", "corpus_genre"],
@@ -121,8 +125,10 @@ def pretrain_run(
         # (momentum 0.01): probe what the encoder computes, not how stale they are.
         recalibrate_bn=True,
     )
-    argv = [*argv, "--output_dir", str(out), "--probe_every", str(probe_every), "--resume", "true"]
-    result = pretrain(argv, probe_hook=hook)
+    args = PretrainingArguments.from_config(
+        config, **overrides, output_dir=str(out), probe_every=probe_every, resume=True
+    )
+    result = pretrain(args, probe_hook=hook)
     if result.history:  # a fresh (not an already finished) run: keep its curves
         (out / "history.json").write_text(json.dumps(result.history) + "\n")
     return hook
@@ -217,12 +223,11 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
     songs, notes, chunks = prepare_offline_data(work, s.num_songs, s.seconds, s.seed)
     tasks = offline_tasks(songs, notes)
     runs: dict[str, Path] = {}
-    for name, extra in s.objectives.items():
+    for name, overrides in s.objectives.items():
         t = _step(f"3/6 pre-train {name} for {s.max_steps} steps (config {s.config})")
         out = work / "runs" / name.lower()
-        argv = ["--config", s.config, "--data_dir", str(chunks)]
-        argv += ["--max_steps", str(s.max_steps), "--seed", str(s.seed), *extra]
-        hook = pretrain_run(out, argv, songs, notes, s.probe_every)
+        run = dict(data_dir=str(chunks), max_steps=s.max_steps, seed=s.seed, **overrides)
+        hook = pretrain_run(out, s.config, run, songs, notes, s.probe_every)
         runs[name] = out
         _done(t)
 

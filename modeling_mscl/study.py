@@ -57,12 +57,13 @@ class StudySettings:
     # Clips per split of each probe (None: all) and per task of the convergence probes.
     max_clips: int | None = None
     convergence_clips: int = 160
-    objectives: dict[str, list[str]] = field(
+    # Each objective's arguments on top of the config (PretrainingArguments keys).
+    objectives: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
-            "COLA": ["--objective", "cola"],
-            "MSCL": ["--objective", "mscl", "--absent_sources", "true"],
-            "MSCL drums": ["--objective", "mscl", "--sources", "drums"],
-            "MSCL vocals": ["--objective", "mscl", "--sources", "vocals"],
+            "COLA": {"objective": "cola"},
+            "MSCL": {"objective": "mscl", "absent_sources": True},
+            "MSCL drums": {"objective": "mscl", "sources": ["drums"]},
+            "MSCL vocals": {"objective": "mscl", "sources": ["vocals"]},
         }
     )
     # Retrieval is scored for these rows (and random init), each on every source.
@@ -165,12 +166,13 @@ def run_study(settings: StudySettings | None = None) -> dict[str, Any]:
     for seed in s.seeds:
         runs: dict[str, Path] = {}
         hook = None
-        for name, extra in s.objectives.items():
+        for name, overrides in s.objectives.items():
             t = _step(f"seed {seed}: pre-train {name} for {s.max_steps} steps")
             out = work / "runs" / f"{name.lower().replace(' ', '-')}-seed{seed}"
-            argv = ["--config", s.config, "--data_dir", str(chunks)]
-            argv += ["--max_steps", str(s.max_steps), "--seed", str(seed), *extra]
-            hook = pretrain_run(out, argv, songs, notes, s.probe_every, s.convergence_clips)
+            run = dict(data_dir=str(chunks), max_steps=s.max_steps, seed=seed, **overrides)
+            hook = pretrain_run(
+                out, s.config, run, songs, notes, s.probe_every, s.convergence_clips
+            )
             runs[name] = out
             logs.setdefault(name, []).append(read_probe_log(out / "probes.jsonl"))
             losses.setdefault(name, []).append(_final_loss(out))

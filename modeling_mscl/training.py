@@ -69,7 +69,7 @@ from .pairs import (
     holdout_mask,
 )
 from .stems import SOURCES
-from .training_args import PretrainingArguments, parse_args
+from .training_args import PretrainingArguments
 
 __all__ = [
     "LearningRateSchedule",
@@ -389,13 +389,12 @@ def _save_final(
         os.replace(tmp, final)
 
 
-def pretrain(
-    args: PretrainingArguments | list[str] | None = None, probe_hook: ProbeHook | None = None
-) -> PretrainingResult:
+def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) -> PretrainingResult:
     """Pre-train an MSCL encoder; see the module docstring for what happens.
 
     Args:
-        args: parsed arguments, or a command line for :func:`parse_args`.
+        args: the arguments: :func:`~modeling_mscl.training_args.parse_args` of a command
+            line, or :meth:`PretrainingArguments.from_config` from Python.
         probe_hook: ``fn(encoder: MSCLModel, step: int) -> dict[str, float]`` called on the
             main process at step 0 of a fresh run, every ``probe_every`` steps and at the
             end; its results are logged as ``probe/<name>``. Overrides ``args``' probe_hook.
@@ -408,7 +407,10 @@ def pretrain(
     from tqdm.auto import tqdm
 
     if not isinstance(args, PretrainingArguments):
-        args = parse_args(args)
+        raise TypeError(
+            "pretrain() takes PretrainingArguments: parse_args(argv) for a command line, "
+            "PretrainingArguments.from_config(config, **overrides) from Python"
+        )
     args.validate()
     t, d = args.training, args.data
     hook = probe_hook or resolve_probe_hook(t.probe_hook)

@@ -1,15 +1,17 @@
-"""Arguments of pre-training: typed dataclasses read from YAML and the command line.
+"""Arguments of pre-training: ``HfArgumentParser`` dataclasses, YAML configs, overrides.
 
 Four groups (model, data, augmentation, training) share one flat namespace, so a YAML
-config is a flat mapping and any key can be overridden as ``--key value`` (or
-``--key=value``; a bare ``--flag`` sets a boolean). Values are converted to the field's
-type and checked; unknown keys, bad values and a missing data directory raise a
-``ValueError`` that names the key. The flat dict (:meth:`PretrainingArguments.to_dict`)
-is what is saved as ``training_args.json`` and can be passed back as ``--config``.
+config is a flat mapping and any key can be overridden on the command line as
+``--key value`` (``--key=value``; a bare ``--flag`` sets a boolean; a list takes several
+values) or from Python with :meth:`PretrainingArguments.from_config`. Unknown keys, bad
+values and a missing data directory raise a ``ValueError`` that names the key. The flat
+dict (:meth:`PretrainingArguments.to_dict`) is what is saved as ``training_args.json`` and
+can be passed back as ``--config``.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 import math
@@ -19,7 +21,9 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from transformers import HfArgumentParser
 
 from .optim import OPTIMIZERS
 from .pairs import OBJECTIVES
@@ -181,6 +185,11 @@ class TrainingArguments:
     max_bad_steps: int = _help("stop after this many skipped steps in a row", 10)
     progress_bar: bool = _help("show a progress bar on the main process", True)
 
+    def __post_init__(self) -> None:
+        # A config sets a hook; "--probe_hook none" on the command line unsets it.
+        if isinstance(self.probe_hook, str) and self.probe_hook.lower() in ("", "none", "null"):
+            self.probe_hook = None
+
 
 _GROUPS = (
     ("model", ModelArguments),
@@ -190,54 +199,25 @@ _GROUPS = (
 )
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+class _Parser(HfArgumentParser):
+    """``HfArgumentParser`` that raises ``ValueError`` instead of exiting on a bad value, so
+    that a caller (a script's ``main``, a test, a notebook) decides what an error does."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
 
 
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Convert ``value`` (from YAML or a command-line string) to ``hint`` or raise ValueError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(key, v, args[0]) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise ValueError(f"{key}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}: expected an integer, got {value!r}") from None
-    if hint is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}: expected a number, got {value!r}") from None
-    if hint is str:
-        if isinstance(value, (dict, list)):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"{key}: unsupported field type {hint!r}")
+def argument_parser() -> HfArgumentParser:
+    """The parser of the four groups; ``--config FILE`` is read before it (see parse_args)."""
+    parser = _Parser(
+        tuple(cls for _, cls in _GROUPS),
+        prog="pretrain",
+        allow_abbrev=False,
+        description="Contrastive pre-training of an MSCL encoder. Values from --config "
+        "(a YAML file or a shipped config: demo, paper, tiny) are overridden by --key value.",
+    )
+    parser.add_argument("--config", default=None, help="YAML file or shipped config name")
+    return parser
 
 
 @dataclass
@@ -254,36 +234,33 @@ class PretrainingArguments:
         """Every flat key -> (group name, type hint)."""
         out = {}
         for group, cls in _GROUPS:
-            hints = _hints(cls)
+            hints = typing.get_type_hints(cls)
             for f in fields(cls):
                 out[f.name] = (group, hints[f.name])
         return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PretrainingArguments:
-        """Build from a flat mapping (YAML, JSON or overrides); unknown keys raise ValueError."""
+        """Build from a flat mapping (a YAML config, ``training_args.json``); unknown keys
+        raise ValueError."""
         if not isinstance(values, dict):
             raise ValueError(
                 f"a config must be a mapping of key: value, got {type(values).__name__}"
             )
-        known = cls.keys()
-        unknown = [k for k in values if k not in known]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, known, n=1)
-                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-            raise ValueError(f"unknown argument(s): {', '.join(hints)}")
-        groups: dict[str, dict[str, Any]] = {g: {} for g, _ in _GROUPS}
-        for key, value in values.items():
-            group, hint = known[key]
-            groups[group][key] = _coerce(key, value, hint)
-        return cls(
-            model=ModelArguments(**groups["model"]),
-            data=DataArguments(**groups["data"]),
-            augment=AugmentArguments(**groups["augment"]),
-            training=TrainingArguments(**groups["training"]),
-        )
+        _refuse_unknown(values)
+        args = cls(*argument_parser().parse_dict(values))
+        _typed(args)
+        return args
+
+    @classmethod
+    def from_config(cls, config: str | os.PathLike, **overrides: Any) -> PretrainingArguments:
+        """The arguments of a YAML file or shipped config (demo, paper, tiny), with
+        ``overrides`` (flat keys, Python values) on top; validated.
+
+        The Python API of :func:`~modeling_mscl.training.pretrain`:
+        ``pretrain(PretrainingArguments.from_config("demo", data_dir=d, max_steps=100))``.
+        """
+        return cls.from_dict({**_read_config(config), **overrides}).validate()
 
     def to_dict(self) -> dict[str, Any]:
         """The flat mapping (what ``training_args.json`` holds)."""
@@ -409,25 +386,18 @@ class PretrainingArguments:
         )
 
 
-def format_help() -> str:
-    """Usage text: every key with its type, default and meaning, by group."""
-    lines = [
-        "usage: pretrain.py [--config FILE.yaml | demo | paper | tiny] [--key value ...]",
-        "",
-        "Values from --config are overridden by --key value pairs; a bare --flag sets a boolean.",
-    ]
-    for group, cls in _GROUPS:
-        lines += ["", f"{group} arguments:"]
-        hints = _hints(cls)
-        for f in fields(cls):
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
-            lines.append(f"  --{f.name} ({type_name}, default {default!r})")
-            lines.append(f"      {f.metadata.get('help', '')}")
-    return "\n".join(lines)
+def _refuse_unknown(keys: Any) -> None:
+    known = PretrainingArguments.keys()
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, known, n=1)
+            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ValueError(f"unknown argument(s): {', '.join(hints)}")
 
 
-def _config_file(name_or_path: str) -> Path:
+def _config_file(name_or_path: str | os.PathLike) -> Path:
     """A YAML file, or the name of a config shipped with the package (demo, paper, tiny)."""
     from .package_data import resource_dir
 
@@ -435,52 +405,73 @@ def _config_file(name_or_path: str) -> Path:
     if path.is_file():
         return path
     shipped = resource_dir("configs")
-    if not path.suffix and path.name == name_or_path and (shipped / f"{path}.yaml").is_file():
+    name = str(name_or_path)
+    if not path.suffix and path.name == name and (shipped / f"{path}.yaml").is_file():
         return shipped / f"{path}.yaml"
     names = sorted(p.stem for p in shipped.glob("*.yaml"))
     raise ValueError(f"config file {path} does not exist (shipped configs by name: {names})")
 
 
-def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
-    """Parse ``[--config FILE] [--key value | --key=value | --flag] ...`` and validate.
-
-    ``--help`` prints every key and exits. Raises ValueError on unknown keys, bad values
-    or a missing data directory.
-    """
+def _read_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """The flat mapping of a YAML (or JSON) config file or shipped config."""
     import yaml
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    known = PretrainingArguments.keys()
-    config_path, overrides = None, {}
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if token in ("-h", "--help"):
-            print(format_help())
-            raise SystemExit(0)
-        if not token.startswith("--") or len(token) == 2:
-            raise ValueError(f"expected --key value, got {token!r}")
-        key, eq, value = token[2:].partition("=")
-        key = key.replace("-", "_")
-        if not eq:
-            takes_next = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-            if takes_next:
-                value, i = argv[i + 1], i + 1
-            elif key in known and known[key][1] is bool:
-                value = "true"
-            else:
-                raise ValueError(f"--{key} needs a value")
-        if key == "config":
-            config_path = value
+    path = _config_file(name_or_path)
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a config must be a mapping of key: value")
+    try:
+        _refuse_unknown(loaded)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return loaded
+
+
+def _typed(args: PretrainingArguments) -> None:
+    """argparse converts command-line strings, not config defaults: check those types."""
+    values = args.to_dict()
+    for key, (_, hint) in PretrainingArguments.keys().items():
+        value = values[key]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            if value is None:
+                continue
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if typing.get_origin(hint) is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif hint is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif hint is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
         else:
-            overrides[key] = value
-        i += 1
-    values: dict[str, Any] = {}
-    if config_path is not None:
-        path = _config_file(config_path)
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config must be a mapping of key: value")
-        values.update(loaded)
-    values.update(overrides)
-    return PretrainingArguments.from_dict(values).validate()
+            ok = isinstance(value, hint)
+        if not ok:
+            name = getattr(hint, "__name__", str(hint))
+            raise ValueError(f"{key}: expected {name}, got {value!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
+    """Parse ``[--config FILE] [--key value ...]`` (default ``sys.argv[1:]``) and validate.
+
+    ``HfArgumentParser`` over the four groups: the config's values become the parser's
+    defaults, so the command line overrides them (a bare ``--flag`` sets a boolean, a list
+    takes several values: ``--sources vocals drums``). ``--help`` prints every key and
+    exits. Raises ValueError on unknown keys, bad values or a missing data directory.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=None)
+    config = pre.parse_known_args(argv)[0].config
+    parser = argument_parser()
+    if config is not None:
+        parser.set_defaults(**_read_config(config))
+    try:
+        *groups, _ = parser.parse_args_into_dataclasses(argv)
+    except ValueError as err:
+        unknown = [a[2:].partition("=")[0] for a in argv if a.startswith("--")]
+        unknown = [k for k in unknown if k not in PretrainingArguments.keys() and k != "config"]
+        if unknown:
+            _refuse_unknown(unknown)
+        raise ValueError(str(err)) from None
+    args = PretrainingArguments(*groups)
+    _typed(args)
+    return args.validate()

@@ -186,6 +186,7 @@ def bench_training(config_name: str, data_dir: Path, batch: int, steps: int, wor
     from accelerate.state import AcceleratorState, GradientState
 
     from modeling_mscl.training import pretrain
+    from modeling_mscl.training_args import parse_args
 
     with tempfile.TemporaryDirectory() as out:
         argv = [
@@ -195,7 +196,7 @@ def bench_training(config_name: str, data_dir: Path, batch: int, steps: int, wor
             *("--log_with", "none", "--progress_bar", "false", "--num_workers", str(workers)),
             *("--objective", "mscl", "--validation_fraction", "0"),
         ]
-        result = pretrain(argv)
+        result = pretrain(parse_args(argv))
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     # Logged every 2 steps; the first interval holds the warm-up and the workers' start.

@@ -55,6 +55,13 @@ def load_script():
     return module
 
 
+def pretrain(argv: list[str], **kwargs):
+    """Pre-train from a command line, as scripts/pretrain.py does."""
+    from modeling_mscl.training import pretrain as run
+
+    return run(parse_args(argv), **kwargs)
+
+
 def tiny_argv(data_dir: str, output_dir: Path, *extra: str) -> list[str]:
     return ["--config", TINY, "--data_dir", data_dir, "--output_dir", str(output_dir), *extra]
 
@@ -71,7 +78,8 @@ def test_yaml_and_command_line(data_dir, tmp_path):
             "10",
             "--objective=cola",
             "--sources",
-            "vocals,drums",
+            "vocals",
+            "drums",
             "--resume",
             "--learning_rate",
             "5e-4",
@@ -94,19 +102,19 @@ def test_yaml_and_command_line(data_dir, tmp_path):
     "extra, message",
     [
         (["--max_step", "3"], "did you mean 'max_steps'"),
-        (["--max_steps", "three"], "max_steps: expected an integer"),
+        (["--max_steps", "three"], "max_steps.*invalid int value: 'three'"),
         (["--objective", "byol"], "objective='byol' is invalid"),
-        (["--sources", "vocals,piano"], "sources"),
+        (["--sources", "vocals", "piano"], "sources"),
         (["--batch_size", "1"], "batch_size=1 is invalid"),
         (["--lr_decay_at", "0"], "lr_decay_at"),
-        (["--absent_sources", "maybe"], "expected true or false"),
+        (["--absent_sources", "maybe"], "absent_sources.*Truthy value expected"),
         (["--width_coefficient", "-1"], "width_coefficient"),
         (["--similarity", "dot"], "similarity"),
         (["--log_with", "tensorbored"], "log_with"),
-        (["--max_steps"], "needs a value"),
+        (["--max_steps"], "max_steps.*expected one argument"),
         (["--learning_rate", "inf"], "learning_rate=inf is invalid: must be a finite number"),
         (["--max_grad_norm", "nan"], "max_grad_norm=nan is invalid: must be a finite number"),
-        (["--similarity_temperature", "-inf"], "similarity_temperature=-inf is invalid"),
+        (["--similarity_temperature=-inf"], "similarity_temperature=-inf is invalid"),
         (["--augment_fill_value", "nan"], "augment_fill_value=nan is invalid"),
     ],
 )
@@ -137,6 +145,28 @@ def test_configs_parse(data_dir):
     assert {"max_steps", "objective", "width_coefficient", "time_masks_max"} <= set(keys)
 
 
+def test_python_api_equals_the_command_line(data_dir, tmp_path):
+    by_argv = parse_args(tiny_argv(data_dir, tmp_path, "--max_steps", "3", "--sources", "drums"))
+    by_api = PretrainingArguments.from_config(
+        "tiny", data_dir=data_dir, output_dir=str(tmp_path), max_steps=3, sources=["drums"]
+    )
+    assert by_api == by_argv
+    with pytest.raises(ValueError, match="did you mean 'max_steps'"):
+        PretrainingArguments.from_config("tiny", data_dir=data_dir, max_step=3)
+    # argparse converts command-line strings only: a config's values are checked apart.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_size: 3.5\n")
+    with pytest.raises(ValueError, match="batch_size: expected int, got 3.5"):
+        parse_args(["--config", str(bad), "--data_dir", data_dir])
+    bad.write_text("batch_sise: 4\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown argument\(s\): 'batch_sise'"):
+        parse_args(["--config", str(bad), "--data_dir", data_dir])
+    with pytest.raises(TypeError, match="PretrainingArguments"):
+        from modeling_mscl.training import pretrain as run
+
+        run(tiny_argv(data_dir, tmp_path))
+
+
 def test_learning_rate_schedules():
     step = LearningRateSchedule("step", 100)
     assert step(0) == step(49) == 1.0 and step(50) == step(99) == 0.5  # the paper: halved
@@ -164,7 +194,6 @@ def test_two_steps_of_every_objective(data_dir, tmp_path, extra):
     from transformers import AutoFeatureExtractor, AutoModel
 
     from modeling_mscl import MSCLForPreTraining, MSCLModel
-    from modeling_mscl.training import pretrain
 
     out = tmp_path / "run"
     result = pretrain(tiny_argv(data_dir, out, "--max_steps", "2", *extra))
@@ -190,7 +219,6 @@ def test_two_steps_of_every_objective(data_dir, tmp_path, extra):
 def test_non_finite_weights_fail_loudly_and_save_nothing(data_dir, tmp_path):
     """A finite but absurd learning rate drives the weights to inf in one SGD step; the run
     must not end "done" with an encoder of NaNs."""
-    from modeling_mscl.training import pretrain
 
     argv = tiny_argv(data_dir, tmp_path / "blowup", "--max_steps", "1", "--optimizer", "sgd")
     with pytest.raises(RuntimeError, match="trained weights are not finite"):
@@ -201,7 +229,6 @@ def test_non_finite_weights_fail_loudly_and_save_nothing(data_dir, tmp_path):
 
 def test_bad_steps_are_skipped_then_stop_the_run(data_dir, tmp_path, monkeypatch):
     from modeling_mscl import pairs
-    from modeling_mscl.training import pretrain
 
     build = pairs.PairDataset.build
 
@@ -248,7 +275,6 @@ def test_bad_steps_are_skipped_then_stop_the_run(data_dir, tmp_path, monkeypatch
     ids=["cola", "mscl-drums"],
 )
 def test_loss_falls(data_dir, tmp_path, objective):
-    from modeling_mscl.training import pretrain
 
     result = pretrain(
         tiny_argv(
@@ -267,7 +293,7 @@ def test_loss_falls(data_dir, tmp_path, objective):
 
 
 def test_probe_hook_by_name_and_tensorboard(data_dir, tmp_path):
-    from modeling_mscl.training import pretrain, resolve_probe_hook
+    from modeling_mscl.training import resolve_probe_hook
 
     assert resolve_probe_hook(None) is None
     with pytest.raises(ValueError, match="cannot be imported"):
@@ -296,7 +322,6 @@ def count_parameters_probe(encoder, step):
 
 def test_resume_continues_exactly(data_dir, tmp_path):
     """Stopping at step 2 and resuming to 4 gives the weights of a run straight to 4."""
-    from modeling_mscl.training import pretrain
 
     common = ("--lr_schedule", "constant", "--checkpoint_every", "2", "--eval_every", "0")
     whole = pretrain(tiny_argv(data_dir, tmp_path / "whole", "--max_steps", "4", *common))
@@ -319,8 +344,6 @@ def test_resume_falls_back_from_a_corrupt_latest_checkpoint(data_dir, tmp_path, 
     """A truncated newest checkpoint is reported and the previous one is used: the resumed
     run still ends with the weights of a run straight through."""
     from accelerate.state import AcceleratorState, GradientState
-
-    from modeling_mscl.training import pretrain
 
     common = ("--lr_schedule", "constant", "--checkpoint_every", "2", "--eval_every", "0")
     whole = pretrain(tiny_argv(data_dir, tmp_path / "whole", "--max_steps", "4", *common))
@@ -352,8 +375,6 @@ def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_older_ones(
 
     from accelerate import Accelerator
 
-    from modeling_mscl.training import pretrain
-
     save_state = Accelerator.save_state
 
     def fills_up(self, output_dir, **kwargs):
@@ -375,8 +396,6 @@ def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_older_ones(
 def test_resume_without_random_states_warns(data_dir, tmp_path, caplog):
     from accelerate.state import AcceleratorState, GradientState
 
-    from modeling_mscl.training import pretrain
-
     common = ("--lr_schedule", "constant", "--checkpoint_every", "2", "--eval_every", "0")
     pretrain(tiny_argv(data_dir, tmp_path / "run", "--max_steps", "2", *common))
     (tmp_path / "run" / "checkpoints" / "step-0000002" / "random_states_0.pkl").unlink()
@@ -389,7 +408,6 @@ def test_resume_without_random_states_warns(data_dir, tmp_path, caplog):
 
 def test_resume_refuses_a_changed_schedule(data_dir, tmp_path):
     """The checkpoint's scheduler carries its decay step: another max_steps is refused."""
-    from modeling_mscl.training import pretrain
 
     common = ("--lr_schedule", "step", "--checkpoint_every", "2", "--eval_every", "0")
     pretrain(tiny_argv(data_dir, tmp_path / "run", "--max_steps", "2", *common))
@@ -412,8 +430,6 @@ def test_a_fresh_run_refuses_a_used_output_dir(data_dir, tmp_path):
     """A new run must not mingle its checkpoints with an older run's (rotation keeps the
     highest steps whoever wrote them, and a resume would load the old run)."""
     from accelerate.state import AcceleratorState, GradientState
-
-    from modeling_mscl.training import pretrain
 
     def fresh(*extra):
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -439,12 +455,11 @@ def test_an_unwritable_output_dir_fails_before_loading(data_dir, tmp_path, monke
     loaded = []
     monkeypatch.setattr(training, "load_chunk_stores", lambda *a: loaded.append(a))
     with pytest.raises(ValueError, match="a_file/out cannot be written"):
-        training.pretrain(tiny_argv(data_dir, tmp_path / "a_file" / "out"))
+        training.pretrain(parse_args(tiny_argv(data_dir, tmp_path / "a_file" / "out")))
     assert not loaded
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu(data_dir, tmp_path):
-    from modeling_mscl.training import pretrain
 
     with pytest.raises(ValueError, match="sync_batchnorm needs CUDA"):
         pretrain(
