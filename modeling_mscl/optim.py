@@ -1,4 +1,4 @@
-"""Optimizers of pre-training; only torch is imported, so any environment can build them.
+"""Optimizers and learning-rate schedules of pre-training; only torch is imported, so any environment can build them.
 
 :class:`KerasAdam` is Adam as ``tf.keras.optimizers.Adam`` applies it, the optimizer the
 reference trained with. Keras adds epsilon to sqrt(v) before the bias corrections are
@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-__all__ = ["KERAS_ADAM_EPSILON", "OPTIMIZERS", "KerasAdam", "make_optimizer"]
+__all__ = [
+    "KERAS_ADAM_EPSILON",
+    "OPTIMIZERS",
+    "KerasAdam",
+    "LearningRateSchedule",
+    "make_optimizer",
+]
 
 # tf.keras.optimizers.Adam's default epsilon (the reference kept the defaults).
 KERAS_ADAM_EPSILON = 1e-7
@@ -65,3 +71,37 @@ def make_optimizer(
     if name == "sgd":
         return torch.optim.SGD(params, lr=learning_rate, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+class LearningRateSchedule:
+    """Multiplier of the peak learning rate at each optimizer step (for ``LambdaLR``).
+
+    ``step``: ``lr_decay_factor`` from ``lr_decay_at * max_steps`` on (the paper: 0.5 at
+    half-way); ``cosine``: half a cosine from 1 to 0 after the warm-up; ``constant``.
+    A linear warm-up over ``warmup_steps`` comes first in every schedule. A class, not a
+    closure, so the scheduler's state pickles into checkpoints.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        max_steps: int,
+        warmup_steps: int = 0,
+        decay_at: float = 0.5,
+        decay_factor: float = 0.5,
+    ) -> None:
+        self.kind = kind
+        self.max_steps = max_steps
+        self.warmup_steps = warmup_steps
+        self.decay_step = int(round(decay_at * max_steps))
+        self.decay_factor = decay_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "step":
+            return self.decay_factor if step >= self.decay_step else 1.0
+        if self.kind == "cosine":
+            progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0

@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +54,8 @@ from .checkpoints import (
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .losses import process_gather
-from .modeling_mscl import MSCLForPreTraining, MSCLModel
-from .optim import make_optimizer
+from .modeling_mscl import MSCLForPreTraining
+from .optim import LearningRateSchedule, make_optimizer
 from .pairs import (
     CROP_FRAMES,
     TRAIN_STREAM,
@@ -65,11 +63,17 @@ from .pairs import (
     ChunkStore,
     PairDataset,
     SourceBatchSampler,
-    apply_augmentation,
     holdout_mask,
 )
-from .stems import SOURCES
 from .training_args import PretrainingArguments
+from .training_metrics import (
+    Meter,
+    ProbeHook,
+    batch_inputs,
+    evaluate,
+    run_probe,
+    validation_batches,
+)
 
 __all__ = [
     "LearningRateSchedule",
@@ -84,8 +88,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-ProbeHook = Callable[[MSCLModel, int], dict[str, float]]
 
 
 @dataclass
@@ -103,40 +105,6 @@ class PretrainingResult:
     skipped_steps: int
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-class LearningRateSchedule:
-    """Multiplier of the peak learning rate at each optimizer step (for ``LambdaLR``).
-
-    ``step``: ``lr_decay_factor`` from ``lr_decay_at * max_steps`` on (the paper: 0.5 at
-    half-way); ``cosine``: half a cosine from 1 to 0 after the warm-up; ``constant``.
-    A linear warm-up over ``warmup_steps`` comes first in every schedule. A class, not a
-    closure, so the scheduler's state pickles into checkpoints.
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        max_steps: int,
-        warmup_steps: int = 0,
-        decay_at: float = 0.5,
-        decay_factor: float = 0.5,
-    ) -> None:
-        self.kind = kind
-        self.max_steps = max_steps
-        self.warmup_steps = warmup_steps
-        self.decay_step = int(round(decay_at * max_steps))
-        self.decay_factor = decay_factor
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.kind == "step":
-            return self.decay_factor if step >= self.decay_step else 1.0
-        if self.kind == "cosine":
-            progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
 
 
 # ------------------------------------------------------------------------------ building
@@ -237,18 +205,6 @@ def _has_accelerator() -> bool:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _batch_inputs(
-    batch: dict[str, Any], device: torch.device, objective: str, augmentation: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(anchor, positive, source_present or None) on ``device`` as float32."""
-    moved = dict(batch)
-    moved["anchor"] = batch["anchor"].to(device, non_blocking=True).float()
-    moved["positive"] = batch["positive"].to(device, non_blocking=True).float()
-    moved = apply_augmentation(moved, augmentation)  # s3t parameters still in the batch
-    present = batch["present"].to(device) if objective == "mscl" else None
-    return moved["anchor"], moved["positive"], present
-
-
 def _all_true(accelerator: Any, flag: torch.Tensor) -> bool:
     """Whether the bool tensor ``flag`` holds on every process.
 
@@ -261,111 +217,12 @@ def _all_true(accelerator: Any, flag: torch.Tensor) -> bool:
     return bool(value.item() == accelerator.num_processes)
 
 
-class _Meter:
-    """Sums of loss / accuracy per source (slot 0 = mixture positives) between two logs."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(len(SOURCES) + 1, 3, device=device)  # loss, accuracy, count
-
-    def add(
-        self,
-        source: int,
-        loss: torch.Tensor,
-        accuracy: torch.Tensor,
-        valid: torch.Tensor | None = None,
-    ) -> None:
-        """Add one minibatch; rows with ``valid`` False (a non-finite loss) count nothing."""
-        loss, accuracy = loss.detach().float(), accuracy.detach().float()
-        count = loss.new_ones(()) if valid is None else valid.float()
-        row = torch.stack([torch.where(count > 0, loss, 0.0), accuracy * count, count])
-        self.sums[source + 1] += row
-
-    def collect(self, accelerator: Any, prefix: str) -> dict[str, float]:
-        sums = accelerator.reduce(self.sums, reduction="sum").cpu()
-        self.sums.zero_()
-        out = {}
-        total = sums.sum(0)
-        if total[2] > 0:
-            out[f"{prefix}/loss"] = float(total[0] / total[2])
-            out[f"{prefix}/accuracy"] = float(total[1] / total[2])
-        for slot, name in enumerate(SOURCES, start=1):
-            if sums[slot, 2] > 0:
-                out[f"{prefix}/loss_{name}"] = float(sums[slot, 0] / sums[slot, 2])
-        return out
-
-
-def _evaluate(
-    accelerator: Any,
-    model: Any,
-    batches: list[dict[str, Any]],
-    args: PretrainingArguments,
-    aug: Any,
-) -> dict[str, float]:
-    """Contrastive loss and accuracy on the fixed validation minibatches (eval mode)."""
-    unwrapped = accelerator.unwrap_model(model)
-    was_training = unwrapped.training
-    unwrapped.eval()
-    meter = _Meter(accelerator.device)
-    gather = process_gather()
-    with torch.no_grad(), accelerator.autocast():
-        for batch in batches:
-            anchor, positive, present = _batch_inputs(
-                batch, accelerator.device, args.data.objective, aug
-            )
-            out = unwrapped(anchor, positive, source_present=present, gather=gather)
-            meter.add(batch["source"], out.loss, out.accuracy)
-    unwrapped.train(was_training)
-    return meter.collect(accelerator, "val")
-
-
-def _run_probe(accelerator: Any, model: Any, hook: ProbeHook, step: int) -> dict[str, float]:
-    """Call the probe hook on the main process with the encoder in eval mode.
-
-    The hook runs under ``fork_rng``: whatever randomness it uses does not shift the
-    training's random stream, so runs with and without probes (and resumed runs) agree.
-    """
-    results: dict[str, float] = {}
-    if accelerator.is_main_process:
-        encoder = accelerator.unwrap_model(model).mscl
-        was_training = encoder.training
-        encoder.eval()
-        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):
-                raw = hook(encoder, step) or {}
-            results = {f"probe/{k}": float(v) for k, v in raw.items()}
-        except Exception as err:  # noqa: BLE001 - a failing probe must not kill the run
-            logger.warning("probe_hook failed at step %d: %s: %s", step, type(err).__name__, err)
-        finally:
-            encoder.train(was_training)
-    accelerator.wait_for_everyone()
-    return results
-
-
 def _tracker_config(args: PretrainingArguments) -> dict[str, Any]:
     # TensorBoard's hparams accept scalars and strings only.
     return {
         k: (", ".join(v) if isinstance(v, list) else ("none" if v is None else v))
         for k, v in args.to_dict().items()
     }
-
-
-def _validation_batches(
-    args: PretrainingArguments, store: ChunkStore, rank: int, world: int, in_loader: bool
-) -> list[dict[str, Any]]:
-    """The fixed validation minibatches of this process (none, with a warning, if impossible)."""
-    try:
-        sampler = build_sampler(args, store, VALIDATION_STREAM)
-        data = PairDataset(store, sampler, args.training.eval_batches, rank, world, in_loader)
-        batches = [data[i] for i in range(args.training.eval_batches)]
-    except ValueError as err:  # e.g. a source never present in the validation chunks
-        logger.warning("validation disabled: %s", err)
-        return []
-    errors = [b["error"] for b in batches if "error" in b]
-    if errors:
-        logger.warning("validation disabled: %s", errors[0])
-        return []
-    return batches
 
 
 def _save_final(
@@ -389,33 +246,46 @@ def _save_final(
         os.replace(tmp, final)
 
 
-def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) -> PretrainingResult:
-    """Pre-train an MSCL encoder; see the module docstring for what happens.
+@dataclass
+class _Run:
+    """Everything one pre-training run holds, filled in by the steps of :func:`pretrain`."""
 
-    Args:
-        args: the arguments: :func:`~modeling_mscl.training_args.parse_args` of a command
-            line, or :meth:`PretrainingArguments.from_config` from Python.
-        probe_hook: ``fn(encoder: MSCLModel, step: int) -> dict[str, float]`` called on the
-            main process at step 0 of a fresh run, every ``probe_every`` steps and at the
-            end; its results are logged as ``probe/<name>``. Overrides ``args``' probe_hook.
+    args: PretrainingArguments
+    accelerator: Any
+    precision: str
+    out_dir: Path
+    hook: ProbeHook | None
+    store: ChunkStore | None = None
+    val_store: ChunkStore | None = None
+    sampler: SourceBatchSampler | None = None
+    in_loader: bool = True
+    val_batches: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    fingerprint: str = ""
+    step: int = 0
+    start_step: int = 0
+    skipped: int = 0
+    bad_in_row: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
 
-    Returns:
-        A :class:`PretrainingResult` (folders, final step, last metrics).
-    """
+    def record(self, logs: dict[str, float], at_step: int) -> None:
+        """Send ``logs`` to the trackers and keep them in the run's metrics and history."""
+        if logs:
+            self.accelerator.log(logs, step=at_step)
+            self.metrics.update(logs)
+            self.history.append({"step": float(at_step), **logs})
+
+
+def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str]:
+    """The ``Accelerator`` of a run and its mixed precision ('no' or 'bf16')."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
-    if not isinstance(args, PretrainingArguments):
-        raise TypeError(
-            "pretrain() takes PretrainingArguments: parse_args(argv) for a command line, "
-            "PretrainingArguments.from_config(config, **overrides) from Python"
-        )
-    args.validate()
-    t, d = args.training, args.data
-    hook = probe_hook or resolve_probe_hook(t.probe_hook)
+    t = args.training
     out_dir = Path(t.output_dir).expanduser()
-
     on_cpu = t.cpu or not _has_accelerator()
     precision = t.mixed_precision
     if precision == "auto":
@@ -438,12 +308,20 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
         # once per optimizer step (not once per process).
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
-    world, rank = accelerator.num_processes, accelerator.process_index
-    # Before any data or model is loaded: a used or unwritable folder fails fast.
-    prepare_output_dir(out_dir, t.resume, t.overwrite_output_dir, accelerator.is_main_process)
+    return accelerator, precision
+
+
+def _check_run(run: _Run) -> None:
+    """Refuse what cannot work before any data or model is loaded."""
+    t, accelerator = run.args.training, run.accelerator
+    # A used or unwritable folder fails fast.
+    prepare_output_dir(run.out_dir, t.resume, t.overwrite_output_dir, accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    if t.batch_size % world:
-        raise ValueError(f"batch_size={t.batch_size} must be a multiple of the {world} processes")
+    if t.batch_size % accelerator.num_processes:
+        raise ValueError(
+            f"batch_size={t.batch_size} must be a multiple of the "
+            f"{accelerator.num_processes} processes"
+        )
     if t.sync_batchnorm and accelerator.device.type != "cuda":
         raise ValueError(
             f"sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm has no kernel for "
@@ -451,15 +329,24 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
             "norm then sees its slice of the minibatch"
         )
 
-    store, val_store = load_chunk_stores(args)
-    sampler = build_sampler(args, store, TRAIN_STREAM)
-    augmentation = sampler.augmentation
-    in_loader = d.augment_on == "loader" or (d.augment_on == "auto" and on_cpu)
-    accum = t.gradient_accumulation_steps
 
+def prepare_data(run: _Run) -> None:
+    """The training and validation stores and the training sampler."""
+    d = run.args.data
+    run.store, run.val_store = load_chunk_stores(run.args)
+    run.sampler = build_sampler(run.args, run.store, TRAIN_STREAM)
+    on_cpu = run.accelerator.device.type == "cpu"
+    run.in_loader = d.augment_on == "loader" or (d.augment_on == "auto" and on_cpu)
+
+
+def prepare_model(run: _Run) -> None:
+    """Model, optimizer and schedule, prepared by Accelerate and resumed if asked."""
+    from accelerate.utils import set_seed
+
+    args, accelerator, t = run.args, run.accelerator, run.args.training
     set_seed(t.seed)  # the same initial weights on every process and in every run
     model = build_model(args)
-    if t.sync_batchnorm and world > 1:
+    if t.sync_batchnorm and accelerator.num_processes > 1:
         # Statistics over the global minibatch: what one process on the whole batch
         # computes (the reference trained on one GPU).
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -468,32 +355,52 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
         t.lr_schedule, t.max_steps, t.warmup_steps, t.lr_decay_at, t.lr_decay_factor
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    run.model, run.optimizer, run.scheduler = accelerator.prepare(model, optimizer, scheduler)
     # Stochastic depth draws differ across processes (seed + rank), as rows of one batch do.
     set_seed(t.seed, device_specific=True)
 
     if accelerator.is_main_process:
-        remove_partial_checkpoints(out_dir)
+        remove_partial_checkpoints(run.out_dir)
     accelerator.wait_for_everyone()
-    fingerprint = sampler.fingerprint()
-    start_step, skipped, bad_in_row = (
-        resume(accelerator, args, fingerprint) if t.resume else (0, 0, 0)
-    )
+    run.fingerprint = run.sampler.fingerprint()
+    if t.resume:
+        run.start_step, run.skipped, run.bad_in_row = resume(accelerator, args, run.fingerprint)
+    run.step = run.start_step
     if accelerator.is_main_process:
-        args.save(out_dir / ARGS_FILE)
+        args.save(run.out_dir / ARGS_FILE)
 
-    val_batches: list[dict[str, Any]] = []
-    if val_store is not None and t.eval_every and t.eval_batches:
-        val_batches = _validation_batches(args, val_store, rank, world, in_loader)
 
+def make_batches(run: _Run) -> tuple[PairDataset, torch.utils.data.DataLoader]:
+    """The fixed validation minibatches, and the training minibatches from the run's start
+    to ``max_steps`` (each a pure function of the step)."""
+    d, t, accelerator = run.args.data, run.args.training, run.accelerator
+    if run.val_store is not None and t.eval_every and t.eval_batches:
+        rank, world = accelerator.process_index, accelerator.num_processes
+        run.val_batches = validation_batches(
+            lambda: build_sampler(run.args, run.val_store, VALIDATION_STREAM),
+            run.val_store,
+            t.eval_batches,
+            rank,
+            world,
+            run.in_loader,
+        )
+    accum = t.gradient_accumulation_steps
     # With workers, batches travel through a ring of shared buffers (see PairDataset);
     # this loop is done with a batch before it fetches the next, so 2 spare slots suffice.
     slots = d.num_workers * d.prefetch_factor + 2 if d.num_workers else 0
-    dataset = PairDataset(store, sampler, t.max_steps * accum, rank, world, in_loader, slots)
+    dataset = PairDataset(
+        run.store,
+        run.sampler,
+        t.max_steps * accum,
+        accelerator.process_index,
+        accelerator.num_processes,
+        run.in_loader,
+        slots,
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
-        sampler=range(start_step * accum, t.max_steps * accum),
+        sampler=range(run.start_step * accum, t.max_steps * accum),
         num_workers=d.num_workers,
         prefetch_factor=d.prefetch_factor if d.num_workers else None,
         pin_memory=accelerator.device.type == "cuda",
@@ -501,140 +408,166 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
         # whose state a resumed run restores from the checkpoint.
         generator=torch.Generator().manual_seed(t.seed),
     )
+    return dataset, loader
 
-    accelerator.print(
-        f"pretraining {d.objective} on {len(store)} chunks ({len(val_store or [])} for "
-        f"validation): {world} process(es) on {accelerator.device}, mixed precision "
-        f"{precision}, {t.batch_size} pairs per minibatch, steps {start_step} -> {t.max_steps}"
+
+def _placeholder(run: _Run) -> dict[str, Any]:
+    """Stands in for a minibatch that could not be built: the process still runs forward
+    and backward (their collectives must match the other processes'), and the step is
+    skipped on every process."""
+    rows = run.args.training.batch_size // run.accelerator.num_processes
+    return {
+        "anchor": torch.zeros(rows, CROP_FRAMES, run.store.num_bins),
+        "positive": torch.zeros(rows, CROP_FRAMES, run.store.num_bins),
+        "present": torch.ones(rows, dtype=torch.bool),
+        "source": int(run.sampler.source_index[0]) if len(run.sampler.source_index) else -1,
+    }
+
+
+@dataclass
+class _Interval:
+    """Timing and the step's state between two optimizer steps / two logs."""
+
+    step_ok: torch.Tensor
+    grad_norm: torch.Tensor
+    wait_seconds: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+
+    def restart(self) -> None:
+        self.wait_seconds, self.start, self.steps = 0.0, time.perf_counter(), 0
+
+
+def _optimizer_update(run: _Run, state: _Interval) -> None:
+    """Clip, then update unless a process saw a bad batch or non-finite values; advance
+    the schedule either way (it follows steps, not updates)."""
+    t, accelerator = run.args.training, run.accelerator
+    state.grad_norm = accelerator.clip_grad_norm_(
+        run.model.parameters(), t.max_grad_norm or float("inf")
     )
-    accelerator.init_trackers("pretrain", config=_tracker_config(args))
+    if _all_true(accelerator, state.step_ok & torch.isfinite(state.grad_norm)):
+        run.optimizer.step()
+        run.bad_in_row = 0
+    else:
+        run.skipped += 1
+        run.bad_in_row += 1
+        logger.warning(
+            "step %d skipped (non-finite loss or gradients, or a bad batch); %d skipped so far",
+            run.step,
+            run.skipped,
+        )
+    with warnings.catch_warnings():
+        # After a skipped update torch warns of "scheduler before optimizer": intended.
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+        run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    state.steps += 1
+    state.step_ok = torch.ones((), dtype=torch.bool, device=accelerator.device)
+    if run.bad_in_row >= t.max_bad_steps:
+        accelerator.end_training()
+        raise RuntimeError(
+            f"{run.bad_in_row} optimizer steps in a row were skipped (last: step "
+            f"{run.step - 1}); the run stops. Check the data and the learning rate."
+        )
+
+
+def _after_step(run: _Run, state: _Interval, meter: Meter, bar: Any) -> None:
+    """Log, validate, probe and checkpoint when their intervals say so."""
+    t, accelerator, step = run.args.training, run.accelerator, run.step
+    accum = t.gradient_accumulation_steps
+    logs: dict[str, float] = {}
+    if step % t.log_every == 0 or step == t.max_steps:
+        elapsed = time.perf_counter() - state.start
+        logs.update(meter.collect(accelerator, "train"))
+        logs["train/lr"] = run.scheduler.get_last_lr()[0]
+        logs["train/grad_norm"] = float(state.grad_norm)
+        logs["train/skipped_steps"] = float(run.skipped)
+        logs["train/pairs_per_second"] = state.steps * accum * t.batch_size / elapsed
+        logs["train/data_wait_fraction"] = state.wait_seconds / elapsed
+        state.restart()
+        if "train/loss" in logs:
+            bar.set_postfix(loss=f"{logs['train/loss']:.3f}", acc=f"{logs['train/accuracy']:.2f}")
+    if run.val_batches and (step % t.eval_every == 0 or step == t.max_steps):
+        augmentation = run.sampler.augmentation
+        logs.update(evaluate(accelerator, run.model, run.val_batches, run.args, augmentation))
+    if (
+        run.hook is not None
+        and t.probe_every
+        and (step % t.probe_every == 0 or step == t.max_steps)
+    ):
+        logs.update(run_probe(accelerator, run.model, run.hook, step))
+    run.record(logs, step)
+    if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.max_steps:
+        trainer_state = {
+            "step": step,
+            "minibatch": step * accum,
+            "skipped_steps": run.skipped,
+            "bad_steps_in_row": run.bad_in_row,
+            "num_processes": accelerator.num_processes,
+            "sampler": run.sampler.state_dict(),
+            "sampler_fingerprint": run.fingerprint,
+        }
+        save_checkpoint(accelerator, run.args, step, trainer_state)
+
+
+def train_loop(run: _Run, dataset: PairDataset, loader: torch.utils.data.DataLoader) -> None:
+    """The optimizer steps from ``run.start_step`` to ``max_steps``."""
+    from tqdm.auto import tqdm
+
+    t, d, accelerator = run.args.training, run.args.data, run.accelerator
+    accum, device = t.gradient_accumulation_steps, accelerator.device
     bar = tqdm(
         total=t.max_steps,
-        initial=start_step,
+        initial=run.start_step,
         desc="pretraining",
         disable=not (t.progress_bar and accelerator.is_local_main_process),
     )
-    meter = _Meter(accelerator.device)
-    metrics: dict[str, float] = {}
-    history: list[dict[str, float]] = []
-
-    def record(logs: dict[str, float], at_step: int) -> None:
-        """Send ``logs`` to the trackers and keep them in the run's metrics and history."""
-        if logs:
-            accelerator.log(logs, step=at_step)
-            metrics.update(logs)
-            history.append({"step": float(at_step), **logs})
-
-    step = start_step
-    device = accelerator.device
-    # Stands in for a minibatch that could not be built: the process still runs forward
-    # and backward (their collectives must match the other processes'), and the step is
-    # skipped on every process.
-    placeholder = {
-        "anchor": torch.zeros(t.batch_size // world, CROP_FRAMES, store.num_bins),
-        "positive": torch.zeros(t.batch_size // world, CROP_FRAMES, store.num_bins),
-        "present": torch.ones(t.batch_size // world, dtype=torch.bool),
-        "source": int(sampler.source_index[0]) if len(sampler.source_index) else -1,
-    }
-    step_ok = torch.ones((), dtype=torch.bool, device=device)
-    grad_norm = torch.full((), float("nan"), device=device)
-    wait_seconds, interval_start, interval_steps = 0.0, time.perf_counter(), 0
-    if hook is not None and t.probe_every and start_step == 0:
+    meter = Meter(device)
+    placeholder = _placeholder(run)
+    state = _Interval(
+        step_ok=torch.ones((), dtype=torch.bool, device=device),
+        grad_norm=torch.full((), float("nan"), device=device),
+    )
+    if run.hook is not None and t.probe_every and run.start_step == 0:
         # Step 0 is the initialisation that every run of a seed shares: convergence curves
         # of several objectives then start from the same point.
-        record(_run_probe(accelerator, model, hook, 0), 0)
-    model.train()
+        run.record(run_probe(accelerator, run.model, run.hook, 0), 0)
+    run.model.train()
     batches = iter(loader)
     # One loss over the global batch: every process's positives are columns of every loss.
     gather = process_gather()
-    for _ in range(start_step * accum, t.max_steps * accum):
+    augmentation = run.sampler.augmentation
+    for _ in range(run.start_step * accum, t.max_steps * accum):
         waited = time.perf_counter()
         batch = dataset.resolve(next(batches))
-        wait_seconds += time.perf_counter() - waited
-        with accelerator.accumulate(model):
+        state.wait_seconds += time.perf_counter() - waited
+        with accelerator.accumulate(run.model):
             if "error" in batch:
                 logger.warning("minibatch %d could not be built: %s", batch["step"], batch["error"])
                 batch = placeholder
-                step_ok = step_ok & False
-            anchor, positive, present = _batch_inputs(batch, device, d.objective, augmentation)
-            out = model(anchor, positive, source_present=present, gather=gather)
+                state.step_ok = state.step_ok & False
+            anchor, positive, present = batch_inputs(batch, device, d.objective, augmentation)
+            out = run.model(anchor, positive, source_present=present, gather=gather)
             accelerator.backward(out.loss)
             finite = torch.isfinite(out.loss.detach())
-            step_ok = step_ok & finite
+            state.step_ok = state.step_ok & finite
             if batch is not placeholder:
                 meter.add(batch["source"], out.loss, out.accuracy, finite)
             if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(
-                    model.parameters(), t.max_grad_norm or float("inf")
-                )
-                if _all_true(accelerator, step_ok & torch.isfinite(grad_norm)):
-                    optimizer.step()
-                    bad_in_row = 0
-                else:
-                    skipped += 1
-                    bad_in_row += 1
-                    logger.warning(
-                        "step %d skipped (non-finite loss or gradients, or a bad batch); "
-                        "%d skipped so far",
-                        step,
-                        skipped,
-                    )
-                with warnings.catch_warnings():
-                    # After a skipped update torch warns of "scheduler before optimizer":
-                    # intended here, the schedule follows steps, not updates.
-                    warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                interval_steps += 1
-                step_ok = torch.ones((), dtype=torch.bool, device=device)
+                _optimizer_update(run, state)
                 bar.update(1)
-                if bad_in_row >= t.max_bad_steps:
-                    accelerator.end_training()
-                    raise RuntimeError(
-                        f"{bad_in_row} optimizer steps in a row were skipped (last: step "
-                        f"{step - 1}); the run stops. Check the data and the learning rate."
-                    )
-                logs: dict[str, float] = {}
-                if step % t.log_every == 0 or step == t.max_steps:
-                    elapsed = time.perf_counter() - interval_start
-                    logs.update(meter.collect(accelerator, "train"))
-                    logs["train/lr"] = scheduler.get_last_lr()[0]
-                    logs["train/grad_norm"] = float(grad_norm)
-                    logs["train/skipped_steps"] = float(skipped)
-                    logs["train/pairs_per_second"] = interval_steps * accum * t.batch_size / elapsed
-                    logs["train/data_wait_fraction"] = wait_seconds / elapsed
-                    wait_seconds, interval_start, interval_steps = 0.0, time.perf_counter(), 0
-                    if "train/loss" in logs:
-                        bar.set_postfix(
-                            loss=f"{logs['train/loss']:.3f}", acc=f"{logs['train/accuracy']:.2f}"
-                        )
-                if val_batches and (step % t.eval_every == 0 or step == t.max_steps):
-                    logs.update(_evaluate(accelerator, model, val_batches, args, augmentation))
-                if (
-                    hook is not None
-                    and t.probe_every
-                    and (step % t.probe_every == 0 or step == t.max_steps)
-                ):
-                    logs.update(_run_probe(accelerator, model, hook, step))
-                record(logs, step)
-                if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.max_steps:
-                    trainer_state = {
-                        "step": step,
-                        "minibatch": step * accum,
-                        "skipped_steps": skipped,
-                        "bad_steps_in_row": bad_in_row,
-                        "num_processes": world,
-                        "sampler": sampler.state_dict(),
-                        "sampler_fingerprint": fingerprint,
-                    }
-                    save_checkpoint(accelerator, args, step, trainer_state)
+                _after_step(run, state, meter, bar)
     bar.close()
 
-    encoder_dir, pretraining_dir = out_dir / "encoder", out_dir / "pretraining"
+
+def finish(run: _Run) -> PretrainingResult:
+    """Save ``encoder/`` and ``pretraining/`` (refused if the weights are not finite)."""
+    accelerator = run.accelerator
+    encoder_dir, pretraining_dir = run.out_dir / "encoder", run.out_dir / "pretraining"
     # An encoder of NaNs must not look like a result: every process (DDP keeps the weights
     # equal) refuses to finish, loudly, and nothing is saved.
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(run.model)
     broken = [n for n, p in unwrapped.state_dict().items() if not torch.isfinite(p).all()]
     if broken:
         accelerator.end_training()
@@ -644,15 +577,57 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
             "or set max_grad_norm."
         )
     if accelerator.is_main_process:
-        _save_final(accelerator.unwrap_model(model), args, encoder_dir, pretraining_dir)
+        _save_final(unwrapped, run.args, encoder_dir, pretraining_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return PretrainingResult(
-        output_dir=str(out_dir),
+        output_dir=str(run.out_dir),
         encoder_dir=str(encoder_dir),
         pretraining_dir=str(pretraining_dir),
-        step=step,
-        skipped_steps=skipped,
-        metrics=metrics,
-        history=history,
+        step=run.step,
+        skipped_steps=run.skipped,
+        metrics=run.metrics,
+        history=run.history,
     )
+
+
+def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) -> PretrainingResult:
+    """Pre-train an MSCL encoder; see the module docstring for what happens.
+
+    The steps, each a function of this module: :func:`setup_accelerator`, a check of the
+    output folder and the process count, :func:`prepare_data`, :func:`prepare_model`
+    (resuming if asked), :func:`make_batches`, :func:`train_loop` and :func:`finish`.
+
+    Args:
+        args: the arguments: :func:`~modeling_mscl.training_args.parse_args` of a command
+            line, or :meth:`PretrainingArguments.from_config` from Python.
+        probe_hook: ``fn(encoder: MSCLModel, step: int) -> dict[str, float]`` called on the
+            main process at step 0 of a fresh run, every ``probe_every`` steps and at the
+            end; its results are logged as ``probe/<name>``. Overrides ``args``' probe_hook.
+
+    Returns:
+        A :class:`PretrainingResult` (folders, final step, last metrics).
+    """
+    if not isinstance(args, PretrainingArguments):
+        raise TypeError(
+            "pretrain() takes PretrainingArguments: parse_args(argv) for a command line, "
+            "PretrainingArguments.from_config(config, **overrides) from Python"
+        )
+    args.validate()
+    t = args.training
+    hook = probe_hook or resolve_probe_hook(t.probe_hook)
+    accelerator, precision = setup_accelerator(args)
+    run = _Run(args, accelerator, precision, Path(t.output_dir).expanduser(), hook)
+    _check_run(run)
+    prepare_data(run)
+    prepare_model(run)
+    dataset, loader = make_batches(run)
+    accelerator.print(
+        f"pretraining {args.data.objective} on {len(run.store)} chunks "
+        f"({len(run.val_store or [])} for validation): {accelerator.num_processes} process(es) "
+        f"on {accelerator.device}, mixed precision {precision}, {t.batch_size} pairs per "
+        f"minibatch, steps {run.start_step} -> {t.max_steps}"
+    )
+    accelerator.init_trackers("pretrain", config=_tracker_config(args))
+    train_loop(run, dataset, loader)
+    return finish(run)
