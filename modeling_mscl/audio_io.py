@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ._files import atomic_path
 
 __all__ = ["AudioDecodeError", "load_audio", "resample", "write_audio"]
 
@@ -93,11 +94,5 @@ def write_audio(path: str | os.PathLike, waveform: np.ndarray, sampling_rate: in
         data = data.T  # soundfile wants (samples, channels)
     fmt = path.suffix.lstrip(".").upper()
     fmt = {"MP3": "MP3", "OGG": "OGG", "FLAC": "FLAC"}.get(fmt, "WAV")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, data, sampling_rate, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ from datasets import (
 )
 from datasets.fingerprint import Hasher
 
+from ._files import write_json_atomic
 from .audio_io import AudioDecodeError, load_audio
 from .stems import SAMPLING_RATE, SOURCES, RowSeparator, Separator
 
@@ -380,19 +380,6 @@ class StemChunker:
 # ---------------------------------------------------------------------- prepare_chunks
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically: a crash never leaves a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _remove_previous_output(output_dir: Path) -> None:
     """Delete a previous final dataset in ``output_dir`` (not the shards, not other files)."""
     dict_json = output_dir / "dataset_dict.json"
@@ -672,7 +659,7 @@ def prepare_chunks(
         for path in (output_dir / "shards").glob("*/*"):
             if os.path.realpath(path) not in in_use and path.is_file():
                 path.unlink()
-    _write_json(
+    write_json_atomic(
         report_path,
         {
             "complete": True,
@@ -681,5 +668,6 @@ def prepare_chunks(
             "threshold": threshold,
             "splits": report_splits,
         },
+        indent=2,
     )
     return load_from_disk(str(output_dir))

@@ -34,7 +34,6 @@ import importlib
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._files import atomic_folder
 from .checkpoints import (
     ARGS_FILE,
     latest_checkpoint,
@@ -378,15 +378,11 @@ def _save_final(
     """
     fe = MSCLFeatureExtractor(feature_size=model.config.num_mel_bins)
     for final, module, extractor in ((encoder_dir, model.mscl, fe), (full_dir, model, None)):
-        tmp = final.with_name(f".tmp-{final.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        module.save_pretrained(str(tmp))
-        if extractor is not None:
-            extractor.save_pretrained(str(tmp))
-        args.save(tmp / ARGS_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_folder(final) as tmp:
+            module.save_pretrained(str(tmp))
+            if extractor is not None:
+                extractor.save_pretrained(str(tmp))
+            args.save(tmp / ARGS_FILE)
 
 
 def pretrain(

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ._files import atomic_write
 from .optim import OPTIMIZERS
 from .pairs import OBJECTIVES
 from .stems import SOURCES
@@ -294,11 +295,8 @@ class PretrainingArguments:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the flat mapping as JSON (atomically: a temporary file renamed)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        with atomic_write(path, "w") as handle:
+            handle.write(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def validate(self) -> PretrainingArguments:
         """Check every value; raise ValueError naming the first bad one. Returns self."""
