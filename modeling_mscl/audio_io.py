@@ -1,8 +1,10 @@
-"""Reading and writing audio files with soundfile, resampled with julius.
+"""Reading and writing audio files with soundfile.
 
 soundfile (libsndfile >= 1.1, bundled in its wheel) decodes wav, flac, ogg and mp3
 without a system FFmpeg, which is why the package reads audio through it rather than
-through ``datasets.Audio``.
+through ``datasets.Audio``. Audio is resampled with the package's one resampler,
+:func:`modeling_mscl.feature_extraction_mscl.resample_audio` (it lives in the Hub file, which
+must work alone).
 """
 
 from __future__ import annotations
@@ -10,31 +12,27 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["AudioDecodeError", "load_audio", "resample", "write_audio"]
+from ._files import atomic_path
+from .feature_extraction_mscl import resample_audio
+
+__all__ = ["AudioDecodeError", "in_threads", "load_audio", "write_audio"]
 
 logger = logging.getLogger(__name__)
+# Files decoded at once by one process: enough to keep a GPU fed from local disks.
+IO_THREADS = 8
 # libsndfile's log line for a data chunk shorter than its header says.
 _TRUNCATED = re.compile(r"^data\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
 
 
 class AudioDecodeError(ValueError):
     """An audio file could not be read; the message names the file and the reason."""
-
-
-def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resample ``waveform`` (..., samples) from ``orig_sr`` to ``target_sr`` Hz with julius."""
-    if orig_sr == target_sr:
-        return waveform
-    import julius
-    import torch
-
-    out = julius.resample_frac(torch.from_numpy(np.ascontiguousarray(waveform)), orig_sr, target_sr)
-    return out.numpy()
 
 
 def load_audio(
@@ -74,7 +72,7 @@ def load_audio(
     if mono:
         wav = wav.mean(axis=0)
     if sampling_rate is not None and sr != sampling_rate:
-        wav = resample(wav, sr, sampling_rate)
+        wav = resample_audio(wav, sr, sampling_rate)
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
@@ -93,11 +91,26 @@ def write_audio(path: str | os.PathLike, waveform: np.ndarray, sampling_rate: in
         data = data.T  # soundfile wants (samples, channels)
     fmt = path.suffix.lstrip(".").upper()
     fmt = {"MP3": "MP3", "OGG": "OGG", "FLAC": "FLAC"}.get(fmt, "WAV")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, data, sampling_rate, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+
+def in_threads(
+    fn: Callable[[Any], Any], items: Sequence[Any]
+) -> list[tuple[Any, AudioDecodeError | None]]:
+    """``fn`` over ``items`` in up to :data:`IO_THREADS` threads (decoding releases the GIL).
+
+    Per item, in order: ``(result, None)``, or ``(None, error)`` when ``fn`` raised
+    :class:`AudioDecodeError` (a bad file skips its item); any other error propagates.
+    """
+
+    def attempt(item: Any) -> tuple[Any, AudioDecodeError | None]:
+        try:
+            return fn(item), None
+        except AudioDecodeError as err:
+            return None, err
+
+    if len(items) <= 1:
+        return [attempt(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(len(items), IO_THREADS)) as pool:
+        return list(pool.map(attempt, items))

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ._files import TEMP_FOLDER_PREFIX, replace_folder
 from .training_args import PretrainingArguments
 
 __all__ = [
@@ -72,7 +73,7 @@ def save_checkpoint(
     """save_state into a temporary folder, then rename it; keep the newest checkpoints."""
     root = Path(args.training.output_dir) / CHECKPOINT_DIR
     final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
-    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
+    tmp = root / f"{TEMP_FOLDER_PREFIX}{CHECKPOINT_PREFIX}{step:07d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -91,9 +92,7 @@ def save_checkpoint(
             err.errno, f"checkpoint of step {step} could not be written to {tmp}: {err}"
         ) from err
     if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_folder(tmp, final)
         kept = sorted((s, p) for p in root.iterdir() if (s := _checkpoint_step(p)) is not None)
         for _, old in kept[: -args.training.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -143,7 +142,7 @@ def prepare_output_dir(
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
     """Delete the temporary folders a killed run left behind (main process only)."""
-    for stale in (Path(output_dir) / CHECKPOINT_DIR).glob(".tmp-*"):
+    for stale in (Path(output_dir) / CHECKPOINT_DIR).glob(f"{TEMP_FOLDER_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 

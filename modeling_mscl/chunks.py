@@ -16,11 +16,9 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +36,10 @@ from datasets import (
 )
 from datasets.fingerprint import Hasher
 
-from .audio_io import AudioDecodeError, load_audio
-from .stems import SAMPLING_RATE, SOURCES, RowSeparator, Separator
+from ._files import write_json_atomic
+from .audio_io import AudioDecodeError, in_threads, load_audio
+from .feature_extraction_mscl import resample_audio
+from .stems import SAMPLING_RATE, SOURCES, Separator, check_separator
 
 __all__ = [
     "CHUNK_FRAMES",
@@ -78,8 +78,6 @@ CHUNK_COLUMNS = ("track_id", "chunk_index", "mixture", *SOURCES, "present")
 # before the dataset is saved.
 _STATUS = "_mscl_skip_reason"
 _SECONDS = "_mscl_seconds"
-# Files decoded at once by one map worker: enough to keep a GPU fed from local disks.
-_IO_THREADS = 8
 # Bump when the chunk format or its computation changes: old caches must not be reused.
 _FORMAT_VERSION = 1
 
@@ -162,27 +160,7 @@ def _decode(path: str) -> tuple[np.ndarray, int]:
 
 
 def _to_16k_mono(wav: np.ndarray, rate: int, device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(wav).to(device).mean(0)
-    if rate == SAMPLING_RATE:
-        return x
-    import julius
-
-    return julius.resample_frac(x, rate, SAMPLING_RATE)
-
-
-def _in_threads(fn: Any, items: list) -> list[tuple[Any, AudioDecodeError | None]]:
-    """``fn`` over ``items`` in a few threads; (result, None) or (None, decode error)."""
-
-    def attempt(item: Any) -> tuple[Any, AudioDecodeError | None]:
-        try:
-            return fn(item), None
-        except AudioDecodeError as err:
-            return None, err
-
-    if len(items) <= 1:
-        return [attempt(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(len(items), _IO_THREADS)) as pool:
-        return list(pool.map(attempt, items))
+    return resample_audio(torch.from_numpy(wav).to(device).mean(0), rate, SAMPLING_RATE)
 
 
 class StemChunker:
@@ -198,9 +176,10 @@ class StemChunker:
     fingerprints it the same way in every run.
 
     Args:
-        separator (`Separator` or `RowSeparator`):
-            :class:`~modeling_mscl.stems.DemucsSeparator`, or
-            :class:`~modeling_mscl.stems.OracleSeparator` for rows with stem paths.
+        separator (`Separator`):
+            :class:`~modeling_mscl.stems.DemucsSeparator`,
+            :class:`~modeling_mscl.stems.OracleSeparator` for rows with stem paths, or
+            anything else that implements :class:`~modeling_mscl.stems.Separator`.
         threshold (`float`, *optional*, defaults to 0.01):
             Presence threshold on the mean absolute amplitude of a chunk.
         device (`str`, *optional*):
@@ -214,15 +193,12 @@ class StemChunker:
 
     def __init__(
         self,
-        separator: Separator | RowSeparator,
+        separator: Separator,
         threshold: float = DEFAULT_THRESHOLD,
         device: str | None = None,
         records: bool = False,
     ) -> None:
-        if not (hasattr(separator, "separate") or hasattr(separator, "stems_from_row")):
-            raise TypeError(
-                f"{type(separator).__name__} has neither separate() nor stems_from_row()"
-            )
+        check_separator(separator)
         if not math.isfinite(threshold) or threshold < 0:
             raise ValueError(f"threshold must be a finite number >= 0, got {threshold}")
         self.separator = separator
@@ -301,7 +277,7 @@ class StemChunker:
 
         # 1. decode and check every mixture (files in parallel: decoding releases the GIL)
         ready = []  # (row, native audio, rate, 16 kHz mono mixture)
-        decoded = _in_threads(lambda row: _decode(_audio_path(row.get("audio"))), rows)
+        decoded = in_threads(lambda row: _decode(_audio_path(row.get("audio"))), rows)
         for row, (result, error) in zip(rows, decoded, strict=True):
             if error is not None:
                 record(row, f"unreadable: {error}", 0.0)
@@ -322,27 +298,24 @@ class StemChunker:
                 continue
             ready.append((row, wav, rate, mix))
 
-        # 2. separate: oracle stems row by row (file reads), a model in one call
-        stems: list[dict[str, torch.Tensor] | None]
-        if hasattr(self.separator, "stems_from_row"):
-            stems = []
-            loaded = _in_threads(
-                lambda item: self.separator.stems_from_row(item[0], item[3].shape[-1]), ready
+        # 2. separate, all tracks in one call (a model batches them, oracle stems are read
+        # in threads); a track whose stems cannot be read comes back as its decode error
+        stems: list[dict[str, torch.Tensor] | None] = []
+        separated = (
+            self.separator.separate(
+                [wav for _, wav, _, _ in ready],
+                [rate for _, _, rate, _ in ready],
+                device=device,
+                rows=[row for row, _, _, _ in ready],
             )
-            for (row, wav, rate, _), (result, error) in zip(ready, loaded, strict=True):
-                stems.append(result)
-                if error is not None:
-                    record(row, f"unreadable stem: {error}", wav.shape[-1] / rate)
-        elif ready:
-            stems = list(
-                self.separator.separate(
-                    [wav for _, wav, _, _ in ready],
-                    [rate for _, _, rate, _ in ready],
-                    device=device,
-                )
-            )
-        else:
-            stems = []
+            if ready
+            else []
+        )
+        for (row, wav, rate, _), result in zip(ready, separated, strict=True):
+            if isinstance(result, AudioDecodeError):
+                record(row, f"unreadable stem: {result}", wav.shape[-1] / rate)
+                result = None
+            stems.append(result)
 
         # 3. log-mels of the whole track, cut into chunks
         for (row, wav, rate, mix), track_stems in zip(ready, stems, strict=True):
@@ -378,19 +351,6 @@ class StemChunker:
 
 
 # ---------------------------------------------------------------------- prepare_chunks
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically: a crash never leaves a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _remove_previous_output(output_dir: Path) -> None:
@@ -543,7 +503,7 @@ def _save(outputs: dict[str, Dataset], output_dir: Path) -> None:
 
 def prepare_chunks(
     tracks: Dataset | DatasetDict,
-    separator: Separator | RowSeparator,
+    separator: Separator,
     output_dir: str | os.PathLike,
     batch_size: int = 4,
     num_proc: int | None = None,
@@ -672,7 +632,7 @@ def prepare_chunks(
         for path in (output_dir / "shards").glob("*/*"):
             if os.path.realpath(path) not in in_use and path.is_file():
                 path.unlink()
-    _write_json(
+    write_json_atomic(
         report_path,
         {
             "complete": True,
@@ -681,5 +641,6 @@ def prepare_chunks(
             "threshold": threshold,
             "splits": report_splits,
         },
+        indent=2,
     )
     return load_from_disk(str(output_dir))

@@ -4,6 +4,11 @@ Hub file: imports only the standard library, numpy, torch and transformers (juli
 imported lazily, only to resample), so a saved model keeps loading with
 ``trust_remote_code=True`` where this package is not installed.
 
+Because a Hub file must work alone, this one also holds the package's single version of
+two audio rules that the rest of the package imports from here, never re-implements:
+:func:`resample_audio` (with :func:`resampled_length`, the length it gives) and
+:func:`channel_axis` (which axis of a 2-D clip holds the channels, :data:`MAX_CHANNELS`).
+
 The front end is the one of COLA (Saeed et al., ICASSP 2021) as computed by
 TensorFlow: L2-normalised 16 kHz mono audio, 400-sample periodic-Hann frames with a
 160-sample hop and no centring, a 1024-point FFT magnitude, 64 HTK mel bands from 60 Hz
@@ -14,6 +19,7 @@ to [1e-5, 1e8] and log-compressed.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -25,7 +31,13 @@ from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
 from transformers.utils import logging
 
-__all__ = ["MAX_CHANNELS", "MSCLFeatureExtractor"]
+__all__ = [
+    "MAX_CHANNELS",
+    "MSCLFeatureExtractor",
+    "channel_axis",
+    "resample_audio",
+    "resampled_length",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -44,6 +56,70 @@ _CHUNK_FRAMES = 8192
 # Attributes that are derived from the configuration and must not go into the saved JSON.
 _DERIVED_ATTRIBUTES = ("mel_filters", "window", "_torch_constants")
 _RETURN_TENSORS = (None, "np", "pt")
+
+
+def channel_axis(shape: Sequence[int], name: str = "The audio", hint: str = "") -> int:
+    """The axis of a 2-D multichannel clip that holds its channels: the smaller (0 on a tie).
+
+    Raises ValueError, starting with ``name`` and ending with ``hint``, when that axis has
+    more than :data:`MAX_CHANNELS` entries: then the array is probably not one clip.
+    """
+    axis = 0 if shape[0] <= shape[1] else 1
+    if shape[axis] > MAX_CHANNELS:
+        raise ValueError(
+            f"{name} has shape {tuple(shape)}: a 2-D clip is read as multichannel audio with "
+            f"at most {MAX_CHANNELS} channels on its smaller axis.{hint}"
+        )
+    return axis
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig_sr: int, target_sr: int, device: torch.device, dtype: torch.dtype) -> Any:
+    import julius
+
+    # julius builds its sinc kernels on every functional call: one module per rate pair,
+    # made outside inference mode so that it can serve any later call.
+    with torch.inference_mode(False):
+        return julius.ResampleFrac(orig_sr, target_sr).to(device=device, dtype=dtype)
+
+
+def resampled_length(num_samples: int, orig_sr: int, target_sr: int) -> int:
+    """Samples :func:`resample_audio` returns by default for ``num_samples`` at ``orig_sr``.
+
+    ``floor(num_samples * target_sr / orig_sr)``, computed as julius computes it: in
+    torch's default float dtype, so for a track of minutes it can be one sample more than
+    the exact floor. Stems cut to this length line up with the resampled mixture.
+    """
+    gcd = math.gcd(int(orig_sr), int(target_sr))
+    orig, target = int(orig_sr) // gcd, int(target_sr) // gcd
+    if orig == target:
+        return int(num_samples)
+    return int(torch.floor(torch.as_tensor(target * int(num_samples) / orig)))
+
+
+def resample_audio(
+    audio: np.ndarray | torch.Tensor,
+    orig_sr: int,
+    target_sr: int,
+    output_length: int | None = None,
+    full: bool = False,
+) -> Any:
+    """Resample ``audio`` (..., samples) from ``orig_sr`` to ``target_sr`` Hz with julius.
+
+    A numpy array comes back as one, a tensor stays on its device and dtype. The length is
+    :func:`resampled_length` unless ``output_length`` (at most the ceiling) or ``full``
+    (the ceiling) says otherwise; equal rates return ``audio`` itself (cut to
+    ``output_length``). Raises ImportError naming the package when julius is missing.
+    """
+    if int(orig_sr) == int(target_sr):
+        return audio if output_length is None else audio[..., :output_length]
+    try:
+        import julius  # noqa: F401 - checked on every call: the cache must not hide its absence
+    except ImportError as err:
+        raise ImportError("Resampling audio needs julius: pip install julius") from err
+    x = audio if torch.is_tensor(audio) else torch.from_numpy(np.ascontiguousarray(audio))
+    out = _resampler(int(orig_sr), int(target_sr), x.device, x.dtype)(x, output_length, full)
+    return out if torch.is_tensor(audio) else out.numpy()
 
 
 def _check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -386,16 +462,10 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
             clip = clip.to(device)
         clip = self._to_float(clip, index)
         if clip.ndim == 2:
-            # The smaller axis holds the channels (channels-first on a tie); average them.
-            channel_axis = 0 if clip.shape[0] <= clip.shape[1] else 1
-            if clip.shape[channel_axis] > MAX_CHANNELS:
-                raise ValueError(
-                    f"Clip {index} has shape {tuple(clip.shape)}: a 2-D clip is read as "
-                    f"multichannel audio with at most {MAX_CHANNELS} channels on its smaller "
-                    "axis. To pass a batch of mono clips, pass a 2-D array directly or a list "
-                    "of 1-D clips."
-                )
-            clip = clip.mean(channel_axis)
+            hint = (
+                " To pass a batch of mono clips, pass a 2-D array directly or a list of 1-D clips."
+            )
+            clip = clip.mean(channel_axis(clip.shape, f"Clip {index}", hint))
         if clip.shape[0] == 0:
             raise ValueError(f"Clip {index} is empty (0 samples).")
         finite = (
@@ -406,19 +476,6 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         if not finite:
             raise ValueError(f"Clip {index} contains NaN or infinite samples.")
         return clip
-
-    def _resample(self, clip: np.ndarray | torch.Tensor, sampling_rate: int) -> Any:
-        """Resample one clip from `sampling_rate` to `self.sampling_rate` with julius."""
-        try:
-            import julius
-        except ImportError as err:
-            raise ImportError(
-                "Resampling (`resample=True`) needs julius: pip install julius"
-            ) from err
-        if torch.is_tensor(clip):
-            return julius.resample_frac(clip, sampling_rate, self.sampling_rate)
-        resampled = julius.resample_frac(torch.from_numpy(clip), sampling_rate, self.sampling_rate)
-        return resampled.numpy()
 
     # ------------------------------------------------------------------ features per clip
 
@@ -562,7 +619,7 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         with torch.no_grad():
             prepared = [self._prepare_clip(clip, i, device) for i, clip in enumerate(clips)]
             if sampling_rate != self.sampling_rate:
-                prepared = [self._resample(clip, sampling_rate) for clip in prepared]
+                prepared = [resample_audio(c, sampling_rate, self.sampling_rate) for c in prepared]
             if device is None:
                 features = self._features_numpy(prepared)
             else:

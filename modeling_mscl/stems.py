@@ -2,14 +2,16 @@
 
 A separator turns mixtures into the four sources MSCL contrasts against the mixture:
 ``vocals``, ``drums``, ``bass`` and ``other``, as 16 kHz mono
-waveforms. :class:`DemucsSeparator` runs a Demucs model (``demucs`` is imported lazily);
-:class:`OracleSeparator` reads the real stems named in a track row (MUSDB18 layout,
-the offline corpus). The map step that turns track rows into chunk rows lives in
+waveforms. Every separator implements one protocol, :class:`Separator`, i.e. one method,
+``separate``: :class:`DemucsSeparator` runs a Demucs model (``demucs`` is imported
+lazily); :class:`OracleSeparator` reads the real stems named in each track row (MUSDB18
+layout, the offline corpus). The map step that turns track rows into chunk rows lives in
 :mod:`modeling_mscl.chunks`.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,8 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .audio_io import AudioDecodeError, load_audio
-from .feature_extraction_mscl import MAX_CHANNELS
+from .audio_io import AudioDecodeError, in_threads, load_audio
+from .feature_extraction_mscl import channel_axis, resample_audio, resampled_length
 
 __all__ = [
     "SAMPLING_RATE",
@@ -27,8 +29,8 @@ __all__ = [
     "DemucsSeparator",
     "DemucsWeightsNotFoundError",
     "OracleSeparator",
-    "RowSeparator",
     "Separator",
+    "check_separator",
     "load_demucs_model",
 ]
 
@@ -44,9 +46,9 @@ _STD_FLOOR = 1e-8
 
 @runtime_checkable
 class Separator(Protocol):
-    """Anything that splits mixtures into :data:`SOURCES` at :attr:`sampling_rate`."""
+    """What the stems map step separates with: :attr:`sampling_rate` and :meth:`separate`."""
 
-    sampling_rate: int
+    sampling_rate: int  # of the returned stems; the map step needs SAMPLING_RATE
 
     def separate(
         self,
@@ -54,48 +56,62 @@ class Separator(Protocol):
         sampling_rates: Sequence[int],
         *,
         device: str | torch.device | None = None,
-    ) -> list[dict[str, torch.Tensor]]:
-        """Separate each waveform ((samples,) or (channels, samples) at its rate).
+        rows: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[dict[str, torch.Tensor] | AudioDecodeError]:
+        """Separate each mixture ((samples,) or (channels, samples) at its rate).
 
-        Returns one dict per input mapping every name in :data:`SOURCES` to a float32
-        tensor of shape (samples_16k,): mono at :attr:`sampling_rate` Hz, with
-        ``samples_16k = floor(samples * 16000 / rate)``, on ``device`` when given.
+        ``rows`` are the track rows the mixtures come from, for separators that read what
+        a row names (oracle stem files); a model ignores them.
+
+        Returns one entry per input: a dict mapping every name in :data:`SOURCES` to a
+        float32 tensor of shape (:func:`resampled_length` (samples, rate, 16000),) -- mono
+        at :attr:`sampling_rate` Hz, as long as the 16 kHz mixture, on ``device`` when
+        given -- or the :class:`AudioDecodeError` that kept a track's stems from being
+        read (the map step skips that track and reports why). Other errors raise.
         """
         ...
 
 
-@runtime_checkable
-class RowSeparator(Protocol):
-    """A separator whose stems come from the track row itself (oracle stems)."""
-
-    sampling_rate: int
-
-    def stems_from_row(self, row: Mapping[str, Any], num_samples: int) -> dict[str, torch.Tensor]:
-        """The stems of ``row`` as (num_samples,) float32 tensors at :attr:`sampling_rate`."""
-        ...
+def check_separator(separator: Any) -> Separator:
+    """``separator`` if it implements :class:`Separator` at 16 kHz, else a clear error."""
+    method = getattr(separator, "separate", None)
+    try:
+        params = inspect.signature(method).parameters if callable(method) else {}
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        params = {"device": None, "rows": None}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not isinstance(separator, Separator) or not (takes_all or {"device", "rows"} <= set(params)):
+        raise TypeError(
+            f"{type(separator).__name__} is not a separator: the stems map step needs a "
+            "`sampling_rate` attribute and a method `separate(waveforms, sampling_rates, *, "
+            "device=None, rows=None)` returning one dict of stems per track (see "
+            "modeling_mscl.stems.Separator)"
+        )
+    if separator.sampling_rate != SAMPLING_RATE:
+        raise ValueError(
+            f"{type(separator).__name__} returns stems at {separator.sampling_rate} Hz; the "
+            f"stems map step needs {SAMPLING_RATE} Hz"
+        )
+    return separator
 
 
 class DemucsWeightsNotFoundError(FileNotFoundError):
     """The weights of a pretrained Demucs model could not be found or downloaded."""
 
 
-def _output_length(num_samples: int, orig_sr: int, target_sr: int) -> int:
-    """Length julius gives for a plain resampling: ``floor(n * target / orig)``."""
-    return (num_samples * target_sr) // orig_sr
-
-
 def _as_channels_first(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """A float32 (channels, samples) tensor from (samples,) or (channels, samples) audio."""
+    """A float32 (channels, samples) tensor from (samples,) or 2-D multichannel audio."""
     wav = torch.as_tensor(waveform)
     if not wav.is_floating_point():
         raise TypeError(f"expected floating-point audio, got dtype {wav.dtype}")
     if wav.ndim == 1:
         wav = wav[None]
-    if wav.ndim != 2 or wav.shape[0] > MAX_CHANNELS:
+    if wav.ndim != 2:
         raise ValueError(
-            f"expected audio of shape (samples,) or (channels, samples) with at most "
-            f"{MAX_CHANNELS} channels, got {tuple(wav.shape)}"
+            f"expected audio of shape (samples,) or (channels, samples), got {tuple(wav.shape)}"
         )
+    if channel_axis(wav.shape, "A waveform") == 1:
+        wav = wav.T  # (samples, channels), as soundfile returns it
     return wav.float()
 
 
@@ -304,15 +320,12 @@ class DemucsSeparator:
             # datasets fingerprint) identical before and after the first separation.
             model_instance.eval()
             _source_plan(model_instance.sources)
-        self._resamplers: dict[tuple[int, int, str], torch.nn.Module] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        # A lazily loaded model and resampler caches are runtime state: leaving them out
-        # keeps the pickle small for worker processes and the datasets fingerprint
-        # independent of whether a separation already ran. An injected model is the
-        # configuration, so it stays.
+        # A lazily loaded model is runtime state: leaving it out keeps the pickle small for
+        # worker processes and the datasets fingerprint independent of whether a
+        # separation already ran. An injected model is the configuration, so it stays.
         state = dict(self.__dict__)
-        state["_resamplers"] = {}
         if not self._injected:
             state["_model"] = None
         return state
@@ -371,23 +384,6 @@ class DemucsSeparator:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return torch.device(device)
 
-    def _resample(
-        self, wav: torch.Tensor, orig_sr: int, target_sr: int, output_length: int | None = None
-    ) -> torch.Tensor:
-        if orig_sr == target_sr:
-            return wav if output_length is None else wav[..., :output_length]
-        import julius
-
-        # julius rebuilds its sinc kernel on every functional call; cache one per rate pair.
-        key = (int(orig_sr), int(target_sr), str(wav.device))
-        resampler = self._resamplers.get(key)
-        if resampler is None:
-            resampler = julius.ResampleFrac(int(orig_sr), int(target_sr)).to(wav.device)
-            self._resamplers[key] = resampler
-        if output_length is None:
-            return resampler(wav, full=True)
-        return resampler(wav, output_length=output_length)
-
     def _groups(self, lengths: list[int], batch_size: int | None = None) -> list[list[int]]:
         """Indices of tracks to separate together: longest first, at most ``batch_size``
         (default: :attr:`batch_size`, else 1) per group, padding bounded."""
@@ -413,17 +409,21 @@ class DemucsSeparator:
         sampling_rates: Sequence[int],
         *,
         device: str | torch.device | None = None,
+        rows: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
-        """Separate mixtures into 16 kHz mono :data:`SOURCES`.
+        """Separate mixtures into 16 kHz mono :data:`SOURCES` (see :class:`Separator`).
 
         Args:
-            waveforms: one float array per track, (samples,) or (channels, samples).
+            waveforms: one float array per track, (samples,) or 2-D multichannel
+                (channels on the smaller axis, see
+                :func:`~modeling_mscl.feature_extraction_mscl.channel_axis`).
             sampling_rates: the rate of each waveform, in Hz.
             device: where to compute; see :meth:`resolve_device`.
+            rows: ignored (the model hears only the audio).
 
         Returns:
             Per track, a dict from each name in :data:`SOURCES` to a float32 tensor of
-            shape (floor(samples * 16000 / rate),) on ``device``.
+            shape (resampled_length(samples, rate, 16000),) on ``device``.
         """
         from demucs.apply import apply_model
 
@@ -440,8 +440,10 @@ class DemucsSeparator:
         for wav, sr in zip(waveforms, sampling_rates, strict=True):
             sr = int(sr)
             wav = _as_channels_first(wav).to(device)
-            out_lengths.append(_output_length(wav.shape[-1], sr, SAMPLING_RATE))
-            wav = self._resample(_match_channels(wav, model.audio_channels), sr, model_sr)
+            out_lengths.append(resampled_length(wav.shape[-1], sr, SAMPLING_RATE))
+            wav = resample_audio(
+                _match_channels(wav, model.audio_channels), sr, model_sr, full=True
+            )
             # Same scaling as demucs.api: zero mean, unit variance of the mono reference.
             ref = wav.mean(0)
             mean, std = ref.mean(), ref.std() + _STD_FLOOR
@@ -469,7 +471,7 @@ class DemucsSeparator:
                 mean, std = scales[i]
                 stems = out[row, :, :, : prepared[i].shape[-1]] * std + mean
                 mono = stems.mean(1)  # (model sources, samples at model_sr)
-                mono = self._resample(mono, model_sr, SAMPLING_RATE, out_lengths[i])
+                mono = resample_audio(mono, model_sr, SAMPLING_RATE, output_length=out_lengths[i])
                 track = {name: torch.zeros_like(mono[0]) for name in SOURCES}
                 for k, name in enumerate(plan):
                     track[name] = track[name] + mono[k]
@@ -498,6 +500,33 @@ class OracleSeparator:
 
     def __repr__(self) -> str:
         return f"OracleSeparator(columns={self.columns})"
+
+    def separate(
+        self,
+        waveforms: Sequence[np.ndarray | torch.Tensor],
+        sampling_rates: Sequence[int],
+        *,
+        device: str | torch.device | None = None,
+        rows: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[dict[str, torch.Tensor] | AudioDecodeError]:
+        """The stems named in ``rows``, as long as each 16 kHz mixture (see :class:`Separator`).
+
+        The mixtures give only their length; the files are read in threads. A track with
+        an unreadable stem gets its :class:`AudioDecodeError`. ``device`` is ignored: the
+        stems stay on the CPU.
+        """
+        if rows is None or len(rows) != len(waveforms) or len(rows) != len(sampling_rates):
+            raise ValueError(
+                "OracleSeparator reads the stem files named in each track row: pass one row "
+                f"per waveform (got {len(waveforms)} waveforms, {len(sampling_rates)} "
+                f"rates and {'no' if rows is None else len(rows)} rows)"
+            )
+        lengths = [
+            resampled_length(np.shape(wav)[-1], rate, SAMPLING_RATE)
+            for wav, rate in zip(waveforms, sampling_rates, strict=True)
+        ]
+        loaded = in_threads(lambda i: self.stems_from_row(rows[i], lengths[i]), range(len(rows)))
+        return [stems if error is None else error for stems, error in loaded]
 
     def stems_from_row(self, row: Mapping[str, Any], num_samples: int) -> dict[str, torch.Tensor]:
         """Decode the row's stems at 16 kHz mono, cut or zero-padded to ``num_samples``.

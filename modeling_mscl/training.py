@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._files import atomic_folder
 from .checkpoints import (
     ARGS_FILE,
     latest_checkpoint,
@@ -235,15 +235,11 @@ def _save_final(
     """
     fe = MSCLFeatureExtractor(feature_size=model.config.num_mel_bins)
     for final, module, extractor in ((encoder_dir, model.mscl, fe), (full_dir, model, None)):
-        tmp = final.with_name(f".tmp-{final.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        module.save_pretrained(str(tmp))
-        if extractor is not None:
-            extractor.save_pretrained(str(tmp))
-        args.save(tmp / ARGS_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_folder(final) as tmp:
+            module.save_pretrained(str(tmp))
+            if extractor is not None:
+                extractor.save_pretrained(str(tmp))
+            args.save(tmp / ARGS_FILE)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 from transformers import HfArgumentParser
 
+from ._files import atomic_write
 from .optim import OPTIMIZERS
 from .pairs import OBJECTIVES
 from .stems import SOURCES
@@ -271,11 +272,8 @@ class PretrainingArguments:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the flat mapping as JSON (atomically: a temporary file renamed)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        with atomic_write(path, "w") as handle:
+            handle.write(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def validate(self) -> PretrainingArguments:
         """Check every value; raise ValueError naming the first bad one. Returns self."""

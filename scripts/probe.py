@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from typing import Any
 import torch
 
 from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLModel
+from modeling_mscl._files import write_json_atomic
 from modeling_mscl.probing import (
     PRESETS,
     ProbeTask,
@@ -116,11 +115,7 @@ def merge_json(path: Path, encoder: str, results: dict[str, Any]) -> dict[str, A
     """Merge ``results`` into ``path``'s ``{encoder: {task: result}}``, written atomically."""
     data = json.loads(path.read_text()) if path.is_file() else {}
     data.setdefault(encoder, {}).update(results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1)
     return data
 
 

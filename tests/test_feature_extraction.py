@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_mscl.feature_extraction_mscl import MSCLFeatureExtractor
+from modeling_mscl.feature_extraction_mscl import (
+    MSCLFeatureExtractor,
+    channel_axis,
+    resample_audio,
+    resampled_length,
+)
 
 SR = 16000
 WINDOW_SAMPLES = 400 + 97 * 160  # one 98-frame window
@@ -363,6 +368,48 @@ def test_resample_without_julius_names_the_package(fe, monkeypatch):
     monkeypatch.setitem(sys.modules, "julius", None)  # makes `import julius` fail
     with pytest.raises(ImportError, match="pip install julius"):
         fe(sine(1000.0, 1.0, sr=22050), sampling_rate=22050, resample=True)
+
+
+def test_the_one_resampler_is_julius_bit_for_bit_with_its_kernels_cached():
+    import julius
+
+    rng = np.random.default_rng(0)
+    for orig, target in ((44100, 16000), (8000, 16000), (48000, 44100)):
+        for dtype in (np.float32, np.float64):
+            x = rng.standard_normal((2, 3001)).astype(dtype)
+            want = julius.resample_frac(torch.from_numpy(x), orig, target)
+            for _ in range(2):  # the second call is served by the cached kernels
+                got = resample_audio(x, orig, target)
+                assert isinstance(got, np.ndarray) and got.dtype == dtype
+                np.testing.assert_array_equal(got, want.numpy())
+            tensor = torch.from_numpy(x)
+            assert torch.equal(resample_audio(tensor, orig, target), want)
+            full = julius.resample_frac(tensor, orig, target, full=True)
+            assert torch.equal(resample_audio(tensor, orig, target, full=True), full)
+            cut = julius.resample_frac(tensor, orig, target, output_length=7)
+            assert torch.equal(resample_audio(tensor, orig, target, output_length=7), cut)
+    x = rng.standard_normal(100).astype(np.float32)
+    assert resample_audio(x, SR, SR) is x and resample_audio(x, SR, SR, output_length=10).shape == (
+        10,
+    )
+
+
+def test_resampled_length_is_the_length_julius_gives():
+    # 180923 samples at 44.1 kHz: the exact floor is 65640 at 16 kHz, julius gives 65641
+    # (it floors in float32), and the stems must be as long as the resampled mixture
+    for n, orig, target in ((180923, 44100, 16000), (3001, 8000, 16000), (999, SR, SR)):
+        got = resample_audio(np.zeros(n, np.float32), orig, target).shape[-1]
+        assert resampled_length(n, orig, target) == got
+    assert resampled_length(180923, 44100, 16000) == 180923 * 16000 // 44100 + 1
+
+
+def test_channel_axis_is_the_smaller_axis_up_to_max_channels():
+    assert channel_axis((2, 1000)) == 0 and channel_axis((1000, 2)) == 1
+    assert channel_axis((8, 8)) == 0 and channel_axis((1000, 8)) == 1
+    with pytest.raises(
+        ValueError, match=r"Clip 3 has shape \(9, 1000\).*at most 8 channels on its smaller axis\.!"
+    ):
+        channel_axis((9, 1000), "Clip 3", "!")
 
 
 # ----------------------------------------------------------------------------- config

@@ -11,7 +11,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
 from datasets.fingerprint import Hasher
 
-from modeling_mscl.audio_io import write_audio
+from modeling_mscl.audio_io import AudioDecodeError, write_audio
 from modeling_mscl.chunks import (
     CHUNK_FRAMES,
     CHUNK_SAMPLES,
@@ -22,12 +22,13 @@ from modeling_mscl.chunks import (
     prepare_chunks,
     presence_flags,
 )
-from modeling_mscl.feature_extraction_mscl import MSCLFeatureExtractor
+from modeling_mscl.feature_extraction_mscl import MSCLFeatureExtractor, resampled_length
 from modeling_mscl.stems import (
     SOURCES,
     DemucsSeparator,
     DemucsWeightsNotFoundError,
     OracleSeparator,
+    Separator,
     load_demucs_model,
 )
 
@@ -176,8 +177,13 @@ def test_demucs_separator_accepts_any_rate_and_channels():
     dup = sep.separate([np.stack([mono, mono])], [22050])[0]
     for name in SOURCES:
         torch.testing.assert_close(dup[name], out[0][name], atol=1e-5, rtol=1e-4)
-    with pytest.raises(ValueError, match="channels"):
-        sep.separate([np.zeros((1000, 2), np.float32)], [SR])
+    # one rule for channels (channel_axis): (samples, channels), as soundfile returns it,
+    # is the same stereo clip; a 2-D array with more than 8 on both axes is refused
+    flipped = sep.separate([stereo.T], [48000])[0]
+    for name in SOURCES:
+        torch.testing.assert_close(flipped[name], out[1][name])
+    with pytest.raises(ValueError, match="at most 8 channels"):
+        sep.separate([np.zeros((1000, 9), np.float32)], [SR])
 
 
 def test_demucs_batches_equal_length_tracks_like_single_calls():
@@ -294,6 +300,75 @@ def test_rank_picks_the_gpu(monkeypatch):
     assert StemChunker(OracleSeparator(), device="cpu")._device(3) == torch.device("cpu")
 
 
+class ScaledCopies:
+    """A separator of our own: each source is the 16 kHz mixture times a fixed gain."""
+
+    sampling_rate = SR
+    gains = {"vocals": 0.5, "drums": 0.0, "bass": 0.25, "other": 0.125}
+
+    def separate(self, waveforms, sampling_rates, *, device=None, rows=None):
+        out = []
+        for wav, rate, row in zip(waveforms, sampling_rates, rows, strict=True):
+            if row["track_id"] == "refused":
+                out.append(AudioDecodeError("refused.wav: cannot decode audio (test)"))
+                continue
+            mono = torch.from_numpy(np.asarray(wav)).mean(0)
+            assert rate == SR and mono.shape[-1] == resampled_length(mono.shape[-1], rate, SR)
+            out.append({name: gain * mono for name, gain in self.gains.items()})
+        return out
+
+
+def test_a_separator_of_our_own_goes_through_the_protocol(tmp_path):
+    rng = np.random.default_rng(3)
+    mix = _noise(rng, 2 * CHUNK_SAMPLES + 300, 0.3)
+    write_audio(tmp_path / "a.wav", mix, SR)
+    tracks = Dataset.from_dict(
+        {
+            "track_id": ["a", "refused"],
+            "audio": [str(tmp_path / "a.wav")] * 2,
+        }
+    )
+    out = prepare_chunks(tracks, ScaledCopies(), tmp_path / "out", progress=False)
+    assert out["track_id"][:] == ["a", "a"]
+    assert out["present"][:] == [[True, False, True, True]] * 2  # drums at gain 0 are absent
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (skipped,) = report["splits"]["data"]["skipped"]
+    assert skipped["track_id"] == "refused" and "unreadable stem: refused.wav" in skipped["reason"]
+    # the stems are the mixture's log-mel (each is L2-normalised, so a gain is invisible)
+    arrays = out.with_format("numpy")
+    np.testing.assert_array_equal(arrays["vocals"][:], arrays["mixture"][:])
+
+
+def test_objects_that_are_not_separators_are_refused():
+    class OldStyle:  # a row reader without the one method
+        sampling_rate = SR
+
+        def stems_from_row(self, row, num_samples):
+            return {}
+
+    class NoRows:  # separate() that cannot take the track rows
+        sampling_rate = SR
+
+        def separate(self, waveforms, sampling_rates, *, device=None):
+            return []
+
+    class At44k(ScaledCopies):
+        sampling_rate = 44100
+
+    for bad in (OldStyle(), NoRows(), object()):
+        with pytest.raises(TypeError, match=r"is not a separator.*separate\(waveforms"):
+            StemChunker(bad)
+    with pytest.raises(ValueError, match="44100 Hz.*16000 Hz"):
+        StemChunker(At44k())
+    assert isinstance(OracleSeparator(), Separator)
+    assert isinstance(DemucsSeparator(model_instance=tiny_htdemucs()), Separator)
+
+
+def test_oracle_separate_needs_one_row_per_waveform():
+    with pytest.raises(ValueError, match="one row per waveform"):
+        OracleSeparator().separate([np.zeros(SR, np.float32)], [SR])
+
+
 # ------------------------------------------------------------------------ map step
 
 
@@ -342,7 +417,9 @@ def _read(path):
 
 def test_demucs_map_step(tmp_path):
     rng = np.random.default_rng(0)
-    n44 = int(1.2 * CHUNK_SAMPLES * 44100 / SR)
+    # 180923 samples at 44.1 kHz resample to 65641 (julius floors in float32; the exact
+    # floor is 65640): the stems must come back as long as the mixture, not one short
+    n44 = 180923
     write_audio(tmp_path / "a.wav", np.stack([_noise(rng, n44, 0.3)] * 2), 44100)
     write_audio(tmp_path / "b.flac", _noise(rng, 2 * CHUNK_SAMPLES + 400, 0.3), SR)
     tracks = Dataset.from_dict(

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import write_json_atomic
 from ..audio_io import write_audio
 from ..package_data import resource_dir
 from .nsynth import NSYNTH_FAMILIES, NSYNTH_SOURCES
@@ -366,15 +366,6 @@ def render_midi(
 # Building datasets from rendered tracks (shared by the MIDI-folder and synthetic corpora)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON via a temp file + rename (the marker of a finished item)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def track_files(track_dir: Path, ext: str = "flac") -> dict[str, Path]:
     """Paths of a track's mixture (key ``audio``) and stems inside ``track_dir``."""
     return {"audio": track_dir / f"mixture.{ext}", **{s: track_dir / f"{s}.{ext}" for s in STEMS}}
@@ -512,7 +503,7 @@ def _midi_job(job: dict) -> dict:
         "source": job["path"],
         "duration": len(mixture) / job["sr"],
     }
-    write_json_atomic(meta_path, row)
+    write_json_atomic(meta_path, row, indent=1, sort_keys=True)
     return row
 
 
@@ -559,7 +550,9 @@ def build_midi_folder_corpus(
     results = run_jobs(_midi_job, jobs, num_workers, "Rendering MIDI")
     rows = [r for r in results if "error" not in r]
     skipped = [r for r in results if "error" in r]
-    write_json_atomic(out / "report.json", {"rendered": len(rows), "skipped": skipped})
+    write_json_atomic(
+        out / "report.json", {"rendered": len(rows), "skipped": skipped}, indent=1, sort_keys=True
+    )
     if skipped:
         logger.warning("skipped %d MIDI file(s); see %s", len(skipped), out / "report.json")
     if not rows:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import write_json_atomic
 from .midi_render import (
     BASS_PROGRAMS,
     DATA_DIR,
@@ -54,7 +55,6 @@ from .midi_render import (
     split_sizes,
     track_features,
     track_files,
-    write_json_atomic,
     write_track,
 )
 
@@ -637,7 +637,7 @@ def _song_job(job: dict) -> dict:
         "duration": n / sr,
     }
     midi.write(str(track_dir / "arrangement.mid"))
-    write_json_atomic(meta_path, {"row": row, "plan": asdict(plan)})
+    write_json_atomic(meta_path, {"row": row, "plan": asdict(plan)}, indent=1, sort_keys=True)
     return row
 
 
@@ -741,5 +741,5 @@ def build_default_corpus(
         result["notes"] = build_note_set(out, soundfont, seed, num_workers, ext=ext)
         report["notes_seconds"] = round(time.perf_counter() - t0, 1)
     report["sizes"] = {k: {s: len(d) for s, d in v.items()} for k, v in result.items()}
-    write_json_atomic(out / "build_report.json", report)
+    write_json_atomic(out / "build_report.json", report, indent=1, sort_keys=True)
     return result

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._files import atomic_path
 from ..audio_io import load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor
 from .embeddings import (
@@ -230,14 +230,8 @@ def cached_training_chunks(
         total = int((spans[:, 1] + spans[:, 2]).max()) if len(spans) else 0
         frames = _open_frames(frames_path, total, fe.feature_size)
         return TrainingChunks(frames, spans, len(audio_paths), fe.window_frames)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{frames_path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(frames_path) as tmp:
         chunks = extract_training_chunks(audio_paths, fe, chunk_frames, progress, desc, tmp)
-        os.replace(tmp, frames_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     _save_npy_atomic(spans_path, chunks.spans)
     frames = _open_frames(frames_path, chunks.frames.shape[0], fe.feature_size)
     return TrainingChunks(frames, chunks.spans, chunks.num_clips, chunks.window_frames)

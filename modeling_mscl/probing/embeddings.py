@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._files import atomic_write
 from ..audio_io import load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor
 from ..modeling_mscl import MSCLModel
@@ -308,14 +308,8 @@ def _audio_fingerprint(audio_paths: Sequence[str]) -> str:
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """np.save to a temporary file in the same folder, then rename: no half-written cache."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "wb") as handle:
+        np.save(handle, array)
 
 
 def cached_window_embeddings(

@@ -1,0 +1,134 @@
+"""Writing files and folders so that a crash never leaves half of one under the final name.
+
+The package's one mechanism for it: write under a temporary name next to the target (same
+folder, so same file system) and rename into place with :func:`os.replace`, which is
+atomic on POSIX and Windows. A reader sees the old content or the new, never a mixture;
+a killed process leaves at most a hidden temporary file (``.<name>.<random>.part``) or
+folder (``.tmp-<name>``) behind. Nothing is fsync'ed: this guards against a process that
+dies, not against the machine losing power.
+
+- :func:`atomic_path` / :func:`atomic_write` / :func:`write_json_atomic`: one file.
+- :func:`replace_folder`: a finished folder renamed over an older one, for writers that
+  fill the temporary folder themselves (the checkpoints of several processes).
+- :func:`atomic_folder`: the same for one process, as a context manager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "TEMP_FOLDER_PREFIX",
+    "atomic_folder",
+    "atomic_path",
+    "atomic_write",
+    "replace_folder",
+    "write_json_atomic",
+]
+
+# Prefix of a folder being written; a run's cleanup deletes what a crash left under it.
+TEMP_FOLDER_PREFIX = ".tmp-"
+
+
+def _reserve_temp_file(path: Path) -> Path:
+    """Create an empty, unused hidden file next to ``path`` and return its name.
+
+    Created with the default permissions (0o666 less the umask), as ``open`` would: the
+    renamed file must be as readable as one written directly (``mkstemp`` gives 0o600).
+    """
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s new content to, by any means.
+
+    When the block ends normally the temporary file is renamed to ``path`` (replacing an
+    older file); when it raises, the temporary file is deleted and ``path`` is untouched.
+    The parent folder is created if needed. For writers that take a file name
+    (soundfile, a raw frame dump); :func:`atomic_write` gives an open file instead.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _reserve_temp_file(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def atomic_write(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = None
+) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` that replaces ``path`` only once the block ends without error.
+
+    ``mode`` is a writing mode (``"w"`` or ``"wb"``); text is UTF-8 unless ``encoding``
+    says otherwise. The file is closed before it is renamed into place.
+    """
+    if not mode.startswith("w") or "+" in mode:
+        raise ValueError(
+            f"atomic_write writes a whole new file: mode must be 'w' or 'wb', got {mode!r}"
+        )
+    if "b" not in mode and encoding is None:
+        encoding = "utf-8"
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as handle:
+        yield handle
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> None:
+    """Write ``json.dumps(obj, **dumps_kwargs)`` to ``path`` atomically (no trailing newline)."""
+    text = json.dumps(obj, **dumps_kwargs)  # serialised first: a bad value leaves no file
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Rename the finished folder ``tmp`` to ``final``, replacing an older ``final``.
+
+    The older folder is first renamed aside (under :data:`TEMP_FOLDER_PREFIX`) and deleted
+    only after the new one is in place: deleting it under its own name could be
+    interrupted and leave half a folder that still looks complete.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(f"{TEMP_FOLDER_PREFIX}old-{final.name}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder to fill; it becomes ``final`` when the block ends.
+
+    The folder is ``.tmp-<name>`` next to ``final`` (a leftover of a crashed run is
+    cleared first); if the block raises it is deleted and ``final`` is untouched.
+    """
+    final = Path(final)
+    tmp = final.with_name(f"{TEMP_FOLDER_PREFIX}{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, final)
