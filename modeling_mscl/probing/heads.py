@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..metrics import classification_metrics
 from .crops import CropSource, WindowCrops
 from .embeddings import WindowEmbeddings
+from .metrics import classification_metrics
 from .tasks import ProbeTask
 
 __all__ = [
@@ -321,7 +321,7 @@ def evaluate_probe(
 ) -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:
     """Clip-level metrics of ``probe`` on (at most) ``task.test_windows`` windows per clip.
 
-    Returns ``(metrics, per_class)`` as :func:`modeling_mscl.metrics.classification_metrics`.
+    Returns ``(metrics, per_class)`` as :func:`.metrics.classification_metrics`.
     """
     task = probe.task
     windows = embeddings.limit_windows(task.test_windows)
