@@ -765,9 +765,10 @@ def pool_windows(
 ) -> torch.Tensor:
     """Per-clip ``"sum"`` or ``"mean"`` of window rows: `(windows, dim)` -> `(clips, dim)`.
 
-    ``clip_index`` `(windows,)` gives each row's clip. The rows of a clip are added one
-    after another in their order (``index_add``), in ``values``' dtype; a clip without
-    rows gets zeros.
+    ``clip_index`` `(windows,)` gives each row's clip; sums are in ``values``' dtype and a
+    clip without rows gets zeros. On the CPU a clip's rows are added one after another,
+    in order (``index_add``); on CUDA the order is free unless
+    ``torch.use_deterministic_algorithms(True)``.
     """
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
