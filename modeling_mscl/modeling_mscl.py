@@ -35,9 +35,12 @@ __all__ = [
     "MSCLModelOutput",
     "MSCLPreTrainedModel",
     "ProcessGather",
+    "aggregate_window_logits",
+    "build_classifier_head",
     "count_keras_weights",
     "info_nce_loss",
     "null_source_contrastive_loss",
+    "pool_windows",
 ]
 
 # VarianceScaling(2.0, "fan_out", "truncated_normal") in Keras divides the standard
@@ -483,11 +486,8 @@ class MSCLModel(MSCLPreTrainedModel):
             self.train(was_training)
         window_embeds = torch.cat(outs).float()
         num_clips = int(clip_index.max()) + 1
-        sums = torch.zeros(num_clips, window_embeds.shape[1], device=window_embeds.device)
-        sums.index_add_(0, clip_index, window_embeds)
-        counts = torch.bincount(clip_index, minlength=num_clips).clamp_min(1)
         return MSCLClipEmbeddingOutput(
-            clip_embeds=sums / counts[:, None],
+            clip_embeds=pool_windows(window_embeds, clip_index, num_clips, "mean"),
             window_embeds=window_embeds,
             window_clip_index=clip_index,
         )
@@ -755,6 +755,70 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
         return result if return_dict else result.to_tuple()
 
 
+# ------------------------------------------------- windows to clips, the classification head
+# One copy each, here in the Hub file: the package's probes import them, so a probe is
+# trained and evaluated exactly as the exported classifier later computes.
+
+
+def pool_windows(
+    values: torch.Tensor, clip_index: torch.Tensor, num_clips: int, reduce: str = "mean"
+) -> torch.Tensor:
+    """Per-clip ``"sum"`` or ``"mean"`` of window rows: `(windows, dim)` -> `(clips, dim)`.
+
+    ``clip_index`` `(windows,)` gives each row's clip; sums are in ``values``' dtype and a
+    clip without rows gets zeros. On the CPU a clip's rows are added one after another,
+    in order (``index_add``); on CUDA the order is free unless
+    ``torch.use_deterministic_algorithms(True)``.
+    """
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+    sums = values.new_zeros((num_clips, *values.shape[1:])).index_add(0, clip_index, values)
+    if reduce == "sum":
+        return sums
+    counts = torch.bincount(clip_index, minlength=num_clips).clamp_min(1)
+    return sums / counts.view(-1, *([1] * (values.dim() - 1)))
+
+
+def aggregate_window_logits(
+    logits: torch.Tensor, clip_index: torch.Tensor, num_clips: int, multi_label: bool
+) -> torch.Tensor:
+    """Clip scores `(clips, classes)` from window logits `(windows, classes)`: the probe protocol.
+
+    Multi-label: the mean of the windows' sigmoids (the paper's tagging protocol), a
+    probability per tag. Single-label: the sum of the windows' logits (its arg-max is the
+    prediction).
+    """
+    if multi_label:
+        return pool_windows(torch.sigmoid(logits), clip_index, num_clips, "mean")
+    return pool_windows(logits, clip_index, num_clips, "sum")
+
+
+def build_classifier_head(
+    in_features: int,
+    num_labels: int,
+    head: str = "linear",
+    hidden_size: int = 512,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """The head on a pooled feature: ``"linear"`` (Dropout, Linear) or ``"mlp"`` (Linear,
+    ReLU, Dropout, Linear).
+
+    [`MSCLForAudioClassification`] and the package's probes both build it here, so a
+    trained probe's state dict loads into the classifier's. The layers keep PyTorch's
+    default initialisation; the caller initialises them.
+    """
+    if head == "linear":
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_labels))
+    if head == "mlp":
+        return nn.Sequential(
+            nn.Linear(in_features, hidden_size),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, num_labels),
+        )
+    raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}")
+
+
 class MSCLForAudioClassification(MSCLPreTrainedModel):
     """The encoder's pooled feature followed by a linear or MLP head.
 
@@ -766,17 +830,13 @@ class MSCLForAudioClassification(MSCLPreTrainedModel):
     def __init__(self, config: MSCLConfig) -> None:
         super().__init__(config)
         self.mscl = MSCLModel(config)
-        hidden = config.encoder_hidden_size
-        if config.classifier_head == "linear":
-            layers = [nn.Dropout(config.dropout_rate), nn.Linear(hidden, config.num_labels)]
-        else:
-            layers = [
-                nn.Linear(hidden, config.classifier_hidden_size),
-                nn.ReLU(),
-                nn.Dropout(config.dropout_rate),
-                nn.Linear(config.classifier_hidden_size, config.num_labels),
-            ]
-        self.classifier = nn.Sequential(*layers)
+        self.classifier = build_classifier_head(
+            config.encoder_hidden_size,
+            config.num_labels,
+            config.classifier_head,
+            config.classifier_hidden_size,
+            config.dropout_rate,
+        )
         if config.freeze_encoder:
             self.mscl.requires_grad_(False)
         self.post_init()
@@ -825,19 +885,20 @@ class MSCLForAudioClassification(MSCLPreTrainedModel):
         batch, frames, bins = features.shape
         num = frames // window  # the remainder (< one window) is dropped, as in the probes
         windows = features[:, : num * window].reshape(batch * num, window, bins)
-        logits = self.classifier(self._pooled(windows, None)).view(batch, num, -1)
+        logits = self.classifier(self._pooled(windows, None))
+        clip_index = torch.arange(batch, device=logits.device).repeat_interleave(num)
         if mask is not None:
             # A window counts when it holds at least one real frame.
             real = mask[:, : num * window].reshape(batch, num, window).any(-1)
             real[:, 0] = True
-        else:
-            real = torch.ones(batch, num, dtype=torch.bool, device=features.device)
-        weights = real.to(logits.dtype)[..., None]
-        if self.config.problem_type == "multi_label_classification":
-            # Mean of sigmoids over windows, returned as logits so sigmoid() gives it back.
-            probs = (torch.sigmoid(logits) * weights).sum(1) / weights.sum(1)
-            return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
-        return (logits * weights).sum(1)
+            keep = real.flatten().to(logits.device)
+            logits, clip_index = logits[keep], clip_index[keep]
+        multi_label = self.config.problem_type == "multi_label_classification"
+        scores = aggregate_window_logits(logits, clip_index, batch, multi_label)
+        if multi_label:
+            # The mean of sigmoids, returned as logits so that sigmoid() gives it back.
+            return torch.logit(scores.clamp(1e-6, 1 - 1e-6))
+        return scores
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.to(logits.device)

@@ -411,5 +411,16 @@ def test_windowed_classifier_follows_the_probe_aggregation(problem_type):
         torch.testing.assert_close(logits, per_window.sum(1))
     else:
         torch.testing.assert_close(torch.sigmoid(logits), torch.sigmoid(per_window).mean(1))
+    # A padded row: a window counts when it holds a real frame (here the first two).
+    mask = torch.ones(2, x.shape[1], dtype=torch.long)
+    mask[1, 98 + 5 :] = 0
+    masked = model(x, attention_mask=mask).logits
+    torch.testing.assert_close(masked[0], logits[0])
+    if problem_type == "single_label_classification":
+        torch.testing.assert_close(masked[1], per_window[1, :2].sum(0))
+    else:
+        torch.testing.assert_close(
+            torch.sigmoid(masked[1]), torch.sigmoid(per_window[1, :2]).mean(0)
+        )
     one = model(x[:, :98]).logits  # a single window is classified directly
     torch.testing.assert_close(one, model.classifier(model.mscl(x[:, :98]).pooler_output))

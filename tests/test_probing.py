@@ -18,7 +18,6 @@ from torch import nn
 
 from modeling_mscl import MSCLFeatureExtractor, MSCLModel
 from modeling_mscl.audio_io import load_audio, write_audio
-from modeling_mscl.metrics import classification_metrics, load_metric
 from modeling_mscl.probing import (
     PRESETS,
     CropPool,
@@ -48,6 +47,7 @@ from modeling_mscl.probing import (
     window_accuracy,
     window_features,
 )
+from modeling_mscl.probing.metrics import classification_metrics
 
 from .conftest import tiny_config
 
@@ -146,12 +146,40 @@ def test_metrics_equal_scikit_learn():
     assert per_class["accuracy"]["y"] == pytest.approx(np.mean(logits[members].argmax(1) == 1))
 
 
-def test_metric_modules_load_offline_with_evaluate():
-    out = load_metric("average_precision").compute(
-        predictions=[[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], references=[[1, 0], [0, 1], [0, 1]]
-    )
-    assert out["per_class"][0] == pytest.approx(1.0)
-    assert out["per_class"][1] == pytest.approx(average_precision_score([0, 1, 1], [0.1, 0.8, 0.4]))
+def test_metrics_by_hand_with_degenerate_classes():
+    # Tag a: positives score 0.9 and 0.3, negatives 0.8 and 0.1: 3 of 4 pairs ordered,
+    # precision 1 at recall 1/2 and 2/3 at recall 1. Tag d: the positive ties with two
+    # negatives (a tie counts half a pair; one threshold, precision 1/3). Tags b (no
+    # positive) and c (no negative) have no curve: None, and left out of the means.
+    scores = np.array([[0.9, 0.1, 0.4, 0.5], [0.8, 0.2, 0.3, 0.5], [0.3, 0.3, 0.2, 0.5],
+                       [0.1, 0.4, 0.1, 0.2]])  # fmt: skip
+    labels = np.array([[1, 0, 1, 1], [0, 0, 1, 0], [1, 0, 1, 0], [0, 0, 1, 0]])
+    metrics, per_class = classification_metrics(scores, labels, True, list("abcd"))
+    assert per_class["roc_auc"] == pytest.approx({"a": 0.75, "b": None, "c": None, "d": 2 / 3})
+    assert per_class["pr_auc"] == pytest.approx({"a": 5 / 6, "b": None, "c": None, "d": 1 / 3})
+    assert metrics["roc_auc"] == pytest.approx((0.75 + 2 / 3) / 2)
+    assert metrics["pr_auc"] == pytest.approx((5 / 6 + 1 / 3) / 2)
+    # No tag with both positives and negatives: nothing to average.
+    metrics, per_class = classification_metrics(scores[:, 1:3], labels[:, 1:3], True, ["b", "c"])
+    assert math.isnan(metrics["roc_auc"]) and math.isnan(metrics["pr_auc"])
+    assert per_class["pr_auc"] == {"b": None, "c": None}
+
+    # Single-label: per-class accuracy is the accuracy on that class's clips; None without.
+    logits = np.eye(3)[[0, 1, 1, 1, 0]]
+    metrics, per_class = classification_metrics(logits, [0, 0, 1, 1, 1], False, list("xyz"))
+    assert metrics == {"accuracy": pytest.approx(3 / 5)}
+    assert per_class["accuracy"] == pytest.approx({"x": 1 / 2, "y": 2 / 3, "z": None})
+
+
+def test_metrics_refuse_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"scores must be \(clips, 3\)"):
+        classification_metrics(np.zeros((4, 2)), np.zeros(4), False, list("abc"))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        classification_metrics(np.zeros((4, 2)), np.zeros((4, 2)), False, list("ab"))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        classification_metrics(np.zeros((4, 2)), np.zeros(4), True, list("ab"))
+    with pytest.raises(ValueError, match="empty"):
+        classification_metrics(np.zeros((0, 2)), np.zeros(0), False, list("ab"))
 
 
 # --------------------------------------------------------------------------- heads

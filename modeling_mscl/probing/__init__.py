@@ -17,8 +17,8 @@ authors' reference:
   Validation uses the clips' window grid (embedded once) rather than the reference's
   fresh random crops: the same quantity with less noise and no per-epoch encoding.
 * Test: per-clip aggregation of window outputs on the grid (cached), the mean of
-  sigmoids for tagging and the sum of logits for single-label tasks; metrics through
-  local `evaluate` modules.
+  sigmoids for tagging and the sum of logits for single-label tasks; metrics by
+  scikit-learn.
 * The earlier protocol of this package stays available per field: ``standardize=True``
   (z-scored features, folded into the head at the end so the exported
   :class:`~modeling_mscl.MSCLForAudioClassification` still takes raw features),
@@ -30,8 +30,8 @@ authors' reference:
 
 Modules: :mod:`.tasks` (task presets, labels), :mod:`.embeddings` (window embeddings and
 their cache), :mod:`.crops` (training chunks and crops), :mod:`.heads` (training,
-aggregation, metrics), :mod:`.protocol` (the whole protocol, export, tables),
-:mod:`.convergence` (the pre-training hook and its log).
+aggregation), :mod:`.metrics` (accuracy, ROC-AUC, PR-AUC), :mod:`.protocol` (the whole
+protocol, export, tables), :mod:`.convergence` (the pre-training hook and its log).
 """
 
 from .baselines import LogMelStatistics

@@ -16,7 +16,6 @@ from torch import nn
 
 from ..audio_io import load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor
-from ..metrics import load_metric
 from .embeddings import (
     WindowEmbeddings,
     _encode,
@@ -127,9 +126,6 @@ class ProbeHook:
         """
         fe = self.feature_extractor or MSCLFeatureExtractor(feature_size=num_mel_bins)
         self.feature_extractor = fe
-        for task in self.tasks:  # importing `evaluate` takes seconds: pay it here, once
-            for name in ("roc_auc", "average_precision") if task.multi_label else ("accuracy",):
-                load_metric(name)
         self._windows: dict[tuple, tuple[torch.Tensor, np.ndarray]] = {}
         self._cache = {}
         for task in self.tasks:

@@ -1,4 +1,4 @@
-"""Probe heads on frozen features: training with early stopping, clip aggregation, metrics."""
+"""Probe heads on frozen features: training with early stopping, clip aggregation, scoring."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..metrics import classification_metrics
+from ..modeling_mscl import aggregate_window_logits, build_classifier_head
 from .crops import CropSource, WindowCrops
 from .embeddings import WindowEmbeddings
+from .metrics import classification_metrics
 from .tasks import ProbeTask
 
 __all__ = [
@@ -29,21 +30,14 @@ __all__ = [
 
 
 def _build_head(task: ProbeTask, dim: int, num_labels: int) -> nn.Sequential:
-    """The head in the layout of MSCLForAudioClassification.classifier, Keras-initialised."""
-    if task.head == "linear":
-        layers = [nn.Dropout(task.dropout), nn.Linear(dim, num_labels)]
-    else:
-        layers = [
-            nn.Linear(dim, task.hidden_size),
-            nn.ReLU(),
-            nn.Dropout(task.dropout),
-            nn.Linear(task.hidden_size, num_labels),
-        ]
-    for layer in layers:
+    """``task``'s head (:func:`~modeling_mscl.modeling_mscl.build_classifier_head`),
+    Keras-initialised."""
+    head = build_classifier_head(dim, num_labels, task.head, task.hidden_size, task.dropout)
+    for layer in head:
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight)  # Keras' Dense default, as the reference
             nn.init.zeros_(layer.bias)
-    return nn.Sequential(*layers)
+    return head
 
 
 def _first_linear(head: nn.Sequential) -> nn.Linear:
@@ -301,19 +295,15 @@ def train_probe(
 def aggregate_clip_scores(
     window_logits: np.ndarray, clip_index: np.ndarray, num_clips: int, multi_label: bool
 ) -> np.ndarray:
-    """Clip scores `(clips, classes)` from window logits `(windows, classes)`.
+    """Clip scores `(clips, classes)` from window logits `(windows, classes)`, in float64.
 
-    Multi-label: the mean of the windows' sigmoids (the paper's tagging protocol).
-    Single-label: the sum of the windows' logits (its arg-max is the prediction).
+    The aggregation of the exported classifier
+    (:func:`~modeling_mscl.modeling_mscl.aggregate_window_logits`): the mean of the
+    windows' sigmoids for multi-label tasks, the sum of their logits otherwise.
     """
-    logits = np.asarray(window_logits, dtype=np.float64)
-    values = 1.0 / (1.0 + np.exp(-logits)) if multi_label else logits
-    sums = np.zeros((num_clips, logits.shape[1]))
-    np.add.at(sums, clip_index, values)
-    if not multi_label:
-        return sums
-    counts = np.bincount(clip_index, minlength=num_clips).astype(np.float64)
-    return sums / np.maximum(counts, 1.0)[:, None]
+    logits = torch.from_numpy(np.array(window_logits, dtype=np.float64))
+    index = torch.from_numpy(np.array(clip_index, dtype=np.int64))
+    return aggregate_window_logits(logits, index, num_clips, multi_label).numpy()
 
 
 def evaluate_probe(
@@ -321,7 +311,7 @@ def evaluate_probe(
 ) -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:
     """Clip-level metrics of ``probe`` on (at most) ``task.test_windows`` windows per clip.
 
-    Returns ``(metrics, per_class)`` as :func:`modeling_mscl.metrics.classification_metrics`.
+    Returns ``(metrics, per_class)`` as :func:`.metrics.classification_metrics`.
     """
     task = probe.task
     windows = embeddings.limit_windows(task.test_windows)
