@@ -3,12 +3,12 @@
 A pushed repo holds what ``from_pretrained`` needs where this package is not installed:
 the weights, ``config.json`` with ``auto_map``, the feature extractor's
 ``preprocessor_config.json``, the Hub code files, and a ``README.md`` rendered from the
-templates in ``model_cards/`` with the run's training arguments and probe results.
+templates in ``model_cards/`` with the run's training arguments and probe results. The
+files go up in one ``HfApi.create_commit``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -17,8 +17,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from huggingface_hub import CommitOperationAdd, HfApi
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
@@ -32,12 +33,14 @@ from .feature_extraction_mscl import MSCLFeatureExtractor
 from .modeling_mscl import MSCLForAudioClassification, MSCLForPreTraining, MSCLModel
 from .package_data import resource_dir
 
+if TYPE_CHECKING:  # the probing package (torch, datasets) loads only when results are read
+    from .probing.protocol import ProbeResult
+
 __all__ = [
     "CARD_KINDS",
+    "HUB_CODE_FILES",
     "PAPER_BIBTEX",
-    "ProbeResult",
     "PushResult",
-    "find_probe_results",
     "push_encoder",
     "push_probe_head",
     "read_probe_results",
@@ -88,141 +91,60 @@ def register_auto_classes() -> None:
 # ---------------------------------------------------------------------- run information
 
 
-@dataclass(frozen=True)
-class ProbeResult:
-    """Scalar metrics of one downstream task (e.g. a frozen probe on MagnaTagATune).
-
-    Attributes:
-        task (`str`): Task name, e.g. `"magnatagatune"` or `"instrument_family"`.
-        metrics (`dict[str, float]`): Finite scalar metrics, e.g. `{"roc_auc": 0.89}`.
-        dataset (`str`, *optional*): Dataset name or Hub id the task was measured on.
-        split (`str`, *optional*): Evaluation split, e.g. `"test"`.
-        head (`str`, *optional*): Probe head, e.g. `"linear"` or `"mlp"`.
-    """
-
-    task: str
-    metrics: dict[str, float]
-    dataset: str | None = None
-    split: str | None = None
-    head: str | None = None
-
-
-def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    # Per-tag tables and other nested values stay in the JSON; the card shows scalars.
-    return {
-        str(name): float(value)
-        for name, value in metrics.items()
-        if isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    }
-
-
-def _result_from_dict(item: Mapping[str, Any], default_task: str) -> ProbeResult:
-    def text(*keys: str) -> str | None:
-        for key in keys:
-            if item.get(key) not in (None, ""):
-                return str(item[key])
-        return None
-
-    return ProbeResult(
-        task=text("task", "task_name", "name") or default_task,
-        metrics=_scalar_metrics(item.get("metrics") or {}),
-        dataset=text("dataset", "dataset_name"),
-        split=text("split", "eval_split"),
-        head=text("head", "probe", "classifier_head"),
-    )
-
-
-def _parse_results(data: Any, default_task: str) -> list[ProbeResult]:
-    """Accept the shapes probe runs write; raise ``ValueError`` for anything else."""
-    if isinstance(data, list):
-        return [r for item in data for r in _parse_results(item, default_task)]
-    if not isinstance(data, dict):
-        raise ValueError("expected a JSON object or a list of objects")
-    if isinstance(data.get("metrics"), dict):  # {"task": ..., "metrics": {...}}
-        return [_result_from_dict(data, default_task)]
-    if isinstance(data.get("results"), (list, dict)):  # {"results": [...]}
-        return _parse_results(data["results"], default_task)
-    if data and all(isinstance(v, dict) for v in data.values()):  # {"task": {...metrics}}
-        results = []
-        for task, value in data.items():
-            if isinstance(value.get("metrics"), dict):
-                results.append(_result_from_dict({"task": task, **value}, task))
-            else:
-                results.append(ProbeResult(task, _scalar_metrics(value)))
-        return results
-    scalars = _scalar_metrics(data)  # a flat {"accuracy": ...} file
-    if scalars:
-        return [ProbeResult(default_task, scalars)]
-    raise ValueError("found no metrics (expected {'task': ..., 'metrics': {...}})")
+PROBE_RESULTS_FILE = "probe_results.json"  # what export_probe writes into a head folder
+TRAINING_ARGS_FILE = "training_args.json"  # what a pre-training run saves with its encoder
+PROBE_ARGS_FILE = "probe_args.json"  # export_probe's task settings, in the same flat form
 
 
 def read_probe_results(paths: Iterable[str | os.PathLike]) -> list[ProbeResult]:
-    """Read probe results from JSON files.
+    """Read probe results: each file holds one `ProbeResult.to_dict()` object, as
+    `export_probe` writes it to `probe_results.json`. Anything else raises a `ValueError`
+    naming the file."""
+    from .probing.protocol import ProbeResult
 
-    Each file holds `{"task": ..., "metrics": {...}}` (optionally with `dataset`, `split`,
-    `head`), a list of those, `{"results": [...]}`, `{task: {metric: value}}` or a flat
-    `{metric: value}` (the task is then the file name). Non-scalar metrics (per-tag
-    tables) are ignored; results without any scalar metric are dropped.
-    """
-    results: list[ProbeResult] = []
-    for path in paths:
-        path = Path(path)
+    results = []
+    for path in map(Path, paths):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            parsed = _parse_results(data, default_task=path.stem)
+            results.append(ProbeResult.from_dict(json.loads(path.read_text(encoding="utf-8"))))
         except (json.JSONDecodeError, ValueError) as err:
             raise ValueError(f"cannot read probe results from {path}: {err}") from err
-        results.extend(r for r in parsed if r.metrics)
     return results
 
 
-def find_probe_results(folder: str | os.PathLike) -> list[Path]:
-    """Result files a run leaves in its folder: ``*results*.json`` and ``probe*/*.json``."""
-    folder = Path(folder)
-    found = set(folder.glob("*results*.json")) | set(folder.glob("probe*/*.json"))
-    return sorted(p for p in found if p.is_file())
+def _flat_arguments(data: Any, where: str) -> dict[str, Any]:
+    def plain(value: Any) -> bool:
+        return value is None or isinstance(value, (str, int, float, bool))
+
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must hold a JSON object of argument names and values")
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: argument names must be strings, got {key!r}")
+        if not (plain(value) or (isinstance(value, list) and all(map(plain, value)))):
+            raise ValueError(
+                f"{where}: argument {key!r} must be a number, string, boolean, null or a "
+                f"list of those (a flat mapping, as PretrainingArguments.to_dict() writes)"
+            )
+    return dict(data)
 
 
-def read_training_args(
-    folder: str | os.PathLike,
-    path: str | os.PathLike | None = None,
-    names: Sequence[str] = ("training_args.json",),
-) -> dict[str, Any]:
-    """The run's arguments: ``path`` if given, else the first of ``names`` found in the
-    folder or its parent (a run folder whose ``encoder/`` subfolder is the model), else `{}`.
-    ``.yaml``/``.yml`` files are read as YAML."""
-    if path is not None:
-        candidates = [Path(path)]
-        if not candidates[0].is_file():
-            raise FileNotFoundError(f"training arguments file not found: {path}")
-    else:
-        folder = Path(folder)
-        candidates = [base / name for name in names for base in (folder, folder.parent)]
-    for candidate in candidates:
-        if candidate.is_file():
-            text = candidate.read_text(encoding="utf-8")
-            if candidate.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError(f"{candidate} must hold a mapping of argument names to values")
-            return data
-    return {}
+def read_training_args(path: str | os.PathLike) -> dict[str, Any]:
+    """The flat mapping a pre-training run saves as `training_args.json` (see
+    `PretrainingArguments.to_dict`). `path` is the file or a folder holding it.
+    `export_probe`'s `probe_args.json` has the same form and is read the same way."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TRAINING_ARGS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"training arguments file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not JSON: {err}") from err
+    return _flat_arguments(data, str(path))
 
 
 # ---------------------------------------------------------------------- model cards
-
-
-def _pick(args: Mapping[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if args.get(key) not in (None, "", []):
-            return args[key]
-    return None
 
 
 def _fmt(value: Any) -> str:
@@ -242,24 +164,16 @@ def _metric_label(name: str) -> str:
 
 
 def _config_rows(args: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Flatten scalar (and short list) arguments for the card, leaving local paths out."""
+    """Scalar (and short list) arguments for the card, leaving local paths out."""
     rows = []
-
-    def visit(prefix: str, mapping: Mapping[str, Any]) -> None:
-        for key in sorted(mapping):
-            value, name = mapping[key], f"{prefix}{key}"
-            if isinstance(value, Mapping):
-                visit(f"{name}.", value)
-            elif _PATH_KEY.search(str(key).lower()) or (
-                isinstance(value, str) and (os.path.isabs(value) or value.startswith("~"))
-            ):
-                continue
-            elif value is None or isinstance(value, (str, int, float, bool)):
-                rows.append((name, _fmt(value)))
-            elif isinstance(value, (list, tuple)) and len(value) <= 16:
-                rows.append((name, _fmt(list(value))))
-
-    visit("", args)
+    for key in sorted(args):
+        value = args[key]
+        if _PATH_KEY.search(key.lower()) or (
+            isinstance(value, str) and (os.path.isabs(value) or value.startswith("~"))
+        ):
+            continue
+        if not isinstance(value, list) or len(value) <= 16:
+            rows.append((key, _fmt(value)))
     return rows
 
 
@@ -271,17 +185,13 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str
 
 def _objective(args: Mapping[str, Any]) -> tuple[str, str]:
     """A short name for the card's first line and a sentence for its training section."""
-    objective = str(_pick(args, "objective", "method", "mode") or "").lower()
-    sources = _pick(args, "sources", "source")
-    if isinstance(sources, str):
-        sources = [sources]
-    absent = _pick(args, "absent_sources", "silent", "null_column")
-    if objective in ("cola", "mixture", "instance"):
+    objective, sources = args.get("objective"), args.get("sources")
+    if objective == "cola":
         return "COLA, the baseline of the MSCL paper", (
             "COLA instance discrimination: two crops of the same mixture form a positive "
             "pair; the other songs of the minibatch are the negatives."
         )
-    if objective in ("s3t", "augment", "augmentation"):
+    if objective == "s3t":
         return "COLA with S3T-style augmentation, a baseline of the MSCL paper", (
             "COLA with S3T-style spectrogram augmentation (masking, shifting, warping) "
             "of the two mixture crops."
@@ -296,7 +206,7 @@ def _objective(args: Mapping[str, Any]) -> tuple[str, str]:
             f"MSCL: a crop of the mixture must pick a crop of one of its separated sources "
             f"({names}) among the sources of the other songs in the minibatch."
         )
-        if absent:
+        if args.get("absent_sources"):
             text += (
                 " Minibatches may include songs where that source is absent; their anchors "
                 "must pick a shared null column (the mean embedding of the all-zero inputs "
@@ -322,52 +232,53 @@ def _architecture_text(config: MSCLConfig) -> str:
     )
 
 
-def _eval_results(results: Sequence[ProbeResult]) -> list[Any]:
+def _card_metrics(results: Sequence[ProbeResult]) -> list[tuple[ProbeResult, str, float]]:
+    # NaN (a metric no class could score) has no place in the Hub's model-index.
+    return [
+        (result, name, float(value))
+        for result in results
+        for name, value in result.metrics.items()
+        if math.isfinite(value)
+    ]
+
+
+def _eval_results(metrics: Sequence[tuple[ProbeResult, str, float]]) -> list[Any]:
     from huggingface_hub import EvalResult
 
-    out = []
-    for result in results:
-        dataset = result.dataset or result.task
-        task_name = result.task + (f" ({result.head} probe)" if result.head else "")
-        for metric, value in result.metrics.items():
-            out.append(
-                EvalResult(
-                    task_type="audio-classification",
-                    task_name=task_name,
-                    dataset_type=dataset,
-                    dataset_name=dataset,
-                    dataset_split=result.split,
-                    metric_type=metric,
-                    metric_name=_metric_label(metric),
-                    metric_value=value,
-                )
-            )
-    return out
+    return [
+        EvalResult(
+            task_type="audio-classification",
+            task_name=f"{result.task.name} ({result.task.head} probe)",
+            # A result does not record its dataset's name; the task names it.
+            dataset_type=result.task.name,
+            dataset_name=result.task.name,
+            dataset_split=result.split,
+            metric_type=name,
+            metric_name=_metric_label(name),
+            metric_value=value,
+        )
+        for result, name, value in metrics
+    ]
 
 
-def _results_table(results: Sequence[ProbeResult]) -> str:
+def _results_table(metrics: Sequence[tuple[ProbeResult, str, float]]) -> str:
     rows = [
         (
-            _fmt(r.task),
-            _fmt(r.dataset or r.task),
-            _fmt(r.split or "-"),
-            _fmt(r.head or "-"),
-            _metric_label(metric),
+            _fmt(r.task.name),
+            _fmt(r.task.name),
+            _fmt(r.split),
+            _fmt(r.task.head),
+            _metric_label(name),
             _fmt(value),
         )
-        for r in results
-        for metric, value in r.metrics.items()
+        for r, name, value in metrics
     ]
     return _markdown_table(("task", "dataset", "split", "probe", "metric", "value"), rows)
 
 
 def _is_hub_name(name: str) -> bool:
-    """A dataset or model name the Hub could hold: `name` or `namespace/name`, not a path."""
+    """A dataset name the Hub could hold: `name` or `namespace/name`, not a path."""
     return bool(re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", name)) and not os.path.exists(name)
-
-
-def _is_hub_id(name: str) -> bool:
-    return "/" in name and _is_hub_name(name)
 
 
 def _template(kind: str) -> Path:
@@ -393,48 +304,48 @@ def render_model_card(
     Args:
         kind (`str`): `"encoder"` or `"probe_head"`.
         folder (`str` or `os.PathLike`): Folder written by `save_pretrained`.
-        results (*optional*): [`ProbeResult`]s or paths of result JSON files; `None` looks
-            for result files in `folder` (see [`find_probe_results`]). No results: the card
-            says the model was not evaluated and has no `model-index`.
+        results (*optional*): [`~modeling_mscl.probing.ProbeResult`]s or paths of
+            `probe_results.json` files (see [`read_probe_results`]); `None` reads the
+            folder's `probe_results.json` if there is one. No results: the card says the
+            model was not evaluated and has no `model-index`.
         repo_id (`str`, *optional*): Hub id used in the usage snippets.
-        training_args (`Mapping`, *optional*): The run's arguments; `None` reads
-            `training_args.json` next to the model (see [`read_training_args`]).
+        training_args (`Mapping`, *optional*): The run's arguments, a flat mapping; `None`
+            reads the folder's `training_args.json` (an encoder) or `probe_args.json` (a
+            probe head) if there is one (see [`read_training_args`]).
         base_model (`str`, *optional*): Hub id of the encoder a probe head was trained on.
         datasets (`Sequence[str]`, *optional*): Dataset names or Hub ids for the metadata;
-            defaults to the training arguments' dataset and the results' datasets.
+            defaults to the training arguments' `dataset`.
         license (`str`, *optional*, defaults to `"apache-2.0"`): License of the weights.
     """
     from huggingface_hub import ModelCard, ModelCardData
+
+    from .probing.protocol import ProbeResult
 
     if kind not in CARD_KINDS:
         raise ValueError(f"kind must be one of {CARD_KINDS}, got {kind!r}")
     folder = Path(folder)
     config = MSCLConfig.from_pretrained(folder)
     if training_args is not None:
-        args = dict(training_args)
+        args = _flat_arguments(training_args, "training_args")
     else:
-        # A probe run's own arguments come first for a head; the encoder's otherwise.
-        names = ("probe_args.json", "training_args.json") if kind == "probe_head" else None
-        args = read_training_args(folder, names=names or ("training_args.json",))
+        args_file = folder / (TRAINING_ARGS_FILE if kind == "encoder" else PROBE_ARGS_FILE)
+        args = read_training_args(args_file) if args_file.is_file() else {}
     if results is None:
-        results = read_probe_results(find_probe_results(folder))
-    elif results and not isinstance(results[0], ProbeResult):
-        results = read_probe_results(results)  # type: ignore[arg-type]
-    results = list(results)  # type: ignore[arg-type]
+        found = folder / PROBE_RESULTS_FILE
+        results = read_probe_results([found]) if found.is_file() else []
+    results = [r if isinstance(r, ProbeResult) else read_probe_results([r])[0] for r in results]
+    metrics = _card_metrics(results)
     preprocessor = folder / "preprocessor_config.json"
     fe = json.loads(preprocessor.read_text()) if preprocessor.is_file() else {}
     sampling_rate = fe.get("sampling_rate", 16000)
 
     repo_id = repo_id or f"your-name/{folder.resolve().name}"
     model_name = repo_id.split("/")[-1]
-    if base_model is None:
-        found = _pick(args, "base_model", "encoder", "model_name_or_path")
-        base_model = found if isinstance(found, str) and _is_hub_id(found) else None
-    train_dataset = _pick(args, "dataset", "dataset_name", "train_dataset", "corpus")
+    # Written by convert_reference_checkpoint; a pre-training run's data is a local path.
+    train_dataset = args.get("dataset")
     if datasets is None:
-        names = [train_dataset] if isinstance(train_dataset, str) else []
-        names += [r.dataset for r in results if r.dataset]
-        datasets = list(dict.fromkeys(n for n in names if _is_hub_name(n)))
+        datasets = [train_dataset] if isinstance(train_dataset, str) else []
+        datasets = [name for name in datasets if _is_hub_name(name)]
     pipeline_tag = "feature-extraction" if kind == "encoder" else "audio-classification"
     card_data = ModelCardData(
         library_name="transformers",
@@ -444,11 +355,10 @@ def render_model_card(
         license=license,
         base_model=base_model if kind == "probe_head" else None,
         model_name=model_name,
-        eval_results=_eval_results(results) or None,
+        eval_results=_eval_results(metrics) or None,
     )
 
-    steps = _pick(args, "max_steps", "num_steps", "steps", "total_steps")
-    batch = _pick(args, "batch_size", "per_device_train_batch_size", "train_batch_size")
+    steps, batch = args.get("max_steps"), args.get("batch_size")
     labels = [config.id2label[i] for i in sorted(config.id2label)] if kind == "probe_head" else []
     rows = _config_rows(args)
     objective_name, objective_text = _objective(args)
@@ -466,8 +376,8 @@ def render_model_card(
         steps=_fmt(steps) if steps is not None else None,
         batch_size=_fmt(batch) if batch is not None else None,
         config_table=_markdown_table(("argument", "value"), rows) if rows else "",
-        has_results=bool(results),
-        results_table=_results_table(results) if results else "",
+        has_results=bool(metrics),
+        results_table=_results_table(metrics) if metrics else "",
         sampling_rate=sampling_rate,
         num_mel_bins=config.num_mel_bins,
         pooled_dim=config.encoder_hidden_size,
@@ -497,9 +407,12 @@ class PushResult:
         revision (`str`): Branch the files go to.
         files (`list[tuple[str, int]]`): Every file of the upload and its size in bytes.
         card (`str`): The rendered README.md.
-        uploaded (`list[str]`): Files sent in the commit; empty for a dry run and when the
-            Hub already had identical files.
-        commit_url (`str`, *optional*): URL of the new commit, `None` if nothing was committed.
+        uploaded (`list[str]`): Files handed to `HfApi.create_commit`: every file of the
+            push, empty for a dry run. huggingface_hub uploads only those whose content
+            differs from the branch's and makes no commit when none does, so this is not
+            the list of changed files.
+        commit_url (`str`, *optional*): URL of the branch's commit after the push: the new
+            one, or the current one when nothing changed; `None` for a dry run.
         dry_run (`bool`): Whether nothing was sent.
     """
 
@@ -510,10 +423,6 @@ class PushResult:
     uploaded: list[str] = field(default_factory=list)
     commit_url: str | None = None
     dry_run: bool = False
-
-
-def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def _auto_ref(cls: type) -> str:
@@ -541,8 +450,9 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def _upload_files(folder: Path, kind: str) -> dict[str, bytes]:
-    """Check the folder and return the files to upload (README.md excluded).
+def _upload_files(folder: Path, kind: str) -> dict[str, bytes | Path]:
+    """Check the folder and return the files to upload (README.md excluded): contents
+    written here as bytes, files sent as they are (weights, code) as paths.
 
     ``config.json`` and ``preprocessor_config.json`` get a complete ``auto_map``; Hub code
     files missing from the folder (saved before the Auto classes were registered) come
@@ -566,7 +476,7 @@ def _upload_files(folder: Path, kind: str) -> dict[str, bytes]:
     if not weights:
         raise FileNotFoundError(f"{folder} has no weights (*.safetensors)")
 
-    files = {"config.json": _json_bytes({**config, "auto_map": _AUTO_MAP})}
+    files: dict[str, bytes | Path] = {"config.json": _json_bytes({**config, "auto_map": _AUTO_MAP})}
     fe_path = folder / "preprocessor_config.json"
     if fe_path.is_file():
         fe = json.loads(fe_path.read_text())
@@ -579,21 +489,12 @@ def _upload_files(folder: Path, kind: str) -> dict[str, bytes]:
     )
     index = folder / "model.safetensors.index.json"
     for path in ([index] if index.is_file() else []) + weights:
-        files[path.name] = path.read_bytes()
+        files[path.name] = path
     package = Path(__file__).resolve().parent
     for name in HUB_CODE_FILES:
         # The folder's copy is the code its weights were saved with; prefer it.
-        source = folder / name if (folder / name).is_file() else package / name
-        files[name] = source.read_bytes()
+        files[name] = folder / name if (folder / name).is_file() else package / name
     return files
-
-
-def _same_as_remote(data: bytes, remote: Any) -> bool:
-    if remote is None:
-        return False
-    if getattr(remote, "lfs", None):
-        return hashlib.sha256(data).hexdigest() == remote.lfs.sha256
-    return _git_blob_sha1(data) == remote.blob_id
 
 
 def _push(
@@ -609,38 +510,35 @@ def _push(
     token: str | None,
     endpoint: str | None,
 ) -> PushResult:
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.hf_api import RepoFile
-
     folder = Path(folder)
     branch = revision or "main"
     files = _upload_files(folder, kind)
+    # Rendered before anything is sent, so a bad results or arguments file stops the push.
+    card = render_model_card(kind, folder, repo_id=repo_id, **card_kwargs)
     api = None
     if not dry_run:
         # The token comes from `token`, HF_TOKEN or the saved login; it is never printed.
         api = HfApi(endpoint=endpoint, token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        full_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if full_id != repo_id:  # the usage snippets need the namespace the Hub gave
+            repo_id = full_id
+            card = render_model_card(kind, folder, repo_id=repo_id, **card_kwargs)
         if branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
-    card = render_model_card(kind, folder, repo_id=repo_id, **card_kwargs)
-    contents = {"README.md": card.encode("utf-8"), **files}
-    listing = [(name, len(data)) for name, data in sorted(contents.items())]
+    contents = sorted({"README.md": card.encode("utf-8"), **files}.items())
+    listing = [
+        (name, len(data) if isinstance(data, bytes) else data.stat().st_size)
+        for name, data in contents
+    ]
     result = PushResult(repo_id, branch, listing, card, dry_run=dry_run)
     if api is None:
         return result
-    remote = {
-        entry.path: entry
-        for entry in api.list_repo_tree(repo_id, revision=branch, recursive=True)
-        if isinstance(entry, RepoFile)
-    }
-    changed = [
-        name
-        for name, data in sorted(contents.items())
-        if not _same_as_remote(data, remote.get(name))
+    # huggingface_hub compares every file with the branch's (git blob SHA-1, or SHA-256
+    # for LFS files), uploads only the changed ones and skips an empty commit.
+    operations = [
+        CommitOperationAdd(name, data if isinstance(data, bytes) else str(data))
+        for name, data in contents
     ]
-    if not changed:
-        return result
-    operations = [CommitOperationAdd(name, contents[name]) for name in changed]
     default_message = "Upload MSCL encoder" if kind == "encoder" else "Upload MSCL probe head"
     info = api.create_commit(
         repo_id,
@@ -648,7 +546,7 @@ def _push(
         commit_message=commit_message or default_message,
         revision=branch,
     )
-    result.uploaded = changed
+    result.uploaded = [name for name, _ in contents]
     result.commit_url = info.commit_url
     return result
 
@@ -671,9 +569,11 @@ def push_encoder(
     """Push a pre-trained encoder folder (`MSCLModel` or `MSCLForPreTraining`) to the Hub.
 
     Uploads the weights, `config.json` (with `auto_map`), the feature extractor, the Hub
-    code files and a README.md rendered by [`render_model_card`]. Only files that differ
-    from the branch's current ones are sent; when none differ no commit is made. With
-    `dry_run=True` nothing is sent and no token is needed. `token` and `endpoint` default
+    code files and a README.md rendered by [`render_model_card`] in one commit to
+    `revision` (a branch, created if needed); huggingface_hub uploads only the files that
+    differ from the branch's and makes no commit when none do. With `dry_run=True`
+    nothing is sent and no token is needed. `results` are `ProbeResult`s or paths of
+    `probe_results.json` files. `token` and `endpoint` default
     to huggingface_hub's (`HF_TOKEN` or the saved login; `HF_ENDPOINT`).
     """
     card_kwargs = dict(

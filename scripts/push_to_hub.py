@@ -2,10 +2,11 @@
 
     python scripts/push_to_hub.py encoder runs/mscl/encoder --repo-id you/mscl-b0 --dry-run
     python scripts/push_to_hub.py probe-head runs/probes/mtat --repo-id you/mscl-b0-mtat \\
-        --base-model you/mscl-b0 --results runs/probes/mtat/results.json
+        --base-model you/mscl-b0
 
 The token comes from `HF_TOKEN` or `hf auth login` and is never printed; `HF_ENDPOINT`
-selects another Hub. Files identical to the ones already on the branch are not uploaded.
+selects another Hub. huggingface_hub uploads only the files that differ from the
+branch's, and makes no commit when none does.
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--results",
         nargs="+",
         default=None,
-        help="probe result JSON files (default: *results*.json in the folder)",
+        help="probe_results.json files written by export_probe (default: the folder's)",
     )
     parser.add_argument(
-        "--training-args", default=None, help="arguments JSON/YAML (default: found next to it)"
+        "--training-args",
+        default=None,
+        help="a run's training_args.json (default: the folder's; probe_args.json for a head)",
     )
     parser.add_argument("--dataset", nargs="+", default=None, help="datasets for the metadata")
     parser.add_argument("--license", default="apache-2.0")
@@ -59,17 +62,14 @@ def report(result: PushResult) -> str:
     where = f"{result.repo_id} (revision {result.revision})"
     if result.dry_run:
         lines.append(f"Dry run, nothing sent. {len(result.files)} files would go to {where}:")
-    elif result.uploaded:
-        lines.append(
-            f"Uploaded {len(result.uploaded)} of {len(result.files)} files to {where}: "
-            f"{result.commit_url}"
-        )
     else:
-        lines.append(f"Nothing to upload: the {len(result.files)} files on {where} are identical.")
+        lines.append(
+            f"Pushed {len(result.uploaded)} files to {where} (huggingface_hub uploads only "
+            f"the changed ones): {result.commit_url}"
+        )
     width = max(len(name) for name, _ in result.files)
     for name, size in result.files:
-        mark = "+" if name in result.uploaded else " "
-        lines.append(f"  {mark} {name:<{width}}  {_size(size):>9}")
+        lines.append(f"    {name:<{width}}  {_size(size):>9}")
     if result.dry_run:
         lines += ["", "----- README.md -----", result.card.rstrip()]
     return "\n".join(lines)
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.training_args is not None:
         from modeling_mscl.hub import read_training_args
 
-        training_args = read_training_args(args.folder, path=args.training_args)
+        training_args = read_training_args(args.training_args)
     common = dict(
         private=args.private,
         revision=args.revision,

@@ -8,9 +8,9 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
@@ -42,22 +42,37 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ProbeResult:
-    """Outcome of :func:`run_probe`: metrics, per-class figures and the trained head."""
+    """Outcome of :func:`run_probe`, and the one form of probe results on disk.
+
+    :meth:`to_dict` is the JSON form (``probe_results.json`` of :func:`export_probe`, the
+    values of ``scripts/probe.py --output``); :meth:`from_dict` reads it back and checks
+    it. ``probe`` is the trained head, None for a result read back from JSON: the weights
+    live in the exported model folder. The head's training record (``label_names``,
+    ``history``, ``best_epoch``) is copied from ``probe`` when one is given. Metrics are
+    measured on the ``test`` split (:attr:`split`).
+    """
 
     task: ProbeTask
     metrics: dict[str, float]
     validation_metrics: dict[str, float]
     per_class: dict[str, dict[str, float | None]]
-    probe: TrainedProbe
+    probe: TrainedProbe | None = field(compare=False, repr=False)
     num_clips: dict[str, int]
     seed: int = 0
+    label_names: list[str] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+
+    split: ClassVar[str] = "test"
+
+    def __post_init__(self) -> None:
+        if self.probe is not None:
+            self.label_names = list(self.probe.label_names)
+            self.history = list(self.probe.history)
+            self.best_epoch = self.probe.best_epoch
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable summary (no weights).
-
-        ``task``, ``head``, ``split`` and ``metrics`` are the fields the model-card code
-        (:func:`modeling_mscl.hub.read_probe_results`) reads; the rest is detail.
-        """
+        """JSON-serialisable summary (no weights); :meth:`from_dict` reads it back."""
         scored = {
             metric: sum(v is not None for v in values.values())
             for metric, values in self.per_class.items()
@@ -65,18 +80,102 @@ class ProbeResult:
         return {
             "task": self.task.name,
             "head": self.task.head,
-            "split": "test",
+            "split": self.split,
             "metrics": self.metrics,
             "num_scored_classes": scored,
             "task_config": dataclasses.asdict(self.task),
             "validation_metrics": self.validation_metrics,
             "per_class": self.per_class,
             "num_clips": self.num_clips,
-            "best_epoch": self.probe.best_epoch,
-            "epochs": len(self.probe.history),
-            "history": self.probe.history,
-            "label_names": self.probe.label_names,
+            "best_epoch": self.best_epoch,
+            "epochs": len(self.history),
+            "history": self.history,
+            "label_names": self.label_names,
+            "seed": self.seed,
         }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ProbeResult:
+        """The result :meth:`to_dict` wrote (``probe`` None); ``ValueError`` naming the
+        field for anything else."""
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"expected a JSON object as ProbeResult.to_dict() writes it, got "
+                f"{type(data).__name__}"
+            )
+        missing = [key for key in _RESULT_KEYS if key not in data]
+        unknown = sorted(set(data) - set(_RESULT_KEYS))
+        if missing or unknown:
+            raise ValueError(
+                f"not a probe result as ProbeResult.to_dict() writes it: missing keys "
+                f"{missing}, unknown keys {unknown}"
+            )
+        if not isinstance(data["task_config"], Mapping):
+            raise ValueError("'task_config' must be an object (the ProbeTask's fields)")
+        try:
+            task = ProbeTask(**data["task_config"])
+        except TypeError as err:
+            raise ValueError(f"'task_config' is not a ProbeTask: {err}") from err
+        for key, expected in (("task", task.name), ("head", task.head), ("split", cls.split)):
+            if data[key] != expected:
+                raise ValueError(f"{key!r} is {data[key]!r}, but it must be {expected!r}")
+        history = data["history"]
+        if not (isinstance(history, list) and all(isinstance(h, Mapping) for h in history)):
+            raise ValueError("'history' must be a list of objects")
+        if data["epochs"] != len(history):
+            raise ValueError(f"'epochs' is {data['epochs']!r} but 'history' has {len(history)}")
+        names = data["label_names"]
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError("'label_names' must be a list of strings")
+        if not isinstance(data["per_class"], Mapping):
+            raise ValueError("'per_class' must be an object of {label: value} objects")
+        per_class = {
+            metric: _numbers(values, f"per_class.{metric}", allow_null=True)
+            for metric, values in data["per_class"].items()
+        }
+        return cls(
+            task=task,
+            metrics=_numbers(data["metrics"], "metrics"),
+            validation_metrics=_numbers(data["validation_metrics"], "validation_metrics"),
+            per_class=per_class,
+            probe=None,
+            num_clips=_numbers(data["num_clips"], "num_clips", integers=True),
+            seed=_integer(data["seed"], "seed"),
+            label_names=list(names),
+            history=[dict(h) for h in history],
+            best_epoch=_integer(data["best_epoch"], "best_epoch"),
+        )
+
+
+# Every key of ProbeResult.to_dict(); ``num_scored_classes`` and ``epochs`` are derived.
+_RESULT_KEYS = (
+    "task", "head", "split", "metrics", "num_scored_classes", "task_config",
+    "validation_metrics", "per_class", "num_clips", "best_epoch", "epochs", "history",
+    "label_names", "seed",
+)  # fmt: skip
+
+
+def _is_number(value: Any, integers: bool = False) -> bool:
+    # JSON booleans load as bool, a subclass of int: they are not numbers here.
+    kinds = int if integers else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _numbers(
+    value: Any, name: str, allow_null: bool = False, integers: bool = False
+) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(
+        _is_number(v, integers) or (allow_null and v is None) for v in value.values()
+    ):
+        kind = "integer" if integers else "number"
+        raise ValueError(f"{name!r} must be an object of {kind}{' or null' * allow_null} values")
+    return dict(value)
+
+
+def _integer(value: Any, name: str) -> int:
+    if not _is_number(value, integers=True):
+        raise ValueError(f"{name!r} must be an integer, got {value!r}")
+    return value
 
 
 def _subset(split: Any, max_clips: int | None, seed: int) -> Any:
@@ -243,6 +342,8 @@ def export_probe(
     """
     result = probe if isinstance(probe, ProbeResult) else None
     probe = probe.probe if isinstance(probe, ProbeResult) else probe
+    if probe is None:
+        raise ValueError("this ProbeResult has no trained head (read back from JSON?)")
     encoder = _encoder_of(model)
     task = probe.task
     config = copy.deepcopy(encoder.config)
