@@ -70,7 +70,8 @@ bench: setup
 	$(BIN)/python scripts/benchmark_foundation.py
 
 # Side by side with the TensorFlow reference: each side in its own environment and process,
-# alternating over 3 rounds on a quiet machine (about 10 min on 2 cores).
+# alternating over 3 rounds, each after waiting up to 60 s for a quiet machine (10-20 min
+# on 2 cores).
 bench-ref: setup $(VENV_TF)/bin/.installed
 	$(BIN)/python scripts/benchmark_reference.py --tf-python $(VENV_TF)/bin/python --torch-python $(BIN)/python
 

@@ -8,7 +8,7 @@ Three figures, each timed on both sides:
   EfficientNetB0 ``weights=None``, Dense 512, LayerNormalization, tanh, bilinear W) and
   the reference's train step in a ``tf.function`` (the one graph-mode change: batch sizes
   from ``tf.shape(x)[0]`` instead of ``len(x)``), fed float64 as the reference's pipeline
-  feeds it. Ours: what ``pretrain`` builds by default (``build_model``: default config,
+  feeds it (Keras casts it to float32 at the input; TF inference is fed float64 too). Ours: what ``pretrain`` builds by default (``build_model``: default config,
   channels-last; ``_make_optimizer``: Keras' Adam) and ``MSCLForPreTraining`` forward,
   backward, step. The trainer's bookkeeping (gradient norm, finiteness, scheduler) is left
   out, as Keras' ``fit`` callbacks are.
