@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup system-deps test test-slow test-tf lint format bench corpus demo study clean
+.PHONY: setup system-deps test test-slow test-tf lint format bench bench-ref corpus demo study clean
 
 # System libraries: FluidSynth renders the offline corpus (needs root for apt-get).
 system-deps:
@@ -42,7 +42,8 @@ $(VENV_TF)/bin/.installed: constraints-tf.txt pyproject.toml
 	touch $@
 
 test-tf: $(VENV_TF)/bin/.installed
-	TF_CPP_MIN_LOG_LEVEL=2 $(VENV_TF)/bin/python -m pytest -q -m slow tests/test_convert.py tests/test_step_parity.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(VENV_TF)/bin/python -m pytest -q -m slow tests/test_convert.py tests/test_step_parity.py \
+		tests/test_benchmark_reference.py
 
 lint: setup
 	$(BIN)/ruff format --check modeling_mscl scripts tests
@@ -67,6 +68,12 @@ corpus: setup
 
 bench: setup
 	$(BIN)/python scripts/benchmark_foundation.py
+
+# Side by side with the TensorFlow reference: each side in its own environment and process,
+# alternating over 3 rounds, each after waiting up to 60 s for a quiet machine (10-20 min
+# on 2 cores).
+bench-ref: setup $(VENV_TF)/bin/.installed
+	$(BIN)/python scripts/benchmark_reference.py --tf-python $(VENV_TF)/bin/python --torch-python $(BIN)/python
 
 clean:
 	rm -rf $(VENV) $(VENV_TF) .pytest_cache
