@@ -53,8 +53,8 @@ from .checkpoints import (
     resume,
     save_checkpoint,
 )
+from .chunk_set import ChunkStore, load_chunk_set
 from .configuration_mscl import MSCLConfig
-from .feature_extraction_mscl import MSCLFeatureExtractor
 from .losses import process_gather
 from .modeling_mscl import MSCLForPreTraining, MSCLModel
 from .optim import make_optimizer
@@ -62,7 +62,6 @@ from .pairs import (
     CROP_FRAMES,
     TRAIN_STREAM,
     VALIDATION_STREAM,
-    ChunkStore,
     PairDataset,
     SourceBatchSampler,
     apply_augmentation,
@@ -154,28 +153,31 @@ def build_model(args: PretrainingArguments) -> MSCLForPreTraining:
 
 
 def load_chunk_stores(args: PretrainingArguments) -> tuple[ChunkStore, ChunkStore | None]:
-    """The training and validation stores of ``data_dir`` (memory-mapped).
+    """The training and validation stores of the chunk set ``data_dir`` (memory-mapped),
+    with its feature extractor (``store.feature_extractor``).
 
     A DatasetDict gives ``train_split`` and, if present, ``validation_split``; otherwise
     ``validation_fraction`` of the tracks (chosen by a hash of ``track_id``) are held out.
     """
-    from datasets import DatasetDict, load_from_disk
-
     d = args.data
-    loaded = load_from_disk(str(Path(d.data_dir).expanduser()))
+    chunk_set = load_chunk_set(d.data_dir)
+    num_mel_bins = MSCLConfig(**asdict(args.model)).num_mel_bins
+    if chunk_set.feature_extractor.feature_size != num_mel_bins:
+        raise ValueError(
+            f"the chunk set {d.data_dir} holds log-mels of "
+            f"{chunk_set.feature_extractor.feature_size} mel bins (its preprocessor_config.json); "
+            f"the model takes {num_mel_bins} (num_mel_bins)"
+        )
     validation = None
-    if isinstance(loaded, DatasetDict):
-        if d.train_split not in loaded:
+    if chunk_set.splits:
+        if d.train_split not in chunk_set.splits:
             raise ValueError(
                 f"train_split={d.train_split!r} is not a split of {d.data_dir} "
-                f"(splits: {sorted(loaded)})"
+                f"(splits: {chunk_set.splits})"
             )
-        train = loaded[d.train_split]
-        if d.validation_split in loaded and len(loaded[d.validation_split]):
-            validation = ChunkStore(loaded[d.validation_split])
-    else:
-        train = loaded
-    store = ChunkStore(train)
+        if d.validation_split in chunk_set.splits and len(chunk_set.dataset(d.validation_split)):
+            validation = chunk_set.store(d.validation_split)
+    store = chunk_set.store(d.train_split if chunk_set.splits else None)
     if len(store) == 0:
         raise ValueError(f"the training split of {d.data_dir} has no chunks")
     if validation is None and d.validation_fraction > 0:
@@ -371,12 +373,14 @@ def _validation_batches(
 def _save_final(
     model: MSCLForPreTraining, args: PretrainingArguments, encoder_dir: Path, full_dir: Path
 ) -> None:
-    """The encoder + feature extractor for AutoModel, and the full pre-training model.
+    """The encoder + the chunk set's feature extractor for AutoModel, and the full
+    pre-training model.
 
     Each folder is written under a temporary name and renamed into place, so a run killed
     while saving leaves the old folder or the new one, never half of one.
     """
-    fe = MSCLFeatureExtractor(feature_size=model.config.num_mel_bins)
+    # The front end that computed the training log-mels is the encoder's front end.
+    fe = load_chunk_set(args.data.data_dir).feature_extractor
     for final, module, extractor in ((encoder_dir, model.mscl, fe), (full_dir, model, None)):
         tmp = final.with_name(f".tmp-{final.name}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -486,10 +490,7 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
     if val_store is not None and t.eval_every and t.eval_batches:
         val_batches = _validation_batches(args, val_store, rank, world, in_loader)
 
-    # With workers, batches travel through a ring of shared buffers (see PairDataset);
-    # this loop is done with a batch before it fetches the next, so 2 spare slots suffice.
-    slots = d.num_workers * d.prefetch_factor + 2 if d.num_workers else 0
-    dataset = PairDataset(store, sampler, t.max_steps * accum, rank, world, in_loader, slots)
+    dataset = PairDataset(store, sampler, t.max_steps * accum, rank, world, in_loader)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
@@ -549,7 +550,7 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
     gather = process_gather()
     for _ in range(start_step * accum, t.max_steps * accum):
         waited = time.perf_counter()
-        batch = dataset.resolve(next(batches))
+        batch = next(batches)
         wait_seconds += time.perf_counter() - waited
         with accelerator.accumulate(model):
             if "error" in batch:
