@@ -1,11 +1,13 @@
 """The stems map step: track rows in, 4-second chunk rows of log-mels out.
 
 Each track is separated (:mod:`modeling_mscl.stems`), the log-mel of the mixture and of
-every stem is computed over the whole track (each waveform L2-normalised as one clip)
-and cut into consecutive 392-frame chunks. Every chunk row holds
-the five spectrograms (float16), the presence flag of each source
-and the track's labels. :func:`prepare_chunks` runs the step shard by shard so that a
-re-run is served from the cache and an interrupted run resumes where it stopped.
+every stem is computed over the whole track by the feature extractor (each waveform
+L2-normalised as one clip, with the default one) and cut into consecutive chunks of its
+:class:`~modeling_mscl.chunk_set.ChunkGeometry` (392 frames by default). Every chunk row
+holds the five spectrograms (float16), the presence flag of each source and the track's
+labels. :func:`prepare_chunks` runs the step shard by shard so that a re-run is served
+from the cache and an interrupted run resumes where it stopped, and writes the result as
+a chunk set (:mod:`modeling_mscl.chunk_set`).
 """
 
 from __future__ import annotations
@@ -24,114 +26,70 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import (
-    Array2D,
-    Dataset,
-    DatasetDict,
-    Features,
-    Sequence,
-    Value,
-    concatenate_datasets,
-    load_from_disk,
-)
+from datasets import Dataset, DatasetDict, Features, Value, concatenate_datasets
 from datasets.fingerprint import Hasher
 
 from ._files import write_json_atomic
 from .audio_io import AudioDecodeError, in_threads, load_audio
-from .feature_extraction_mscl import resample_audio
+from .chunk_set import (
+    CHUNK_COLUMNS,
+    FORMAT_VERSION,
+    ChunkGeometry,
+    chunk_features,
+    load_chunk_set,
+    save_chunk_set,
+)
+from .feature_extraction_mscl import MSCLFeatureExtractor, resample_audio
 from .stems import SAMPLING_RATE, SOURCES, Separator, check_separator
 
 __all__ = [
-    "CHUNK_FRAMES",
-    "CHUNK_SAMPLES",
     "DEFAULT_THRESHOLD",
-    "MIN_TRACK_SAMPLES",
     "StemChunker",
-    "chunk_features",
-    "num_chunks",
     "prepare_chunks",
     "presence_flags",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Log-mel geometry of the COLA front end: 400-sample frames, hop 160.
-FRAME_LENGTH = 400
-HOP_LENGTH = 160
-N_MELS = 64
-# A chunk is 392 frames (~4 s): four 98-frame model windows.
-CHUNK_FRAMES = 392
-# Chunk c of the presence flags covers samples [62720 c, 62720 (c + 1)): one chunk hop of
-# spectrogram frames, so flags and spectrogram chunks share their boundaries. (The
-# reference measured activity with a 64,000-sample hop, which drifts by 1,280 samples
-# per chunk against its own 62,720-sample chunk hop.)
-CHUNK_SAMPLES = CHUNK_FRAMES * HOP_LENGTH
-# Shortest track that yields one full chunk of frames: 400 + 391 * 160 samples.
-MIN_TRACK_SAMPLES = FRAME_LENGTH + (CHUNK_FRAMES - 1) * HOP_LENGTH
 # Mean absolute amplitude above which a source counts as present.
 DEFAULT_THRESHOLD = 0.01
 
 TRACK_COLUMNS = ("track_id", "audio", *SOURCES)
-CHUNK_COLUMNS = ("track_id", "chunk_index", "mixture", *SOURCES, "present")
 # Bookkeeping columns of prepare_chunks: one record row per input track (chunk_index
 # -1) carries its duration and, for a skipped track, the reason. They are dropped
 # before the dataset is saved.
 _STATUS = "_mscl_skip_reason"
 _SECONDS = "_mscl_seconds"
-# Bump when the chunk format or its computation changes: old caches must not be reused.
-_FORMAT_VERSION = 1
-
-
-def num_chunks(num_samples: int) -> int:
-    """Whole 392-frame chunks in a 16 kHz track of ``num_samples`` samples."""
-    if num_samples < FRAME_LENGTH:
-        return 0
-    return (1 + (num_samples - FRAME_LENGTH) // HOP_LENGTH) // CHUNK_FRAMES
 
 
 def presence_flags(
-    stem: np.ndarray | torch.Tensor, num_chunks: int, threshold: float = DEFAULT_THRESHOLD
+    stem: np.ndarray | torch.Tensor,
+    num_chunks: int,
+    chunk_samples: int,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> np.ndarray:
-    """Whether a source sounds in each chunk: mean |x| of the raw 16 kHz stem > ``threshold``.
+    """Whether a source sounds in each chunk: mean |x| of the raw stem > ``threshold``.
 
     Args:
-        stem: the raw (not normalised) stem, shape (..., samples) at 16 kHz, with at
-            least ``num_chunks * 62720`` samples.
-        num_chunks: chunks to flag; chunk c covers samples [62720 c, 62720 (c + 1)).
+        stem: the raw (not normalised) stem, shape (..., samples), with at least
+            ``num_chunks * chunk_samples`` samples.
+        num_chunks: chunks to flag; chunk c covers samples
+            ``[c * chunk_samples, (c + 1) * chunk_samples)``.
+        chunk_samples: samples per chunk (:attr:`ChunkGeometry.samples`, 62,720 by
+            default: one chunk hop of frames, so flags and spectrograms share their
+            boundaries; the reference's 64,000-sample hop drifts against its own chunks).
         threshold: mean absolute amplitude a present source exceeds (0.01 in the paper).
 
     Returns:
         A bool array of shape (..., num_chunks).
     """
     x = torch.as_tensor(stem)
-    needed = num_chunks * CHUNK_SAMPLES
+    needed = num_chunks * chunk_samples
     if x.shape[-1] < needed:
         raise ValueError(f"{num_chunks} chunks need {needed} samples, the stem has {x.shape[-1]}")
-    x = x[..., :needed].reshape(*x.shape[:-1], num_chunks, CHUNK_SAMPLES)
+    x = x[..., :needed].reshape(*x.shape[:-1], num_chunks, chunk_samples)
     # float64 accumulation: a sum of 62,720 float32 values would blur the threshold.
     return (x.abs().mean(-1, dtype=torch.float64) > threshold).cpu().numpy()
-
-
-def chunk_features(label_features: Mapping[str, Any] | None = None) -> Features:
-    """Features of a chunk row, plus the passed-through label columns.
-
-    ``track_id`` (string), ``chunk_index`` (int32), ``mixture`` and each of
-    :data:`~modeling_mscl.stems.SOURCES` (``Array2D((392, 64), float16)`` log-mel) and
-    ``present`` (4 bools in :data:`SOURCES` order).
-    """
-    spec = Array2D(shape=(CHUNK_FRAMES, N_MELS), dtype="float16")
-    features = {
-        "track_id": Value("string"),
-        "chunk_index": Value("int32"),
-        "mixture": spec,
-        **{name: spec for name in SOURCES},
-        "present": Sequence(Value("bool"), length=len(SOURCES)),
-    }
-    for name, feature in (label_features or {}).items():
-        if name in features:
-            raise ValueError(f"label column '{name}' clashes with a chunk column")
-        features[name] = feature
-    return Features(features)
 
 
 def _label_columns(column_names: list[str]) -> list[str]:
@@ -172,8 +130,9 @@ class StemChunker:
     every chunk of the track. Tracks that cannot be decoded, are silent (all-zero
     mixture) or shorter than one chunk are skipped with a logged reason.
 
-    It pickles to its configuration only (no loaded model, no caches), so ``datasets``
-    fingerprints it the same way in every run.
+    It pickles to its configuration only (no loaded model, no caches; the feature
+    extractor as its ``to_dict()``), so ``datasets`` fingerprints it the same way in every
+    run.
 
     Args:
         separator (`Separator`):
@@ -189,6 +148,10 @@ class StemChunker:
         records (`bool`, *optional*, defaults to `False`):
             Also emit one bookkeeping row per track (``chunk_index`` -1) with its
             duration and skip reason; :func:`prepare_chunks` uses them for its report.
+        feature_extractor (`MSCLFeatureExtractor`, *optional*):
+            The front end of the log-mels (16 kHz, a 98-frame window); the chunks are
+            its :class:`~modeling_mscl.chunk_set.ChunkGeometry`. Defaults to
+            ``MSCLFeatureExtractor()``.
     """
 
     def __init__(
@@ -197,6 +160,7 @@ class StemChunker:
         threshold: float = DEFAULT_THRESHOLD,
         device: str | None = None,
         records: bool = False,
+        feature_extractor: MSCLFeatureExtractor | None = None,
     ) -> None:
         check_separator(separator)
         if not math.isfinite(threshold) or threshold < 0:
@@ -205,7 +169,22 @@ class StemChunker:
         self.threshold = float(threshold)
         self.device = None if device is None else str(device)
         self.records = bool(records)
-        self._extractor = None
+        fe = feature_extractor or MSCLFeatureExtractor()
+        if fe.sampling_rate != SAMPLING_RATE:
+            raise ValueError(
+                f"the feature extractor works at {fe.sampling_rate} Hz; the separated stems "
+                f"are {SAMPLING_RATE} Hz"
+            )
+        self.geometry = ChunkGeometry.of(fe)
+        self.front_end = fe.to_dict()  # what pickles and is hashed
+        self._extractor: MSCLFeatureExtractor | None = fe
+
+    @property
+    def feature_extractor(self) -> MSCLFeatureExtractor:
+        """The front end of the log-mels."""
+        if self._extractor is None:
+            self._extractor = MSCLFeatureExtractor.from_dict(self.front_end)
+        return self._extractor
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -227,7 +206,7 @@ class StemChunker:
     def features(self, track_features: Mapping[str, Any]) -> Features:
         """Output features for input tracks with ``track_features``."""
         labels = {c: track_features[c] for c in _label_columns(list(track_features))}
-        features = chunk_features(labels)
+        features = chunk_features(self.geometry.frames, self.geometry.num_bins, labels)
         if self.records:
             features[_STATUS] = Value("string")
             features[_SECONDS] = Value("float64")
@@ -241,18 +220,12 @@ class StemChunker:
             return torch.device(f"cuda:{(rank or 0) % torch.cuda.device_count()}")
         return torch.device("cpu")
 
-    def _log_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
-        if self._extractor is None:
-            from .feature_extraction_mscl import MSCLFeatureExtractor
-
-            self._extractor = MSCLFeatureExtractor()
-        return self._extractor.log_mel(waveforms, normalize=True)
-
     def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, list]:
         """Separate and chunk a batch of track rows (see the class docstring)."""
         if "track_id" not in batch or "audio" not in batch:
             raise KeyError(f"track rows need 'track_id' and 'audio' columns, got {sorted(batch)}")
         device = self._device(rank)
+        geometry = self.geometry
         labels = _label_columns(list(batch))
         rows = [
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
@@ -288,11 +261,11 @@ class StemChunker:
                 record(row, "silent: every sample of the mixture is zero", seconds)
                 continue
             mix = _to_16k_mono(wav, rate, device)
-            if mix.shape[-1] < MIN_TRACK_SAMPLES:
+            if mix.shape[-1] < geometry.min_track_samples:
                 record(
                     row,
                     f"too short: {seconds:.2f} s, one chunk needs "
-                    f"{MIN_TRACK_SAMPLES / SAMPLING_RATE:.2f} s",
+                    f"{geometry.min_track_samples / SAMPLING_RATE:.2f} s",
                     seconds,
                 )
                 continue
@@ -330,10 +303,12 @@ class StemChunker:
                     f"the separator returned stems of {raw.shape[-1]} samples for a "
                     f"{n}-sample mixture (track {row['track_id']})"
                 )
-            count = num_chunks(n)
-            present = presence_flags(raw[1:], count, self.threshold).T  # (chunks, 4)
-            mel = self._log_mel(raw)[:, : count * CHUNK_FRAMES]
-            mel = mel.reshape(len(raw), count, CHUNK_FRAMES, N_MELS).to(torch.float16)
+            count = geometry.num_chunks(n)
+            present = presence_flags(raw[1:], count, geometry.samples, self.threshold).T
+            # Each waveform is one clip to the front end (normalised as a whole track).
+            mel = self.feature_extractor.log_mel(raw)[:, : count * geometry.frames]
+            mel = mel.reshape(len(raw), count, geometry.frames, geometry.num_bins)
+            mel = mel.to(torch.float16)
             mel = mel.cpu().numpy()
             track_id = str(row["track_id"])
             out["track_id"].extend([track_id] * count)
@@ -351,20 +326,6 @@ class StemChunker:
 
 
 # ---------------------------------------------------------------------- prepare_chunks
-
-
-def _remove_previous_output(output_dir: Path) -> None:
-    """Delete a previous final dataset in ``output_dir`` (not the shards, not other files)."""
-    dict_json = output_dir / "dataset_dict.json"
-    if dict_json.is_file():
-        for split in json.loads(dict_json.read_text()).get("splits", []):
-            if (output_dir / split / "state.json").is_file():
-                shutil.rmtree(output_dir / split)
-        dict_json.unlink()
-    stale = [output_dir / "state.json", output_dir / "dataset_info.json"]
-    for path in [*stale, *output_dir.glob("data-*.arrow")]:
-        if path.is_file():
-            path.unlink()
 
 
 class _Progress:
@@ -436,7 +397,7 @@ def _run_split(
         shard = tracks.select(range(start, stop))
         fingerprint = Hasher.hash(
             [
-                _FORMAT_VERSION, shard._fingerprint, stamps[start:stop], chunker_hash,
+                FORMAT_VERSION, shard._fingerprint, stamps[start:stop], chunker_hash,
                 batch_size, str(features),
             ]
         )  # fmt: skip
@@ -490,17 +451,6 @@ def _run_split(
     return concatenate_datasets(results), summaries, in_use
 
 
-def _save(outputs: dict[str, Dataset], output_dir: Path) -> None:
-    """Replace any previous final dataset in ``output_dir`` by ``outputs``."""
-    _remove_previous_output(output_dir)
-    # datasets writes no data file for an empty dataset, and then cannot load it back.
-    empty = {name: 1 for name, ds in outputs.items() if len(ds) == 0}
-    if "" in outputs:
-        outputs[""].save_to_disk(str(output_dir), num_shards=empty.get(""))
-    else:
-        DatasetDict(outputs).save_to_disk(str(output_dir), num_shards=empty)
-
-
 def prepare_chunks(
     tracks: Dataset | DatasetDict,
     separator: Separator,
@@ -512,8 +462,10 @@ def prepare_chunks(
     device: str | None = None,
     keep_shards: bool = True,
     progress: bool = True,
+    feature_extractor: MSCLFeatureExtractor | None = None,
 ) -> Dataset | DatasetDict:
-    """Separate ``tracks`` into chunk rows and save them with ``save_to_disk(output_dir)``.
+    """Separate ``tracks`` into chunk rows and save them as the chunk set ``output_dir``
+    (:func:`~modeling_mscl.chunk_set.save_chunk_set`: the rows and the feature extractor).
 
     The work is split into shards of ``shard_size`` tracks; each shard is one
     ``Dataset.map`` whose cache file is ``output_dir/shards/<split>/NNNNN-<fingerprint>.arrow``
@@ -540,30 +492,35 @@ def prepare_chunks(
             from the finished output (its fingerprint is in ``report.json``), but a
             re-run after the output was deleted or damaged separates everything again.
         progress: show a progress bar (files, real-time factor).
+        feature_extractor: the front end of the log-mels (default: ``MSCLFeatureExtractor()``).
 
     Returns:
-        The saved chunk ``Dataset`` or ``DatasetDict``, loaded back from ``output_dir``.
+        The saved chunk ``Dataset`` or ``DatasetDict``, loaded back from ``output_dir``
+        (:func:`~modeling_mscl.chunk_set.load_chunk_set` gives it with its front end).
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     output_dir = Path(output_dir).expanduser()
     splits = dict(tracks) if isinstance(tracks, DatasetDict) else {"": tracks}
-    chunker = StemChunker(separator, threshold=threshold, device=device, records=True)
+    fe = feature_extractor or MSCLFeatureExtractor()
+    chunker = StemChunker(
+        separator, threshold=threshold, device=device, records=True, feature_extractor=fe
+    )
     report_path = output_dir / "report.json"
 
     chunker_hash = chunker.fingerprint()  # once: it may read every weight of a model
     stamps = {name: _file_stamps(ds) for name, ds in splits.items()}
     fingerprint = Hasher.hash(
-        [_FORMAT_VERSION, chunker_hash, batch_size, shard_size]
+        [FORMAT_VERSION, chunker_hash, batch_size, shard_size]
         + [(name, ds._fingerprint, stamps[name]) for name, ds in splits.items()]
     )
     if report_path.is_file():
         previous = json.loads(report_path.read_text())
         if previous.get("complete") and previous.get("fingerprint") == fingerprint:
             try:
-                return load_from_disk(str(output_dir))
-            except FileNotFoundError:
-                pass  # the report outlived its dataset: rebuild below
+                return load_chunk_set(output_dir).data
+            except (FileNotFoundError, ValueError):
+                pass  # the report outlived its chunk set: rebuild below
         report_path.unlink()  # from here on, no report means "not complete"
     if num_proc and num_proc > 1 and torch.cuda.is_available():
         # CUDA cannot be initialised in forked children, and datasets' worker pool uses
@@ -620,7 +577,8 @@ def prepare_chunks(
                 keep = np.flatnonzero(np.asarray(mapped["chunk_index"]) >= 0)
                 outputs[name] = mapped.select(keep).remove_columns([_STATUS, _SECONDS])
         bar.close()
-        _save(outputs, output_dir)
+        data = outputs[""] if "" in outputs else DatasetDict(outputs)
+        save_chunk_set(data, output_dir, fe)
     finally:
         bar.close()
         if bars_were_enabled:
@@ -643,4 +601,4 @@ def prepare_chunks(
         },
         indent=2,
     )
-    return load_from_disk(str(output_dir))
+    return load_chunk_set(output_dir).data

@@ -1,10 +1,8 @@
-"""Contrastive pairs from the chunk dataset: crops, the source batch sampler, minibatches.
+"""Contrastive pairs from a chunk set: the source batch sampler and the minibatches.
 
-Three pieces, each usable alone:
+The crops come from a :class:`~modeling_mscl.chunk_set.ChunkStore` (98-frame crops read
+in place from the chunk set's memory-mapped Arrow files). Two pieces, each usable alone:
 
-- :class:`ChunkStore` reads 98-frame crops out of a chunk dataset (the output of
-  :func:`modeling_mscl.chunks.prepare_chunks`) straight from its memory-mapped Arrow
-  files: one vectorised numpy gather per batch, no row decoding, nothing loaded into RAM.
 - :class:`SourceBatchSampler` decides everything random about a minibatch as a pure
   function of ``(seed, step)``: the source, active or random, the
   rows, the crop offsets and, for the S3T baseline, the augmentation parameters. It
@@ -25,23 +23,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from .augment import AugmentParams, SpecAugmentation
+from .chunk_set import CROP_FRAMES, MIXTURE, ChunkStore, chunk_features
 from .stems import SOURCES
 
 __all__ = [
     "CROP_FRAMES",
     "MIXTURE",
     "OBJECTIVES",
-    "ChunkStore",
     "PairDataset",
     "PairPlan",
     "SourceBatchSampler",
@@ -52,203 +48,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# One model window: 98 frames of 10 ms (~1 s).
-CROP_FRAMES = 98
 OBJECTIVES = ("cola", "mscl", "s3t")
-MIXTURE = "mixture"
 # Random streams of the sampler: training batches and validation batches never share draws.
 TRAIN_STREAM = 0
 VALIDATION_STREAM = 1
-
-
-# ----------------------------------------------------------------------------- ChunkStore
-
-
-def _array_column(table: pa.Table, name: str) -> list[tuple[int, int, int]]:
-    """(address of the first value, rows, values per row) of each record batch of ``name``.
-
-    An ``Array2D`` column is stored as a list of lists; a row's values are contiguous in
-    the flattened child buffer when every row has the same shape. ``datasets`` enforces
-    the shape when it writes the column; here the row boundaries are checked (cheap: one
-    offset per row), which catches any other layout.
-    """
-    pieces = []
-    for chunk in table.column(name).chunks:
-        outer = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-        if not (pa.types.is_list(outer.type) or pa.types.is_large_list(outer.type)):
-            raise ValueError(f"column '{name}' is not an Array2D column (type {outer.type})")
-        rows = len(outer)
-        if rows == 0:
-            continue
-        if outer.null_count:
-            raise ValueError(f"column '{name}' has {outer.null_count} null rows")
-        # .values ignores slicing: offsets index into the full child arrays.
-        row_offsets = np.asarray(outer.offsets, dtype=np.int64)
-        frame_offsets = np.asarray(outer.values.offsets, dtype=np.int64)
-        values = outer.values.values
-        frames = (row_offsets[-1] - row_offsets[0]) // rows
-        starts = frame_offsets[row_offsets]  # first value of each row, and the end
-        per_row = (starts[-1] - starts[0]) // rows
-        regular = np.array_equal(
-            row_offsets - row_offsets[0], np.arange(rows + 1) * frames
-        ) and np.array_equal(starts - starts[0], np.arange(rows + 1) * per_row)
-        if not regular or per_row == 0:
-            raise ValueError(f"column '{name}' does not hold arrays of one fixed shape")
-        first = int(starts[0]) + values.offset
-        address = values.buffers()[1].address + first * values.type.byte_width
-        pieces.append((address, rows, int(per_row)))
-    return pieces
-
-
-class ChunkStore:
-    """Zero-copy random crops of the spectrogram columns of a chunk dataset.
-
-    All rows of all spectrogram columns are addressed through one flat float16 view that
-    spans the dataset's Arrow buffers (memory-mapped for a dataset from ``load_from_disk``),
-    seen as a sliding window of one crop's length; a batch of crops is then one numpy
-    fancy-indexing gather of ``n`` contiguous runs. Only the rows' own bytes are ever read:
-    the span between buffers (or files) is address space, never touched.
-
-    The store pickles as its dataset (``datasets`` pickles memory-mapped tables as their
-    file paths), so DataLoader workers reopen the files instead of copying them.
-
-    Args:
-        dataset: a chunk ``datasets.Dataset`` (``present`` and Array2D columns).
-        columns: the spectrogram columns to read (all must share dtype and shape).
-        rows: optional subset of the dataset's rows (e.g. a held-out split); the store's
-            row i is dataset row ``rows[i]``.
-    """
-
-    def __init__(
-        self,
-        dataset: Any,
-        columns: Sequence[str] = (MIXTURE, *SOURCES),
-        rows: np.ndarray | None = None,
-    ) -> None:
-        self.dataset = dataset
-        self.columns = tuple(columns)
-        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
-        self._check_features()
-        self._views: dict[str, Any] | None = None
-        self._present: np.ndarray | None = None
-
-    @classmethod
-    def from_disk(
-        cls, path: str | os.PathLike, split: str | None = None, **kwargs: Any
-    ) -> ChunkStore:
-        """Open a saved chunk dataset (memory-mapped); ``split`` picks one of a DatasetDict."""
-        from datasets import DatasetDict, load_from_disk
-
-        loaded = load_from_disk(str(path))
-        if isinstance(loaded, DatasetDict):
-            if split is None or split not in loaded:
-                raise ValueError(f"{path} holds splits {sorted(loaded)}; pick one (got {split!r})")
-            loaded = loaded[split]
-        return cls(loaded, **kwargs)
-
-    def _check_features(self) -> None:
-        features = self.dataset.features
-        missing = [c for c in (*self.columns, "present") if c not in features]
-        if missing:
-            raise ValueError(f"the chunk dataset lacks the column(s) {missing}")
-        specs = {(tuple(features[c].shape), features[c].dtype) for c in self.columns}
-        if len(specs) != 1 or any(not hasattr(features[c], "shape") for c in self.columns):
-            raise ValueError(f"spectrogram columns must share one Array2D shape/dtype, got {specs}")
-        ((shape, dtype),) = specs
-        self.chunk_frames, self.num_bins = int(shape[0]), int(shape[1])
-        self.dtype = np.dtype(dtype)
-        if self.chunk_frames < CROP_FRAMES:
-            raise ValueError(f"chunks of {self.chunk_frames} frames are shorter than a crop")
-
-    def __len__(self) -> int:
-        return len(self.rows) if self.rows is not None else len(self.dataset)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_views"] = None  # raw addresses are meaningless in another process
-        return state
-
-    def subset(self, rows: np.ndarray) -> ChunkStore:
-        """A store over some of this store's rows (indices into this store)."""
-        base = np.arange(len(self)) if self.rows is None else self.rows
-        return ChunkStore(self.dataset, self.columns, base[np.asarray(rows, dtype=np.int64)])
-
-    @property
-    def present(self) -> np.ndarray:
-        """(rows, 4) bool presence flags in :data:`~modeling_mscl.stems.SOURCES` order."""
-        if self._present is None:
-            column = self.dataset.data.column("present")
-            flat = np.concatenate(
-                [np.asarray(c.flatten(), dtype=bool) for c in column.chunks] or [np.zeros(0, bool)]
-            )
-            flags = flat.reshape(-1, len(SOURCES))[self._physical()]
-            self._present = flags
-        return self._present
-
-    def track_ids(self) -> np.ndarray:
-        """The ``track_id`` of every row (object array of str)."""
-        ids = np.asarray(self.dataset.data.column("track_id").to_pylist(), dtype=object)
-        return ids[self._physical()]
-
-    def _physical(self) -> np.ndarray:
-        """Row of the Arrow table behind each store row (``select`` keeps an indices map)."""
-        indices = getattr(self.dataset, "_indices", None)
-        physical = (
-            np.arange(self.dataset.data.num_rows)
-            if indices is None
-            else np.asarray(indices.column(0), dtype=np.int64)
-        )
-        return physical if self.rows is None else physical[self.rows]
-
-    def _build_views(self) -> dict[str, Any]:
-        table = self.dataset.data
-        itemsize = self.dtype.itemsize
-        pieces = {name: _array_column(table, name) for name in self.columns}
-        per_row = self.chunk_frames * self.num_bins
-        spans = [(a, a + r * per_row * itemsize) for p in pieces.values() for a, r, _ in p]
-        if not spans:
-            raise ValueError("the chunk dataset is empty")
-        low, high = min(s for s, _ in spans), max(e for _, e in spans)
-        if any((a - low) % itemsize for a, _, _ in (x for p in pieces.values() for x in p)):
-            raise ValueError("unaligned spectrogram buffers")
-        # The table is the buffer's base: it keeps the memory maps alive as long as the view.
-        flat = np.frombuffer(pa.foreign_buffer(low, high - low, base=table), dtype=self.dtype)
-        window = CROP_FRAMES * self.num_bins
-        windows = np.lib.stride_tricks.as_strided(
-            flat,
-            shape=(flat.size - window + 1, window),
-            strides=(itemsize, itemsize),
-            writeable=False,
-        )
-        physical = self._physical()
-        starts = {}
-        for name, column_pieces in pieces.items():
-            begin = [
-                (a - low) // itemsize + np.arange(r, dtype=np.int64) * per_row
-                for a, r, per in column_pieces
-            ]
-            if any(per != per_row for _, _, per in column_pieces):
-                raise ValueError(f"column '{name}' rows do not hold {per_row} values")
-            starts[name] = np.concatenate(begin)[physical]
-        return {"windows": windows, "starts": starts, "keep": table}
-
-    def crops(self, column: str, rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Crops ``column[rows[i], offsets[i] : offsets[i] + 98]``: a new `(n, 98, bins)` array.
-
-        Args:
-            column: a spectrogram column of the store.
-            rows: `(n,)` store rows.
-            offsets: `(n,)` first frame of each crop, in ``[0, chunk_frames - 98]``.
-        """
-        if self._views is None:
-            self._views = self._build_views()
-        rows = np.asarray(rows, dtype=np.int64)
-        offsets = np.asarray(offsets, dtype=np.int64)
-        if offsets.size and (offsets.min() < 0 or offsets.max() > self.chunk_frames - CROP_FRAMES):
-            raise IndexError(f"crop offsets must lie in [0, {self.chunk_frames - CROP_FRAMES}]")
-        start = self._views["starts"][column][rows] + offsets * self.num_bins
-        # Fancy indexing on the first axis of the window view: n contiguous copies.
-        return self._views["windows"][start].reshape(len(rows), CROP_FRAMES, self.num_bins)
 
 
 def holdout_mask(track_ids: Sequence[str], fraction: float) -> np.ndarray:
@@ -508,16 +311,9 @@ class PairDataset(torch.utils.data.Dataset):
     batch fails, it returns ``{"step": step, "error": message}`` instead, so the training
     loop can skip and report the step rather than die.
 
-    Use it with ``DataLoader(dataset, batch_size=None, sampler=range(first, last))``.
-
-    With ``shared_slots=K`` (for loader workers), the crops are written into a ring of
-    K shared-memory buffers allocated here, and the batch carries only ``slot`` (its index)
-    in their place: a worker then hands over a few bytes instead of moving 3 MB through a
-    new shared-memory segment per batch, the main cost of worker loaders. The consumer
-    calls :meth:`resolve` to get the tensors, which are views of the ring: a batch must be
-    used before ``K - num_workers * prefetch_factor`` further batches are fetched, so
-    ``K = num_workers * prefetch_factor + 2`` is safe for a loop that finishes with a batch
-    before fetching the next.
+    Use it with ``DataLoader(dataset, batch_size=None, sampler=range(first, last))``: the
+    batch dict goes through the DataLoader's default conversion, so worker processes hand
+    it over in shared memory and ``pin_memory=True`` pins its tensors.
     """
 
     def __init__(
@@ -528,7 +324,6 @@ class PairDataset(torch.utils.data.Dataset):
         process_index: int = 0,
         num_processes: int = 1,
         augment_in_loader: bool = True,
-        shared_slots: int = 0,
     ) -> None:
         if sampler.batch_size % num_processes:
             raise ValueError(
@@ -545,16 +340,6 @@ class PairDataset(torch.utils.data.Dataset):
         self.process_index = int(process_index)
         self.num_processes = int(num_processes)
         self.augment_in_loader = bool(augment_in_loader)
-        self.slots: dict[str, torch.Tensor] | None = None
-        if shared_slots:
-            augmented = sampler.augmentation is not None and self.augment_in_loader
-            dtype = torch.float32 if augmented else torch.from_numpy(np.zeros(0, store.dtype)).dtype
-            shape = (shared_slots, sampler.batch_size // num_processes, CROP_FRAMES, store.num_bins)
-            # Allocated before the workers start: forked or spawned, they share these pages.
-            self.slots = {
-                name: torch.zeros(shape, dtype=dtype).share_memory_()
-                for name in ("anchor", "positive")
-            }
 
     def __len__(self) -> int:
         return self.num_steps
@@ -584,23 +369,7 @@ class PairDataset(torch.utils.data.Dataset):
             batch = self.build(plan)
         except Exception as err:  # noqa: BLE001 - reported by the loop, which skips the step
             return {"step": int(step), "error": f"{type(err).__name__}: {err}"}
-        if self.slots is not None:
-            slot = int(step) % len(self.slots["anchor"])
-            for name, ring in self.slots.items():
-                ring[slot].copy_(batch.pop(name))
-            batch["slot"] = slot
         return batch
-
-    def resolve(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Put the ring's tensors back into a batch that carries a ``slot``."""
-        if "slot" not in batch:
-            return batch
-        if self.slots is None:
-            raise ValueError("the batch refers to a slot but this dataset has no shared slots")
-        out = {k: v for k, v in batch.items() if k != "slot"}
-        for name, ring in self.slots.items():
-            out[name] = ring[batch["slot"]]
-        return out
 
 
 def apply_augmentation(
@@ -638,11 +407,10 @@ def synthetic_chunk_dataset(
     source's log-mel is envelope + rhythm + noise, or silence (log 1e-5) when absent, and
     the mixture is the log of the summed magnitudes. Crops of one chunk therefore share
     an envelope with each other and with its sources, which a contrastive model can learn.
-    Same columns and features as :func:`modeling_mscl.chunks.chunk_features`.
+    Features: :func:`~modeling_mscl.chunk_set.chunk_features`; write it as a chunk set
+    with :func:`~modeling_mscl.chunk_set.save_chunk_set`.
     """
     from datasets import Dataset
-
-    from .chunks import chunk_features
 
     rng = np.random.default_rng(seed)
     n = num_tracks * chunks_per_track
@@ -670,10 +438,4 @@ def synthetic_chunk_dataset(
         **columns,
         "present": present,
     }
-    features = chunk_features({})
-    if (chunk_frames, num_bins) != (392, 64):
-        from datasets import Array2D
-
-        for name in (MIXTURE, *SOURCES):
-            features[name] = Array2D(shape=(chunk_frames, num_bins), dtype="float16")
-    return Dataset.from_dict(data, features=features)
+    return Dataset.from_dict(data, features=chunk_features(chunk_frames, num_bins))

@@ -51,6 +51,7 @@ from .checkpoints import (
     resume,
     save_checkpoint,
 )
+from .chunk_set import ChunkStore, load_chunk_set
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .losses import process_gather
@@ -60,7 +61,6 @@ from .pairs import (
     CROP_FRAMES,
     TRAIN_STREAM,
     VALIDATION_STREAM,
-    ChunkStore,
     PairDataset,
     SourceBatchSampler,
     holdout_mask,
@@ -122,28 +122,31 @@ def build_model(args: PretrainingArguments) -> MSCLForPreTraining:
 
 
 def load_chunk_stores(args: PretrainingArguments) -> tuple[ChunkStore, ChunkStore | None]:
-    """The training and validation stores of ``data_dir`` (memory-mapped).
+    """The training and validation stores of the chunk set ``data_dir`` (memory-mapped),
+    with its feature extractor (``store.feature_extractor``).
 
     A DatasetDict gives ``train_split`` and, if present, ``validation_split``; otherwise
     ``validation_fraction`` of the tracks (chosen by a hash of ``track_id``) are held out.
     """
-    from datasets import DatasetDict, load_from_disk
-
     d = args.data
-    loaded = load_from_disk(str(Path(d.data_dir).expanduser()))
+    chunk_set = load_chunk_set(d.data_dir)
+    num_mel_bins = MSCLConfig(**asdict(args.model)).num_mel_bins
+    if chunk_set.feature_extractor.feature_size != num_mel_bins:
+        raise ValueError(
+            f"the chunk set {d.data_dir} holds log-mels of "
+            f"{chunk_set.feature_extractor.feature_size} mel bins (its preprocessor_config.json); "
+            f"the model takes {num_mel_bins} (num_mel_bins)"
+        )
     validation = None
-    if isinstance(loaded, DatasetDict):
-        if d.train_split not in loaded:
+    if chunk_set.splits:
+        if d.train_split not in chunk_set.splits:
             raise ValueError(
                 f"train_split={d.train_split!r} is not a split of {d.data_dir} "
-                f"(splits: {sorted(loaded)})"
+                f"(splits: {chunk_set.splits})"
             )
-        train = loaded[d.train_split]
-        if d.validation_split in loaded and len(loaded[d.validation_split]):
-            validation = ChunkStore(loaded[d.validation_split])
-    else:
-        train = loaded
-    store = ChunkStore(train)
+        if d.validation_split in chunk_set.splits and len(chunk_set.dataset(d.validation_split)):
+            validation = chunk_set.store(d.validation_split)
+    store = chunk_set.store(d.train_split if chunk_set.splits else None)
     if len(store) == 0:
         raise ValueError(f"the training split of {d.data_dir} has no chunks")
     if validation is None and d.validation_fraction > 0:
@@ -226,14 +229,18 @@ def _tracker_config(args: PretrainingArguments) -> dict[str, Any]:
 
 
 def _save_final(
-    model: MSCLForPreTraining, args: PretrainingArguments, encoder_dir: Path, full_dir: Path
+    model: MSCLForPreTraining,
+    args: PretrainingArguments,
+    fe: MSCLFeatureExtractor,
+    encoder_dir: Path,
+    full_dir: Path,
 ) -> None:
-    """The encoder + feature extractor for AutoModel, and the full pre-training model.
+    """The encoder + the chunk set's feature extractor for AutoModel, and the full
+    pre-training model.
 
     Each folder is written under a temporary name and renamed into place, so a run killed
     while saving leaves the old folder or the new one, never half of one.
     """
-    fe = MSCLFeatureExtractor(feature_size=model.config.num_mel_bins)
     for final, module, extractor in ((encoder_dir, model.mscl, fe), (full_dir, model, None)):
         with atomic_folder(final) as tmp:
             module.save_pretrained(str(tmp))
@@ -381,9 +388,6 @@ def make_batches(run: _Run) -> tuple[PairDataset, torch.utils.data.DataLoader]:
             run.in_loader,
         )
     accum = t.gradient_accumulation_steps
-    # With workers, batches travel through a ring of shared buffers (see PairDataset);
-    # this loop is done with a batch before it fetches the next, so 2 spare slots suffice.
-    slots = d.num_workers * d.prefetch_factor + 2 if d.num_workers else 0
     dataset = PairDataset(
         run.store,
         run.sampler,
@@ -391,7 +395,6 @@ def make_batches(run: _Run) -> tuple[PairDataset, torch.utils.data.DataLoader]:
         accelerator.process_index,
         accelerator.num_processes,
         run.in_loader,
-        slots,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -536,7 +539,7 @@ def train_loop(run: _Run, dataset: PairDataset, loader: torch.utils.data.DataLoa
     augmentation = run.sampler.augmentation
     for _ in range(run.start_step * accum, t.max_steps * accum):
         waited = time.perf_counter()
-        batch = dataset.resolve(next(batches))
+        batch = next(batches)
         state.wait_seconds += time.perf_counter() - waited
         with accelerator.accumulate(run.model):
             if "error" in batch:
@@ -573,7 +576,9 @@ def finish(run: _Run) -> PretrainingResult:
             "or set max_grad_norm."
         )
     if accelerator.is_main_process:
-        _save_final(unwrapped, run.args, encoder_dir, pretraining_dir)
+        # The front end that computed the training log-mels is the encoder's front end.
+        fe = run.store.feature_extractor
+        _save_final(unwrapped, run.args, fe, encoder_dir, pretraining_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return PretrainingResult(

@@ -6,9 +6,8 @@ Prints pairs per second (one pair = an anchor and a positive 98 x 64 crop) for
    whole minibatches from the memory-mapped chunk set (mscl, cola, s3t with the
    augmentation in the loader), next to a row-by-row reference (``dataset[i]`` per pair,
    the way a naive batch builder reads rows) measured in the same run;
-2. the data path through a ``DataLoader`` with 1 and 2 worker processes, handing batches
-   over through the ring of shared slots the training loop uses, or as tensors (a new
-   shared-memory segment per batch, the DataLoader's default);
+2. the data path through a ``DataLoader`` with 1 and 2 worker processes, as the training
+   loop runs it (the batch dict's tensors handed over in shared memory);
 3. the model step alone (forward + backward + Adam on a fixed batch) of the tiny and
    demo encoders, and end-to-end training (:func:`~modeling_mscl.training.pretrain`, its
    own ``train/pairs_per_second``) with the same encoders and batch size.
@@ -31,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modeling_mscl.chunk_set import load_chunk_set, save_chunk_set
+from modeling_mscl.feature_extraction_mscl import MSCLFeatureExtractor
 from modeling_mscl.pairs import (
     CROP_FRAMES,
-    ChunkStore,
     PairDataset,
     SourceBatchSampler,
     synthetic_chunk_dataset,
@@ -66,14 +66,13 @@ def make_chunks(path: Path, rows: int) -> None:
         synthetic_chunk_dataset(num_tracks=per // 5, chunks_per_track=5, seed=i)
         for i in range(max(1, rows // per))
     ]
-    concatenate_datasets(parts).save_to_disk(str(path), num_shards=max(1, rows // 500))
+    chunks = concatenate_datasets(parts)
+    save_chunk_set(chunks, path, MSCLFeatureExtractor(), num_shards=max(1, rows // 500))
 
 
 def bench_data(data_dir: Path, batch: int, steps: int, repeats: int) -> dict[str, float]:
-    from datasets import load_from_disk
-
-    dataset = load_from_disk(str(data_dir))
-    store = ChunkStore(dataset)
+    store = load_chunk_set(data_dir).store()
+    dataset = store.dataset
     kinds = {
         name: PairDataset(store, SourceBatchSampler(store.present, batch, objective=name), 10**6)
         for name in ("mscl", "cola", "s3t")
@@ -121,14 +120,8 @@ def bench_data(data_dir: Path, batch: int, steps: int, repeats: int) -> dict[str
     out = _median_rates(variants, repeats)
 
     prefetch = 4
-    loaders = {}
+    data = kinds["mscl"]
     for workers in (1, 2):
-        slotted = PairDataset(
-            store, kinds["mscl"].sampler, 10**6, shared_slots=workers * prefetch + 2
-        )
-        loaders[f"DataLoader {workers} worker(s), shared slots"] = (slotted, workers)
-        loaders[f"DataLoader {workers} worker(s), tensors"] = (kinds["mscl"], workers)
-    for name, (data, workers) in loaders.items():
         rates = []
         for _ in range(repeats):
             first = counter["step"]
@@ -142,13 +135,13 @@ def bench_data(data_dir: Path, batch: int, steps: int, repeats: int) -> dict[str
             )
             it = iter(loader)
             for _ in range(4):  # workers started and the queue filled
-                data.resolve(next(it))
+                next(it)
             start = time.perf_counter()
             for _ in range(steps * 2):
-                data.resolve(next(it))
+                next(it)
             rates.append(steps * 2 * batch / (time.perf_counter() - start))
             del it, loader
-        out[f"data path mscl, {name}"] = statistics.median(rates)
+        out[f"data path mscl, DataLoader {workers} worker(s)"] = statistics.median(rates)
     return out
 
 

@@ -8,8 +8,8 @@
 output folder or its ``pretraining/`` folder (the full ``MSCLForPreTraining``; the
 ``encoder/`` folder lacks the similarity and is refused). ``--random-init`` adds a
 freshly initialised model of the first model's config (``--config`` otherwise; default
-EfficientNet-B0). ``--data`` is a chunk dataset saved with ``save_to_disk``: a
-``DatasetDict`` needs ``--split``; ``--holdout-fraction F`` evaluates the tracks that
+EfficientNet-B0). ``--data`` is a chunk set (:func:`~modeling_mscl.chunks.prepare_chunks`,
+``scripts/separate.py``): one with splits needs ``--split``; ``--holdout-fraction F`` evaluates the tracks that
 training's ``validation_fraction=F`` held out. The protocol is described in
 :mod:`modeling_mscl.probing.retrieval`.
 """
@@ -50,7 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--random-init", action="store_true", help="add a freshly initialised model")
     p.add_argument("--config", help="config JSON/folder for --random-init without --model")
-    p.add_argument("--data", required=True, help="chunk dataset folder (save_to_disk)")
+    p.add_argument("--data", required=True, help="chunk set folder (prepare_chunks)")
     p.add_argument("--split", help="split of a DatasetDict to evaluate (e.g. test)")
     p.add_argument(
         "--holdout-fraction",

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 from safetensors.torch import load_file
 
 from modeling_mscl.audio_io import write_audio
+from modeling_mscl.chunk_set import load_chunk_set, save_chunk_set
+from modeling_mscl.feature_extraction_mscl import MSCLFeatureExtractor
 from modeling_mscl.pairs import synthetic_chunk_dataset
 from modeling_mscl.stems import SOURCES
 
@@ -64,7 +66,8 @@ def pretraining(tmp_path_factory):
     """The chunk data, the command and an uninterrupted run: (argv maker, weights, seconds)."""
     root = tmp_path_factory.mktemp("faults")
     data = root / "chunks"
-    synthetic_chunk_dataset(num_tracks=8, chunks_per_track=4, seed=0).save_to_disk(str(data))
+    chunks = synthetic_chunk_dataset(num_tracks=8, chunks_per_track=4, seed=0)
+    save_chunk_set(chunks, data, MSCLFeatureExtractor())
 
     def argv(out: Path, *extra: str) -> list[str]:
         common = ("--max_steps", "6", "--checkpoint_every", "1", "--eval_every", "3")
@@ -130,7 +133,7 @@ def map_step(tmp_path_factory):
 
     started = time.perf_counter()
     _finish(argv(root / "whole"))
-    return argv, load_from_disk(str(root / "whole")), time.perf_counter() - started
+    return argv, load_chunk_set(root / "whole").data, time.perf_counter() - started
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -140,7 +143,7 @@ def test_map_step_killed_at_a_random_moment_resumes_identical(map_step, tmp_path
     moment = float(np.random.default_rng(100 + seed).uniform(0.3, 1.1) * seconds)
     _kill_at(argv(out), moment)
     _finish(argv(out))
-    got = load_from_disk(str(out))
+    got = load_chunk_set(out).data
     assert got["track_id"][:] == want["track_id"][:]
     for column in ("mixture", *SOURCES, "present"):
         np.testing.assert_array_equal(

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from modeling_mscl.chunk_set import ChunkStore, load_chunk_set, save_chunk_set
+from modeling_mscl.feature_extraction_mscl import MSCLFeatureExtractor
 from modeling_mscl.pairs import (
     CROP_FRAMES,
-    ChunkStore,
     PairDataset,
     SourceBatchSampler,
     apply_augmentation,
@@ -23,24 +24,22 @@ from modeling_mscl.stems import SOURCES
 @pytest.fixture(scope="module")
 def chunk_dir(tmp_path_factory):
     """A saved chunk set of 3 files with small record batches (several buffers per column)."""
-    from datasets import concatenate_datasets, load_from_disk
+    from datasets import concatenate_datasets
 
     parts = [synthetic_chunk_dataset(num_tracks=4, chunks_per_track=5, seed=s) for s in range(3)]
     for i, part in enumerate(parts):
         ids = [f"{t}-{i}" for t in part["track_id"]]
         parts[i] = part.remove_columns("track_id").add_column("track_id", ids)
     path = tmp_path_factory.mktemp("chunks") / "set"
-    concatenate_datasets(parts).save_to_disk(str(path), num_shards=3)
-    ds = load_from_disk(str(path))
+    save_chunk_set(concatenate_datasets(parts), path, MSCLFeatureExtractor(), num_shards=3)
+    ds = load_chunk_set(path).data
     assert ds.data.column("mixture").num_chunks >= 3
     return path
 
 
 @pytest.fixture(scope="module")
 def dataset(chunk_dir):
-    from datasets import load_from_disk
-
-    return load_from_disk(str(chunk_dir))
+    return load_chunk_set(chunk_dir).data
 
 
 def reference_crop(dataset, column, row, offset):
@@ -216,22 +215,19 @@ def test_batches_hold_the_planned_crops_and_resume_exactly(dataset):
 
 
 @pytest.mark.parametrize("objective", ["mscl", "s3t"])
-def test_workers_with_shared_slots_deliver_the_inline_batches(dataset, objective):
+def test_workers_deliver_the_inline_batches(dataset, objective):
     store = ChunkStore(dataset)
     sampler = SourceBatchSampler(store.present, 8, objective=objective, seed=2)
     inline = PairDataset(store, sampler, 40)
-    workers, prefetch = 2, 2
-    ring = PairDataset(store, sampler, 40, shared_slots=workers * prefetch + 2)
     loader = torch.utils.data.DataLoader(
-        ring,
+        PairDataset(store, sampler, 40),
         batch_size=None,
-        sampler=range(5, 30),  # many more batches than slots: every slot is reused
-        num_workers=workers,
-        prefetch_factor=prefetch,
+        sampler=range(5, 30),
+        num_workers=2,
+        prefetch_factor=2,
     )
-    for step, raw in zip(range(5, 30), loader, strict=True):
-        assert "anchor" not in raw and raw["slot"] == step % 6  # only an index crossed over
-        a, b = inline[step], ring.resolve(raw)
+    for step, b in zip(range(5, 30), loader, strict=True):
+        a = inline[step]
         assert a["step"] == b["step"] == step and a["source"] == b["source"]
         assert b["anchor"].dtype == a["anchor"].dtype
         torch.testing.assert_close(a["anchor"], b["anchor"], rtol=0, atol=0)

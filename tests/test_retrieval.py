@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from modeling_mscl import MSCLForPreTraining, MSCLModel
-from modeling_mscl.pairs import ChunkStore, synthetic_chunk_dataset
+from modeling_mscl import MSCLFeatureExtractor, MSCLForPreTraining, MSCLModel
+from modeling_mscl.chunk_set import ChunkStore, save_chunk_set
+from modeling_mscl.pairs import synthetic_chunk_dataset
 from modeling_mscl.probing.retrieval import (
     calibration_windows,
     load_pretraining_model,
@@ -39,9 +40,9 @@ def track_dataset(present: np.ndarray, chunks_per_track: int = 3, absent_value: 
 
     ``present``: `(tracks, chunks_per_track, 4)` bool.
     """
-    from datasets import Array2D, Dataset
+    from datasets import Dataset
 
-    from modeling_mscl.chunks import chunk_features
+    from modeling_mscl.chunk_set import chunk_features
 
     tracks = present.shape[0]
     n = tracks * chunks_per_track
@@ -51,9 +52,7 @@ def track_dataset(present: np.ndarray, chunks_per_track: int = 3, absent_value: 
     for k, name in enumerate(SOURCES):
         spec = np.where(flat_present[:, k, None, None], value, absent_value)
         columns[name] = np.broadcast_to(spec, (n, CHUNK_FRAMES, BINS)).astype(np.float16)
-    features = chunk_features({})
-    for name in ("mixture", *SOURCES):
-        features[name] = Array2D(shape=(CHUNK_FRAMES, BINS), dtype="float16")
+    features = chunk_features(CHUNK_FRAMES, BINS)
     data = {
         # Ids in reverse order of the values: the protocol must not rely on row order.
         "track_id": [f"t{tracks - 1 - i // chunks_per_track:03d}" for i in range(n)],
@@ -301,7 +300,7 @@ def _script():
 
 
 def test_script_writes_json_and_markdown(tmp_path, synthetic):
-    synthetic.save_to_disk(str(tmp_path / "chunks"))
+    save_chunk_set(synthetic, tmp_path / "chunks", MSCLFeatureExtractor())
     random_init_model(tiny_config(), seed=1).save_pretrained(tmp_path / "run" / "pretraining")
     started = time.perf_counter()
     results = _script().main(

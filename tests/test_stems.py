@@ -8,20 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets.fingerprint import Hasher
 
 from modeling_mscl.audio_io import AudioDecodeError, write_audio
-from modeling_mscl.chunks import (
-    CHUNK_FRAMES,
-    CHUNK_SAMPLES,
-    MIN_TRACK_SAMPLES,
-    StemChunker,
-    chunk_features,
-    num_chunks,
-    prepare_chunks,
-    presence_flags,
-)
+from modeling_mscl.chunk_set import ChunkGeometry, chunk_features, load_chunk_set
+from modeling_mscl.chunks import StemChunker, prepare_chunks, presence_flags
 from modeling_mscl.feature_extraction_mscl import MSCLFeatureExtractor, resampled_length
 from modeling_mscl.stems import (
     SOURCES,
@@ -33,6 +25,10 @@ from modeling_mscl.stems import (
 )
 
 SR = 16000
+# The default front end's chunks: 392 frames, 62,720 samples apart.
+GEOMETRY = ChunkGeometry.of(MSCLFeatureExtractor())
+CHUNK_FRAMES, CHUNK_SAMPLES = GEOMETRY.frames, GEOMETRY.samples
+MIN_TRACK_SAMPLES = GEOMETRY.min_track_samples
 
 
 def tiny_htdemucs(seed: int = 0) -> torch.nn.Module:
@@ -122,10 +118,16 @@ def _label_features(extra: dict) -> Features:
 
 def test_num_chunks_matches_the_feature_extractor():
     fe = MSCLFeatureExtractor()
+    num_chunks = GEOMETRY.num_chunks
     for n in (0, 399, MIN_TRACK_SAMPLES - 1, MIN_TRACK_SAMPLES, 3 * CHUNK_SAMPLES + 239, 10**6):
         assert num_chunks(n) == fe.num_frames(n) // CHUNK_FRAMES
     assert num_chunks(MIN_TRACK_SAMPLES - 1) == 0 and num_chunks(MIN_TRACK_SAMPLES) == 1
-    assert CHUNK_SAMPLES == 62720
+    assert (CHUNK_FRAMES, CHUNK_SAMPLES, MIN_TRACK_SAMPLES) == (392, 62720, 62960)
+    # Another front end, other chunks: four of its windows, its hop.
+    other = ChunkGeometry.of(MSCLFeatureExtractor(hop_length=320, feature_size=40))
+    assert (other.frames, other.samples, other.num_bins) == (392, 392 * 320, 40)
+    with pytest.raises(ValueError, match="window is 50 frames"):
+        ChunkGeometry.of(MSCLFeatureExtractor(window_frames=50))
 
 
 def test_presence_flags_at_chunk_edges():
@@ -137,14 +139,19 @@ def test_presence_flags_at_chunk_edges():
     # before it, 500 after (mean 0.0080)
     boundary = 3 * CHUNK_SAMPLES
     stem[boundary - 700 : boundary + 500] = 1.0
-    flags = presence_flags(stem, 4)
+    flags = presence_flags(stem, 4, CHUNK_SAMPLES)
     direct = [
         np.abs(stem[c * CHUNK_SAMPLES : (c + 1) * CHUNK_SAMPLES]).mean() > 0.01 for c in range(4)
     ]
     assert flags.tolist() == direct == [False, True, True, False]
     # a stricter threshold drops the straddling burst; the threshold itself is not "present"
-    assert presence_flags(stem, 4, threshold=0.05).tolist() == [False, True, False, False]
-    assert presence_flags(stem, 4, threshold=0.5).tolist() == [False] * 4
+    assert presence_flags(stem, 4, CHUNK_SAMPLES, threshold=0.05).tolist() == [
+        False,
+        True,
+        False,
+        False,
+    ]
+    assert presence_flags(stem, 4, CHUNK_SAMPLES, threshold=0.5).tolist() == [False] * 4
 
 
 def test_presence_uses_the_spectrogram_chunk_hop_not_64000():
@@ -152,10 +159,13 @@ def test_presence_uses_the_spectrogram_chunk_hop_not_64000():
     # would fall into chunk 1 with the reference's drifting 64,000-sample activity hop.
     stem = np.zeros(3 * CHUNK_SAMPLES, np.float32)
     stem[2 * CHUNK_SAMPLES : 128000] = 1.0
-    assert presence_flags(stem, 3).tolist() == [False, False, True]
-    assert presence_flags(torch.from_numpy(np.stack([stem, -stem])), 3).shape == (2, 3)
+    assert presence_flags(stem, 3, CHUNK_SAMPLES).tolist() == [False, False, True]
+    assert presence_flags(torch.from_numpy(np.stack([stem, -stem])), 3, CHUNK_SAMPLES).shape == (
+        2,
+        3,
+    )
     with pytest.raises(ValueError, match="samples"):
-        presence_flags(stem, 4)
+        presence_flags(stem, 4, CHUNK_SAMPLES)
 
 
 # ------------------------------------------------------------------------ separators
@@ -388,7 +398,7 @@ def test_oracle_map_step_rows(tmp_path):
         remove_columns=tracks.column_names,
         features=chunker.features(tracks.features),
     )
-    assert out.features == chunk_features({"label": ClassLabel(names=["a", "b"])})
+    assert out.features == chunk_features(392, 64, {"label": ClassLabel(names=["a", "b"])})
     assert out["chunk_index"][:] == [0, 1] and out["track_id"][:] == ["song", "song"]
     assert out["label"][:] == [1, 1]
     assert out["present"][:] == [[True, False, True, False], [False, True, True, False]]
@@ -407,6 +417,33 @@ def test_oracle_map_step_rows(tmp_path):
         np.testing.assert_allclose(got.astype(np.float32), want, atol=2e-2, rtol=2e-3)
     # an absent source is silent: its log-mel sits at the log floor
     assert np.allclose(np_out["other"][:], np.log(1e-5), atol=1e-2)
+
+
+def test_map_step_with_another_front_end(tmp_path):
+    """The chunk set holds the log-mels of the feature extractor it was given, and that
+    feature extractor: its geometry, not the default one."""
+    rng = np.random.default_rng(1)
+    fe = MSCLFeatureExtractor(feature_size=40, hop_length=200, upper_edge_hertz=7000.0)
+    geometry = ChunkGeometry.of(fe)
+    row = make_multitrack(tmp_path, "song", 2 * geometry.samples + 300, rng)
+    tracks = Dataset.from_list([row], features=_label_features({}))
+    out = prepare_chunks(
+        tracks, OracleSeparator(), tmp_path / "out", feature_extractor=fe, progress=False
+    )
+    assert out["chunk_index"][:] == [0, 1]
+    chunk_set = load_chunk_set(tmp_path / "out")
+    assert chunk_set.feature_extractor.to_dict() == fe.to_dict()
+    store = chunk_set.store()
+    assert (store.chunk_frames, store.num_bins) == (392, 40)
+    wav = torch.from_numpy(np.stack([_read(row[k]) for k in ("audio", *SOURCES)]))
+    mel = fe.log_mel(wav)[:, : 2 * 392].reshape(5, 2, 392, 40).numpy()
+    got = store.crops("drums", np.array([1]), np.array([294]))[0].astype(np.float32)
+    np.testing.assert_allclose(got, mel[2, 1, 294:], atol=2e-2, rtol=2e-3)
+    # The chunker refuses a front end it cannot serve.
+    with pytest.raises(ValueError, match="8000 Hz"):
+        StemChunker(OracleSeparator(), feature_extractor=MSCLFeatureExtractor(
+            sampling_rate=8000, upper_edge_hertz=3900.0
+        ))  # fmt: skip
 
 
 def _read(path):
@@ -554,7 +591,7 @@ def test_dataset_dict_splits(tmp_path):
     )
     out = prepare_chunks(tracks, OracleSeparator(), tmp_path / "out", progress=False)
     assert isinstance(out, DatasetDict) and len(out["train"]) == 1 and len(out["test"]) == 0
-    assert load_from_disk(str(tmp_path / "out"))["test"].features == out["train"].features
+    assert load_chunk_set(tmp_path / "out").data["test"].features == out["train"].features
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [s["track_id"] for s in report["splits"]["test"]["skipped"]] == ["bad"]
 
@@ -576,6 +613,6 @@ def test_separate_script_on_a_stems_folder(tmp_path):
     spec.loader.exec_module(module)
     out = tmp_path / "chunks"
     module.main([str(tmp_path / "musdb"), str(out), "--separator", "oracle", "--threshold", "0.02"])
-    chunks = load_from_disk(str(out))
+    chunks = load_chunk_set(out).data
     assert sorted(chunks["train"]["track_id"][:]) == ["song_a", "song_b"]
     assert json.loads((out / "report.json").read_text())["threshold"] == 0.02

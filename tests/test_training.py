@@ -17,6 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from modeling_mscl.chunk_set import load_chunk_set, save_chunk_set
+from modeling_mscl.feature_extraction_mscl import MSCLFeatureExtractor
 from modeling_mscl.pairs import synthetic_chunk_dataset
 from modeling_mscl.training import LearningRateSchedule, latest_checkpoint
 from modeling_mscl.training_args import PretrainingArguments, parse_args
@@ -26,6 +28,9 @@ TINY = str(REPO / "scripts" / "configs" / "tiny.yaml")
 # One thread per process: on a shared 2-core machine, OpenMP threads that spin against each
 # other make steps 10x slower, and a fixed count keeps reductions bitwise reproducible.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# The test chunk set's front end: not the default one, so that an encoder exported with
+# the default feature extractor would be caught.
+FRONT_END = MSCLFeatureExtractor(upper_edge_hertz=7000.0, lower_edge_hertz=100.0)
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +49,9 @@ def one_thread_and_fresh_accelerate():
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("chunks") / "tiny"
-    synthetic_chunk_dataset(num_tracks=8, chunks_per_track=4, seed=0).save_to_disk(str(path))
+    save_chunk_set(
+        synthetic_chunk_dataset(num_tracks=8, chunks_per_track=4, seed=0), path, FRONT_END
+    )
     return str(path)
 
 
@@ -133,6 +140,28 @@ def test_missing_data_dir(tmp_path):
     assert load_script().main(["--config", TINY]) == 2  # the script reports, no traceback
 
 
+def test_the_chunk_set_must_suit_the_model(data_dir, tmp_path):
+    from modeling_mscl.training import load_chunk_stores
+
+    store, validation = load_chunk_stores(parse_args(tiny_argv(data_dir, tmp_path)))
+    assert store.feature_extractor.to_dict() == FRONT_END.to_dict()
+    assert validation.feature_extractor is store.feature_extractor
+    # 40-bin log-mels for a 64-bin model: refused before anything is built.
+    narrow = tmp_path / "narrow"
+    save_chunk_set(
+        synthetic_chunk_dataset(num_tracks=4, chunks_per_track=2, num_bins=40),
+        narrow,
+        MSCLFeatureExtractor(feature_size=40),
+    )
+    with pytest.raises(ValueError, match=r"narrow holds log-mels of 40 mel bins.*takes 64"):
+        load_chunk_stores(parse_args(tiny_argv(str(narrow), tmp_path)))
+    # A chunk set of the previous format (no version, no feature extractor): refused.
+    old = tmp_path / "old"
+    synthetic_chunk_dataset(num_tracks=4, chunks_per_track=2).save_to_disk(str(old))
+    with pytest.raises(ValueError, match="format version 1.*re-make it"):
+        pretrain(tiny_argv(str(old), tmp_path / "run"))
+
+
 def test_configs_parse(data_dir):
     for name in ("tiny", "demo", "paper"):
         path = REPO / "scripts" / "configs" / f"{name}.yaml"
@@ -201,7 +230,8 @@ def test_two_steps_of_every_objective(data_dir, tmp_path, extra):
     assert np.isfinite(result.metrics["train/loss"]) and "val/loss" in result.metrics
     encoder = AutoModel.from_pretrained(result.encoder_dir)
     assert isinstance(encoder, MSCLModel) and encoder.config.width_coefficient == 0.25
-    assert AutoFeatureExtractor.from_pretrained(result.encoder_dir).sampling_rate == 16000
+    exported = AutoFeatureExtractor.from_pretrained(result.encoder_dir)
+    assert exported.to_dict() == FRONT_END.to_dict()  # the chunk set's, not the default
     saved = json.loads((out / "encoder" / "training_args.json").read_text())
     assert saved["objective"] == extra[1] and saved["max_steps"] == 2
     full = MSCLForPreTraining.from_pretrained(result.pretraining_dir)
@@ -256,13 +286,11 @@ def test_bad_steps_are_skipped_then_stop_the_run(data_dir, tmp_path, monkeypatch
     monkeypatch.setattr(pairs.PairDataset, "build", build)
 
     # Non-finite data everywhere: every step is skipped, the run stops after max_bad_steps.
-    from datasets import load_from_disk
-
-    broken = load_from_disk(data_dir).map(
+    broken = load_chunk_set(data_dir).data.map(
         lambda row: {"mixture": np.full((392, 64), np.nan, np.float16)}
     )
     broken_dir = tmp_path / "nan-chunks"
-    broken.save_to_disk(str(broken_dir))
+    save_chunk_set(broken, broken_dir, FRONT_END)
     with pytest.raises(RuntimeError, match="2 optimizer steps in a row"):
         pretrain(
             tiny_argv(str(broken_dir), tmp_path / "nan", "--max_steps", "5", "--max_bad_steps", "2")

@@ -47,9 +47,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..chunk_set import CROP_FRAMES, MIXTURE, ChunkSet, ChunkStore, load_chunk_set
 from ..configuration_mscl import MSCLConfig
 from ..modeling_mscl import MSCLForPreTraining
-from ..pairs import CROP_FRAMES, MIXTURE, ChunkStore, holdout_mask
+from ..pairs import holdout_mask
 from ..stems import SOURCES
 
 __all__ = [
@@ -132,8 +133,8 @@ def open_retrieval_data(
     """The evaluated chunks and, when known, their training counterpart (for calibration).
 
     Args:
-        data: a :class:`~modeling_mscl.pairs.ChunkStore`, a chunk ``Dataset`` or
-            ``DatasetDict``, or the folder of one saved with ``save_to_disk``.
+        data: a :class:`~modeling_mscl.chunk_set.ChunkStore`, a chunk ``Dataset`` or
+            ``DatasetDict``, a :class:`~modeling_mscl.chunk_set.ChunkSet` or its folder.
         split: the evaluated split of a ``DatasetDict`` (required for one).
         holdout_fraction: evaluate only the tracks that training's ``validation_fraction``
             holds out (the same hash of ``track_id``, :func:`~modeling_mscl.pairs.holdout_mask`);
@@ -143,10 +144,13 @@ def open_retrieval_data(
     Returns:
         ``(evaluated store, training-counterpart store or None)``.
     """
-    from datasets import Dataset, DatasetDict, load_from_disk
+    from datasets import Dataset, DatasetDict
 
+    fe = None
     if isinstance(data, str | os.PathLike):
-        data = load_from_disk(str(Path(data).expanduser()))
+        data = load_chunk_set(data)
+    if isinstance(data, ChunkSet):
+        data, fe = data.data, data.feature_extractor
     calibration = None
     if isinstance(data, DatasetDict):
         if split is None or split not in data:
@@ -155,10 +159,10 @@ def open_retrieval_data(
             )
         if calibration_split and calibration_split != split and calibration_split in data:
             if len(data[calibration_split]):
-                calibration = ChunkStore(data[calibration_split])
-        store = ChunkStore(data[split])
+                calibration = ChunkStore(data[calibration_split], fe)
+        store = ChunkStore(data[split], fe)
     elif isinstance(data, Dataset):
-        store = ChunkStore(data)
+        store = ChunkStore(data, fe)
     elif isinstance(data, ChunkStore):
         store = data
     else:
