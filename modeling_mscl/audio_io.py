@@ -1,18 +1,19 @@
-"""Reading and writing audio files with soundfile.
+"""Reading and writing audio files, and decoding in threads.
 
-soundfile (libsndfile >= 1.1, bundled in its wheel) decodes wav, flac, ogg and mp3
-without a system FFmpeg, which is why the package reads audio through it rather than
-through ``datasets.Audio``. Audio is resampled with the package's one resampler,
-:func:`modeling_mscl.feature_extraction_mscl.resample_audio` (it lives in the Hub file, which
-must work alone).
+Decoding has one implementation, :func:`modeling_mscl.feature_extraction_mscl.decode_audio`
+(it lives in the Hub file, which must work alone, so that the feature extractor and the
+pipelines of a saved model decode as the package does): soundfile (libsndfile >= 1.1,
+bundled in its wheel) reads wav, flac, ogg and mp3 without a system FFmpeg; torchcodec,
+where installed, reads torchcodec ``AudioDecoder`` inputs (datasets' decoded audio) and
+the formats soundfile cannot. Audio is resampled with the package's one resampler,
+:func:`~modeling_mscl.feature_extraction_mscl.resample_audio`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,60 +21,92 @@ from typing import Any
 import numpy as np
 
 from ._files import atomic_path
-from .feature_extraction_mscl import resample_audio
+from .feature_extraction_mscl import AudioDecodeError, decode_audio
 
-__all__ = ["AudioDecodeError", "in_threads", "load_audio", "write_audio"]
+__all__ = [
+    "AudioDecodeError",
+    "audio_column",
+    "audio_name",
+    "in_threads",
+    "load_audio",
+    "write_audio",
+]
 
 logger = logging.getLogger(__name__)
 # Files decoded at once by one process: enough to keep a GPU fed from local disks.
 IO_THREADS = 8
-# libsndfile's log line for a data chunk shorter than its header says.
-_TRUNCATED = re.compile(r"^data\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
 
 
-class AudioDecodeError(ValueError):
-    """An audio file could not be read; the message names the file and the reason."""
+def load_audio(audio: Any, sampling_rate: int | None = 16000, mono: bool = True) -> np.ndarray:
+    """Decode ``audio`` to float32 at ``sampling_rate`` Hz (``None`` keeps its own rate).
 
-
-def load_audio(
-    path: str | os.PathLike, sampling_rate: int | None = 16000, mono: bool = True
-) -> np.ndarray:
-    """Decode ``path`` to float32 at ``sampling_rate`` Hz (``None`` keeps the file's rate).
-
-    Returns shape (samples,) when ``mono`` (channels averaged), else (channels, samples).
-    Raises :class:`AudioDecodeError` naming the file when it is missing, unreadable,
-    empty or contains non-finite samples.
+    ``audio`` is anything :func:`~modeling_mscl.feature_extraction_mscl.decode_audio`
+    takes: a path, the bytes of a file, an ``{"array", "sampling_rate"}`` dict, a datasets
+    audio item or a torchcodec ``AudioDecoder``. Returns shape (samples,) when ``mono``
+    (channels averaged), else (channels, samples). Raises :class:`AudioDecodeError`
+    naming the file when it is missing, unreadable, empty or contains non-finite samples.
     """
-    import soundfile as sf
+    return decode_audio(audio, sampling_rate, mono)[0]
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioDecodeError(f"{path}: no such audio file")
-    try:
-        with sf.SoundFile(str(path)) as f:
-            data, sr = f.read(dtype="float32", always_2d=True), f.samplerate
-            header = f.extra_info
-    except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
-        raise AudioDecodeError(f"{path}: cannot decode audio ({err})") from err
-    # libsndfile reads a truncated WAV up to where the bytes stop and notes the mismatch
-    # with the header only in its log: say so, the audio is shorter than the file claims.
-    cut = _TRUNCATED.search(header)
-    if cut:
-        logger.warning(
-            "%s: truncated: the header announces %s bytes of audio, the file holds %s; "
-            "decoded what is there (%.2f s)",
-            path, cut.group(1), cut.group(2), data.shape[0] / sr,
-        )  # fmt: skip
-    if data.shape[0] == 0:
-        raise AudioDecodeError(f"{path}: the file holds no audio samples")
-    if not np.isfinite(data).all():
-        raise AudioDecodeError(f"{path}: the audio contains NaN or infinite samples")
-    wav = data.T  # (channels, samples)
-    if mono:
-        wav = wav.mean(axis=0)
-    if sampling_rate is not None and sr != sampling_rate:
-        wav = resample_audio(wav, sr, sampling_rate)
-    return np.ascontiguousarray(wav, dtype=np.float32)
+
+def audio_name(audio: Any) -> str:
+    """How reports and errors name an audio item: its path, else a short description."""
+    if isinstance(audio, (str, os.PathLike)):
+        return os.fspath(audio)
+    if isinstance(audio, Mapping):
+        if audio.get("path"):
+            return str(audio["path"])
+        if audio.get("bytes") is not None:
+            return f"<{len(audio['bytes'])} bytes of audio>"
+        return "<audio array>"
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return f"<{len(audio)} bytes of audio>"
+    path = getattr(getattr(audio, "metadata", None), "path", None)
+    return str(path) if path else f"<{type(audio).__name__}>"
+
+
+class _UndecodedColumn(Sequence):
+    """A datasets ``Audio`` column read as its undecoded ``{"path", "bytes"}`` items, a
+    batch of rows at a time (the bytes of a whole split never sit in memory at once)."""
+
+    _BATCH = 64
+
+    def __init__(self, dataset: Any, column: str) -> None:
+        from datasets import Audio
+
+        self._data = dataset.select_columns([column]).cast_column(column, Audio(decode=False))
+        self._column = column
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._data[int(index)][self._column]
+
+    def __iter__(self) -> Iterator[Any]:
+        for start in range(0, len(self), self._BATCH):
+            yield from self._data[start : start + self._BATCH][self._column]
+
+
+def audio_column(dataset: Any, column: str) -> Sequence[Any]:
+    """The audio items of ``dataset[column]`` for :func:`load_audio`, without decoding them.
+
+    A datasets ``Audio`` column (decoded or ``decode=False``) gives its undecoded
+    ``{"path", "bytes"}`` items, read lazily: the package decodes them itself, so torchcodec
+    is not needed for the formats soundfile reads. Any other column (paths, dicts) is
+    returned as it is. ``KeyError`` names the missing column and the ones there are.
+    """
+    names = getattr(dataset, "column_names", None)
+    if names is not None and column not in names:
+        raise KeyError(f"no audio column {column!r}; the dataset has {list(names)}")
+    from datasets import Audio
+
+    features = getattr(dataset, "features", None) or {}
+    if isinstance(features.get(column), Audio):
+        return _UndecodedColumn(dataset, column)
+    return dataset[column]
 
 
 def write_audio(path: str | os.PathLike, waveform: np.ndarray, sampling_rate: int) -> None:

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Features, Value, concatenate_datasets
+from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_datasets
 from datasets.fingerprint import Hasher
 
 from ._files import write_json_atomic
-from .audio_io import AudioDecodeError, in_threads, load_audio
+from .audio_io import AudioDecodeError, audio_name, in_threads
 from .chunk_set import (
     CHUNK_COLUMNS,
     FORMAT_VERSION,
@@ -39,7 +39,7 @@ from .chunk_set import (
     load_chunk_set,
     save_chunk_set,
 )
-from .feature_extraction_mscl import MSCLFeatureExtractor, resample_audio
+from .feature_extraction_mscl import MSCLFeatureExtractor, decode_audio, resample_audio
 from .stems import SAMPLING_RATE, SOURCES, Separator, check_separator
 
 __all__ = [
@@ -96,25 +96,25 @@ def _label_columns(column_names: list[str]) -> list[str]:
     return [c for c in column_names if c not in TRACK_COLUMNS]
 
 
-def _audio_path(value: Any) -> str:
-    # Track rows hold a path string; a datasets.Audio-style dict is accepted too.
-    if isinstance(value, Mapping):
-        value = value.get("path")
-    if not value:
-        raise AudioDecodeError("the row has no audio path")
-    return str(value)
+def _decode(audio: Any) -> tuple[np.ndarray, int]:
+    """(channels, samples) float32 at the audio's own rate, and that rate.
+
+    ``audio`` is a row's audio item: a path, a datasets ``{"path", "bytes"}`` item or
+    anything else :func:`~modeling_mscl.audio_io.load_audio` takes.
+    """
+    if audio is None or (isinstance(audio, str) and not audio):
+        raise AudioDecodeError("the row has no audio")
+    return decode_audio(audio, sampling_rate=None, mono=False)
 
 
-def _decode(path: str) -> tuple[np.ndarray, int]:
-    """(channels, samples) float32 at the file's own rate, and that rate."""
-    import soundfile as sf
-
-    try:
-        rate = int(sf.info(path).samplerate)
-    except Exception as err:  # missing or undecodable: load_audio words the reason
-        load_audio(path, sampling_rate=None, mono=False)
-        raise AudioDecodeError(f"{path}: cannot read the audio header ({err})") from err
-    return load_audio(path, sampling_rate=None, mono=False), rate
+def _undecoded(tracks: Dataset) -> Dataset:
+    """``tracks`` with every datasets ``Audio`` column as ``Audio(decode=False)``: the map
+    step decodes the ``{"path", "bytes"}`` items itself (soundfile first, so torchcodec
+    is needed only for the formats soundfile cannot read)."""
+    for name, feature in tracks.features.items():
+        if isinstance(feature, Audio) and feature.decode:
+            tracks = tracks.cast_column(name, Audio(decode=False))
+    return tracks
 
 
 def _to_16k_mono(wav: np.ndarray, rate: int, device: torch.device) -> torch.Tensor:
@@ -127,7 +127,9 @@ class StemChunker:
     Use it as ``tracks.map(StemChunker(separator), batched=True, with_rank=True,
     remove_columns=tracks.column_names, features=chunker.features(tracks.features))``.
     Columns other than ``track_id``, ``audio`` and the stem paths are labels, copied to
-    every chunk of the track. Tracks that cannot be decoded, are silent (all-zero
+    every chunk of the track. An ``audio`` value is a path or any audio item
+    :func:`~modeling_mscl.audio_io.load_audio` takes (a datasets ``{"path", "bytes"}`` item,
+    an ``AudioDecoder``). Tracks that cannot be decoded, are silent (all-zero
     mixture) or shorter than one chunk are skipped with a logged reason.
 
     It pickles to its configuration only (no loaded model, no caches; the feature
@@ -250,7 +252,7 @@ class StemChunker:
 
         # 1. decode and check every mixture (files in parallel: decoding releases the GIL)
         ready = []  # (row, native audio, rate, 16 kHz mono mixture)
-        decoded = in_threads(lambda row: _decode(_audio_path(row.get("audio"))), rows)
+        decoded = in_threads(lambda row: _decode(row.get("audio")), rows)
         for row, (result, error) in zip(rows, decoded, strict=True):
             if error is not None:
                 record(row, f"unreadable: {error}", 0.0)
@@ -363,6 +365,8 @@ def _file_stamps(tracks: Dataset) -> list[str]:
     for values in zip(*columns, strict=True):
         row = []
         for value in values:
+            if isinstance(value, Mapping) and value.get("bytes") is not None:
+                continue  # audio held in the dataset: its fingerprint covers it
             path = value.get("path") if isinstance(value, Mapping) else value
             if not path:
                 continue
@@ -426,7 +430,7 @@ def _run_split(
         )
         decoded = np.asarray(records[_SECONDS], dtype=np.float64)
         kept = np.array([not status for status in records[_STATUS]], dtype=bool)
-        audio = dict(zip(shard["track_id"], shard["audio"], strict=True))
+        audio = dict(zip(shard["track_id"], map(audio_name, shard["audio"]), strict=True))
         progress.update(len(shard), float(decoded.sum()), None if cached else elapsed)
         summaries.append(
             {
@@ -477,7 +481,9 @@ def prepare_chunks(
     too short) with the reason, and the audio duration processed.
 
     Args:
-        tracks: track rows (``track_id``, ``audio``, optional stem paths, labels).
+        tracks: track rows (``track_id``, ``audio``, optional stem paths, labels); the
+            ``audio`` column holds paths or is a datasets ``Audio`` column (decoded or
+            ``decode=False``; a Hub dataset's embedded bytes are read as they are).
         separator: a :class:`~modeling_mscl.stems.DemucsSeparator` or
             :class:`~modeling_mscl.stems.OracleSeparator`.
         output_dir: where the chunk dataset (and ``shards/``, ``report.json``) go.
@@ -502,6 +508,7 @@ def prepare_chunks(
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     output_dir = Path(output_dir).expanduser()
     splits = dict(tracks) if isinstance(tracks, DatasetDict) else {"": tracks}
+    splits = {name: _undecoded(ds) for name, ds in splits.items()}
     fe = feature_extractor or MSCLFeatureExtractor()
     chunker = StemChunker(
         separator, threshold=threshold, device=device, records=True, feature_extractor=fe

@@ -1,13 +1,18 @@
 """COLA log-mel feature extractor of MSCL (Garoufis et al., SMC 2023).
 
-Hub file: imports only the standard library, numpy, torch and transformers (julius is
-imported lazily, only to resample), so a saved model keeps loading with
-``trust_remote_code=True`` where this package is not installed.
+Hub file: imports only the standard library, numpy, torch and transformers at module
+level, so a saved model keeps loading with ``trust_remote_code=True`` where this package is
+not installed. Optional libraries are imported inside the functions that need them, and
+their absence is an error only when such a function runs: julius to resample, soundfile
+to decode files, torchcodec for ``AudioDecoder`` inputs and formats soundfile cannot read.
 
 Because a Hub file must work alone, this one also holds the package's single version of
-two audio rules that the rest of the package imports from here, never re-implements:
-:func:`resample_audio` (with :func:`resampled_length`, the length it gives) and
-:func:`channel_axis` (which axis of a 2-D clip holds the channels, :data:`MAX_CHANNELS`).
+three audio rules that the rest of the package (and the pipelines of the Hub model file)
+import from here, never re-implement: :func:`resample_audio` (with
+:func:`resampled_length`, the length it gives), :func:`channel_axis` (which axis of a 2-D
+clip holds the channels, :data:`MAX_CHANNELS`) and :func:`decode_audio` (audio in every
+form users hold it: a path, the bytes of a file, an ``{"array", "sampling_rate"}`` dict,
+a datasets audio item or a torchcodec ``AudioDecoder``).
 
 The front end is the one of COLA (Saeed et al., ICASSP 2021) as computed by
 TensorFlow: L2-normalised 16 kHz mono audio, 400-sample periodic-Hann frames with a
@@ -20,9 +25,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import math
 import numbers
-from collections.abc import Sequence
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,8 +42,11 @@ from transformers.utils import logging
 
 __all__ = [
     "MAX_CHANNELS",
+    "AudioDecodeError",
     "MSCLFeatureExtractor",
     "channel_axis",
+    "decode_audio",
+    "is_audio_item",
     "resample_audio",
     "resampled_length",
 ]
@@ -120,6 +132,211 @@ def resample_audio(
     x = audio if torch.is_tensor(audio) else torch.from_numpy(np.ascontiguousarray(audio))
     out = _resampler(int(orig_sr), int(target_sr), x.device, x.dtype)(x, output_length, full)
     return out if torch.is_tensor(audio) else out.numpy()
+
+
+# ------------------------------------------------------------------ audio inputs
+# The package's one decoding path: the feature extractor, `embed_audio`, the pipelines of
+# the Hub model file, the chunk step and the probes all decode through `decode_audio`.
+
+
+class AudioDecodeError(ValueError):
+    """Audio could not be decoded; the message names the file (or the input) and the reason."""
+
+
+# libsndfile's log line for a data chunk shorter than its header says.
+_TRUNCATED = re.compile(r"^data\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+
+
+def _is_audio_decoder(value: Any) -> bool:
+    # A torchcodec AudioDecoder (datasets' decoded audio items are one) exists only where
+    # torchcodec was imported: look it up, never import torchcodec to check.
+    decoders = sys.modules.get("torchcodec.decoders")
+    decoder_type = getattr(decoders, "AudioDecoder", None)
+    return decoder_type is not None and isinstance(value, decoder_type)
+
+
+def is_audio_item(value: Any) -> bool:
+    """Whether ``value`` is audio that carries its own rate, one input of :func:`decode_audio`:
+    a path, the bytes of a file, a dict or a torchcodec ``AudioDecoder``."""
+    return isinstance(
+        value, (str, os.PathLike, bytes, bytearray, memoryview, Mapping)
+    ) or _is_audio_decoder(value)
+
+
+def _pcm_to_float(clip: np.ndarray | torch.Tensor, name: str) -> np.ndarray | torch.Tensor:
+    """Float audio from float or integer PCM (signed: / 2**(bits-1), e.g. int16 / 32768)."""
+    if torch.is_tensor(clip):
+        if clip.is_floating_point():
+            return clip if clip.dtype in (torch.float32, torch.float64) else clip.float()
+        if clip.dtype == torch.bool or clip.is_complex():
+            raise ValueError(f"{name} has unsupported dtype {clip.dtype}.")
+        if clip.dtype == torch.uint8:
+            # Unsigned 8-bit PCM (WAV convention) is offset binary, centred on 128.
+            return (clip.float() - 128.0) / 128.0
+        return clip.float() / float(-torch.iinfo(clip.dtype).min)
+    if clip.dtype.kind == "f":
+        return clip if clip.dtype in (np.float32, np.float64) else clip.astype(np.float32)
+    if clip.dtype.kind == "i":
+        return clip.astype(np.float32) / np.float32(-np.iinfo(clip.dtype).min)
+    if clip.dtype.kind == "u":
+        # Unsigned PCM (as 8-bit WAV) is offset binary, centred on half the range.
+        half = np.float32(2 ** (8 * clip.dtype.itemsize - 1))
+        return (clip.astype(np.float32) - half) / half
+    raise ValueError(f"{name} has unsupported dtype {clip.dtype}.")
+
+
+def _rate_of(value: Any, name: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise AudioDecodeError(f"{name}: 'sampling_rate' must be an integer in Hz, got {value!r}")
+    if not MIN_SAMPLING_RATE <= value <= MAX_SAMPLING_RATE:
+        raise AudioDecodeError(
+            f"{name}: sampling_rate={value} Hz is outside the audio rates accepted "
+            f"({MIN_SAMPLING_RATE}-{MAX_SAMPLING_RATE} Hz)"
+        )
+    return int(value)
+
+
+def _array_channels_first(array: Any, name: str) -> np.ndarray:
+    """A dict's audio array as float (channels, samples), the channels by :func:`channel_axis`."""
+    x = array.detach().cpu().numpy() if torch.is_tensor(array) else np.asarray(array)
+    x = _pcm_to_float(x, name)
+    if x.ndim not in (1, 2):
+        raise AudioDecodeError(f"{name}: an audio array is 1-D or 2-D, got shape {x.shape}")
+    if x.size == 0:
+        raise AudioDecodeError(f"{name}: the audio holds no samples")
+    if x.ndim == 1:
+        return x[None]
+    return x.T if channel_axis(x.shape, name) == 1 else x
+
+
+def _source(audio: Any) -> tuple[str, Any]:
+    """``(name, source)``: what errors call the input, and a path, bytes, an AudioDecoder or
+    ``(channels-first array, rate)``."""
+    if isinstance(audio, (str, os.PathLike)):
+        path = os.fspath(audio)
+        if not os.path.isfile(path):
+            raise AudioDecodeError(f"{path}: no such audio file")
+        return path, path
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return f"<{len(audio)} bytes of audio>", bytes(audio)
+    if _is_audio_decoder(audio):
+        path = getattr(getattr(audio, "metadata", None), "path", None)
+        return str(path or "the AudioDecoder"), audio
+    if isinstance(audio, Mapping):
+        path = audio.get("path")
+        array = audio["array"] if "array" in audio else audio.get("raw")
+        if array is not None:  # a decoded item: {"array", "sampling_rate"} (+ "path")
+            name = str(path or "the audio array")
+            return name, (
+                _array_channels_first(array, name),
+                _rate_of(audio.get("sampling_rate"), name),
+            )
+        if audio.get("bytes") is not None:  # datasets' undecoded item: the bytes win
+            data = bytes(audio["bytes"])
+            return str(path or f"<{len(data)} bytes of audio>"), data
+        if path:
+            return _source(path)
+        raise AudioDecodeError(
+            "an audio dict needs 'array' (or 'raw') and 'sampling_rate', or 'bytes' or 'path'; "
+            f"got the keys {sorted(map(str, audio))}"
+        )
+    raise TypeError(
+        f"cannot decode audio from a {type(audio).__name__}: pass a path, the bytes of a "
+        "file, a {'array', 'sampling_rate'} dict, a datasets audio item or an AudioDecoder "
+        "(a bare array has no rate: put it in a dict with its 'sampling_rate')"
+    )
+
+
+def _torchcodec_samples(decoder: Any, name: str) -> tuple[np.ndarray, int]:
+    try:
+        samples = decoder.get_all_samples()
+    except Exception as err:  # torchcodec raises RuntimeError and others from FFmpeg
+        raise AudioDecodeError(f"{name}: cannot decode audio (torchcodec: {err})") from err
+    return samples.data.cpu().numpy().astype(np.float32, copy=False), int(samples.sample_rate)
+
+
+def _read_file(source: str | bytes, name: str) -> tuple[np.ndarray, int]:
+    """A file's (channels, samples) float32 and rate: soundfile, else torchcodec."""
+    reasons = []
+    try:
+        import soundfile as sf
+    except (ImportError, OSError) as err:  # OSError: the library without its libsndfile
+        reasons.append(f"soundfile is not available ({err})")
+    else:
+        try:
+            with sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source) as f:
+                data, rate, header = (
+                    f.read(dtype="float32", always_2d=True),
+                    f.samplerate,
+                    f.extra_info,
+                )
+        except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
+            reasons.append(f"soundfile: {err}")
+        else:
+            # libsndfile reads a truncated WAV up to where the bytes stop and notes the
+            # mismatch with the header only in its log: say so, the audio is shorter than
+            # the file claims.
+            cut = _TRUNCATED.search(header)
+            if cut:
+                logger.warning(
+                    "%s: truncated: the header announces %s bytes of audio, the file holds %s; "
+                    "decoded what is there (%.2f s)",
+                    name, cut.group(1), cut.group(2), data.shape[0] / rate,
+                )  # fmt: skip
+            return data.T, int(rate)
+    # Formats libsndfile does not read (AAC, Opus in MP4/WebM, ...) go to FFmpeg, when
+    # torchcodec is there to reach it.
+    try:
+        from torchcodec.decoders import AudioDecoder
+    except ImportError:
+        reasons.append("torchcodec, which reads the other formats with FFmpeg, is not installed")
+    except Exception as err:  # installed, but FFmpeg's libraries cannot be loaded
+        reasons.append(f"torchcodec cannot load FFmpeg ({str(err).splitlines()[0]})")
+    else:
+        try:
+            return _torchcodec_samples(AudioDecoder(source), name)
+        except Exception as err:  # RuntimeError and ValueError from FFmpeg's probing
+            reasons.append(f"torchcodec: {str(err).removeprefix(f'{name}: ')}")
+    raise AudioDecodeError(f"{name}: cannot decode audio ({'; '.join(reasons)})")
+
+
+def decode_audio(
+    audio: Any, sampling_rate: int | None = None, mono: bool = True
+) -> tuple[np.ndarray, int]:
+    """Decode ``audio`` to float32 at ``sampling_rate`` Hz (None: its own rate).
+
+    ``audio`` is a path; the bytes of an audio file; a dict with ``"array"`` (or
+    ``"raw"``) and ``"sampling_rate"``, any rate (integer PCM scaled as the extractor
+    does, a 2-D array's channels found by :func:`channel_axis`); a datasets audio item
+    (``Audio(decode=False)``'s ``{"path", "bytes"}`` dict, its bytes read when present;
+    a decoded one is an ``AudioDecoder`` or such a dict); or a torchcodec ``AudioDecoder``.
+    Files are read with soundfile (wav, flac, ogg, mp3, without FFmpeg); torchcodec (with
+    FFmpeg) decodes ``AudioDecoder`` inputs and, where installed, the formats soundfile
+    cannot read. Resampling is :func:`resample_audio`'s.
+
+    Returns ``(waveform, rate)``: the waveform is (samples,) when ``mono`` (channels
+    averaged), else (channels, samples). Raises :class:`AudioDecodeError` naming the file
+    (or the input) when it is missing, unreadable, empty or holds non-finite samples, and
+    TypeError for an input of another kind.
+    """
+    name, source = _source(audio)
+    if isinstance(source, tuple):
+        data, rate = source
+    elif _is_audio_decoder(source):
+        data, rate = _torchcodec_samples(source, name)
+    else:
+        data, rate = _read_file(source, name)
+    if data.shape[-1] == 0:
+        raise AudioDecodeError(f"{name}: the audio holds no samples")
+    if not np.isfinite(data).all():
+        raise AudioDecodeError(f"{name}: the audio contains NaN or infinite samples")
+    if mono:
+        data = data.mean(axis=0)
+    if sampling_rate is not None and rate != sampling_rate:
+        data, rate = resample_audio(data, rate, sampling_rate), int(sampling_rate)
+    return np.ascontiguousarray(data, dtype=np.float32), int(rate)
 
 
 def _check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -390,6 +607,21 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
 
     # ------------------------------------------------------------------ inputs
 
+    def _decode_inputs(self, raw_audio: Any, sampling_rate: int | None) -> tuple[Any, int | None]:
+        """Audio that carries its own rate (one item or a list of them, see
+        :func:`is_audio_item`) decoded at this extractor's rate by :func:`decode_audio`, and
+        that rate; any other input comes back unchanged with ``sampling_rate``."""
+        items = raw_audio if isinstance(raw_audio, (list, tuple)) else [raw_audio]
+        own_rate = [is_audio_item(item) for item in items]
+        if not any(own_rate):
+            return raw_audio, sampling_rate
+        if not all(own_rate):
+            raise ValueError(
+                "The batch mixes audio that carries its rate (paths, bytes, dicts, decoders) "
+                "with bare arrays: pass the arrays as {'array': ..., 'sampling_rate': ...} dicts."
+            )
+        return [decode_audio(item, self.sampling_rate)[0] for item in items], self.sampling_rate
+
     @staticmethod
     def _split_batch(raw_audio: Any) -> list[Any]:
         """Split `raw_audio` into a list of clips (1-D mono or 2-D multichannel elements)."""
@@ -420,30 +652,9 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
             return list(raw_audio)
         raise ValueError(
             f"Unsupported audio input of type {type(raw_audio).__name__}: pass a numpy array, "
-            "a torch tensor, a list of floats, or a list of arrays/tensors."
+            "a torch tensor, a list of floats, a list of arrays/tensors, or audio that carries "
+            "its rate (a path, the bytes of a file, a dict, an AudioDecoder) or a list of those."
         )
-
-    @staticmethod
-    def _to_float(clip: np.ndarray | torch.Tensor, index: int) -> np.ndarray | torch.Tensor:
-        """Float audio from float or integer PCM (signed: / 2**(bits-1), e.g. int16 / 32768)."""
-        if torch.is_tensor(clip):
-            if clip.is_floating_point():
-                return clip if clip.dtype in (torch.float32, torch.float64) else clip.float()
-            if clip.dtype == torch.bool or clip.is_complex():
-                raise ValueError(f"Clip {index} has unsupported dtype {clip.dtype}.")
-            if clip.dtype == torch.uint8:
-                # Unsigned 8-bit PCM (WAV convention) is offset binary, centred on 128.
-                return (clip.float() - 128.0) / 128.0
-            return clip.float() / float(-torch.iinfo(clip.dtype).min)
-        if clip.dtype.kind == "f":
-            return clip if clip.dtype in (np.float32, np.float64) else clip.astype(np.float32)
-        if clip.dtype.kind == "i":
-            return clip.astype(np.float32) / np.float32(-np.iinfo(clip.dtype).min)
-        if clip.dtype.kind == "u":
-            # Unsigned PCM (as 8-bit WAV) is offset binary, centred on half the range.
-            half = np.float32(2 ** (8 * clip.dtype.itemsize - 1))
-            return (clip.astype(np.float32) - half) / half
-        raise ValueError(f"Clip {index} has unsupported dtype {clip.dtype}.")
 
     def _prepare_clip(
         self, clip: Any, index: int, device: torch.device | None
@@ -460,7 +671,7 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
             if not torch.is_tensor(clip):
                 clip = torch.from_numpy(np.ascontiguousarray(clip))
             clip = clip.to(device)
-        clip = self._to_float(clip, index)
+        clip = _pcm_to_float(clip, f"Clip {index}")
         if clip.ndim == 2:
             hint = (
                 " To pass a batch of mono clips, pass a 2-D array directly or a list of 1-D clips."
@@ -517,7 +728,12 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
 
     def __call__(
         self,
-        raw_audio: np.ndarray | torch.Tensor | list[float] | list[np.ndarray] | list[torch.Tensor],
+        raw_audio: np.ndarray
+        | torch.Tensor
+        | list[float]
+        | list[np.ndarray]
+        | list[torch.Tensor]
+        | Any,
         sampling_rate: int | None = None,
         return_tensors: str | None = None,
         padding: bool | str = "longest",
@@ -532,15 +748,20 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         r"""Compute log-mel features of one clip or a batch of clips.
 
         Args:
-            raw_audio (`np.ndarray`, `torch.Tensor`, `list[float]`, `list[np.ndarray]` or `list[torch.Tensor]`):
+            raw_audio (`np.ndarray`, `torch.Tensor`, `list[float]`, `list[np.ndarray]`, `list[torch.Tensor]`, `str`, `bytes`, `dict` or `AudioDecoder`):
                 A 1-D array/tensor or list of floats is one clip; a 2-D array/tensor is a batch
                 of mono clips `(batch, samples)`; a list of arrays/tensors is a batch whose
                 elements are 1-D mono clips or 2-D multichannel clips, whose smaller axis
                 (at most 8) holds the channels, averaged to mono. Floats are taken as they
                 are; integer PCM is scaled to [-1, 1) (int16 / 32768; unsigned types are
-                offset binary, as 8-bit WAV).
+                offset binary, as 8-bit WAV). Audio that carries its own rate, alone or in a
+                list, is decoded by `decode_audio` and resampled to `sampling_rate`: a path,
+                the bytes of a file, an `{"array", "sampling_rate"}` dict at any rate, a
+                datasets audio item (`{"path", "bytes"}` dict or `AudioDecoder`) or a
+                torchcodec `AudioDecoder`.
             sampling_rate (`int`):
-                Sampling rate of `raw_audio` in Hz. Required.
+                Sampling rate of `raw_audio` in Hz. Required for arrays, tensors and lists of
+                floats; not used for audio that carries its own rate.
             return_tensors (`str`, *optional*):
                 `"pt"` for torch tensors, `"np"` for numpy arrays, `None` for lists of numpy
                 arrays (one per clip, or per window with `return_windows=True`).
@@ -576,6 +797,7 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
             if requested, `attention_mask`; or, with `return_windows=True`, the windows and
             `window_clip_index`. `"pt"` tensors stay on the compute device.
         """
+        raw_audio, sampling_rate = self._decode_inputs(raw_audio, sampling_rate)
         # transformers only warns when the rate is missing; we raise because a wrong rate
         # silently shifts every mel band and the model then sees plausible-looking garbage.
         if sampling_rate is None:

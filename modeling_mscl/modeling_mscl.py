@@ -14,7 +14,9 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -23,9 +25,10 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_mscl import MSCLConfig, round_filters, round_repeats
-from .feature_extraction_mscl import MSCLFeatureExtractor
+from .feature_extraction_mscl import MSCLFeatureExtractor, decode_audio
 
 __all__ = [
+    "EMBEDDING_TASK",
     "ContrastiveLossOutput",
     "MSCLClipEmbeddingOutput",
     "MSCLForAudioClassification",
@@ -38,6 +41,7 @@ __all__ = [
     "aggregate_window_logits",
     "build_classifier_head",
     "count_keras_weights",
+    "custom_pipelines",
     "info_nce_loss",
     "null_source_contrastive_loss",
     "pool_windows",
@@ -48,6 +52,8 @@ __all__ = [
 _TRUNCATED_NORMAL_STD = 0.87962566103423978
 # Standard deviation of Keras' `random_normal` initialiser, the reference's bilinear W.
 BILINEAR_INIT_STD = 0.05
+# Windows encoded at once when a long clip is classified or embedded window by window.
+_WINDOW_BATCH = 64
 
 
 @dataclass
@@ -309,6 +315,14 @@ class MSCLPreTrainedModel(PreTrainedModel):
     main_input_name = "input_features"
     supports_gradient_checkpointing = False
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """`PreTrainedModel.save_pretrained`; a folder that carries the Hub code files (the
+        class is registered for an Auto class) also declares its pipeline in
+        `config.custom_pipelines` (see [`custom_pipelines`])."""
+        if getattr(self, "_auto_class", None) is not None:
+            self.config.custom_pipelines = custom_pipelines(type(self).__name__)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Keras' initialisers, so a fresh model trains like the reference.
@@ -430,18 +444,21 @@ class MSCLModel(MSCLPreTrainedModel):
         return feature_map, torch.stack(pooled_rows)
 
     def _saved_feature_extractor(self) -> MSCLFeatureExtractor:
-        """The front end saved with this model (its folder's `preprocessor_config.json`),
-        else the default one for its number of mel bins."""
-        folder = getattr(self.config, "_name_or_path", "") or ""
-        if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-            return MSCLFeatureExtractor.from_pretrained(folder)
+        """The front end saved with this model (`preprocessor_config.json` in the folder or
+        Hub repo it was loaded from), else the default one for its number of mel bins."""
+        source = getattr(self.config, "_name_or_path", "") or ""
+        if source:
+            try:
+                return MSCLFeatureExtractor.from_pretrained(source)
+            except OSError:  # no preprocessor_config.json there (or offline)
+                pass
         return MSCLFeatureExtractor(feature_size=self.config.num_mel_bins)
 
     @torch.no_grad()
     def embed_audio(
         self,
-        audio,
-        sampling_rate: int,
+        audio: Any,
+        sampling_rate: int | None = None,
         feature_extractor: MSCLFeatureExtractor | None = None,
         batch_size: int = 64,
         output: str = "pooler_output",
@@ -451,14 +468,12 @@ class MSCLModel(MSCLPreTrainedModel):
 
         Windows go through the encoder ``batch_size`` at a time, so memory stays bounded
         whatever the length (a 10-minute track is ~610 windows). ``audio`` is anything
-        [`MSCLFeatureExtractor`] accepts (one clip or a list of clips). Without
-        ``feature_extractor``, the one saved in the model's folder is used (else the default). ``output`` picks
+        [`MSCLFeatureExtractor`] accepts: arrays at ``sampling_rate`` (one clip or a list),
+        or audio that carries its rate (paths, bytes, dicts, datasets audio items), for
+        which ``sampling_rate`` is not needed. Without ``feature_extractor``, the one saved
+        in the model's folder is used (else the default). ``output`` picks
         `"pooler_output"` (1280-d, the downstream feature) or `"audio_embeds"` (512-d).
         """
-        if output not in ("pooler_output", "audio_embeds"):
-            raise ValueError(f"output must be 'pooler_output' or 'audio_embeds', got {output!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         fe = feature_extractor or self._saved_feature_extractor()
         if fe.feature_size != self.config.num_mel_bins:
             raise ValueError(
@@ -473,24 +488,35 @@ class MSCLModel(MSCLPreTrainedModel):
             return_tensors="pt",
             resample=resample,
         )
-        features = windows["input_features"]
         clip_index = windows["window_clip_index"].to(self.device)
-        was_training = self.training
-        self.eval()
-        try:
-            outs = [
-                getattr(self(features[i : i + batch_size].to(self.device, self.dtype)), output)
-                for i in range(0, features.shape[0], batch_size)
-            ]
-        finally:
-            self.train(was_training)
-        window_embeds = torch.cat(outs).float()
+        window_embeds = self.embed_windows(windows["input_features"], batch_size, output)
         num_clips = int(clip_index.max()) + 1
         return MSCLClipEmbeddingOutput(
             clip_embeds=pool_windows(window_embeds, clip_index, num_clips, "mean"),
             window_embeds=window_embeds,
             window_clip_index=clip_index,
         )
+
+    @torch.no_grad()
+    def embed_windows(
+        self, windows: torch.Tensor, batch_size: int = 64, output: str = "pooler_output"
+    ) -> torch.Tensor:
+        """``output`` (`"pooler_output"` or `"audio_embeds"`) of log-mel windows `(n, frames,
+        mel)`, float32 on the model's device: in eval mode, ``batch_size`` windows at a time."""
+        if output not in ("pooler_output", "audio_embeds"):
+            raise ValueError(f"output must be 'pooler_output' or 'audio_embeds', got {output!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        was_training = self.training
+        self.eval()
+        try:
+            outs = [
+                getattr(self(windows[i : i + batch_size].to(self.device, self.dtype)), output)
+                for i in range(0, windows.shape[0], batch_size)
+            ]
+        finally:
+            self.train(was_training)
+        return torch.cat(outs).float()
 
 
 # ---------------------------------------------------------------------------- the losses
@@ -885,7 +911,13 @@ class MSCLForAudioClassification(MSCLPreTrainedModel):
         batch, frames, bins = features.shape
         num = frames // window  # the remainder (< one window) is dropped, as in the probes
         windows = features[:, : num * window].reshape(batch * num, window, bins)
-        logits = self.classifier(self._pooled(windows, None))
+        # Outside training, the windows of a long track go through the encoder in batches,
+        # so memory stays bounded whatever its length (batch norm uses running statistics).
+        step = windows.shape[0] if self.training else _WINDOW_BATCH
+        pooled = torch.cat(
+            [self._pooled(windows[i : i + step], None) for i in range(0, windows.shape[0], step)]
+        )
+        logits = self.classifier(pooled)
         clip_index = torch.arange(batch, device=logits.device).repeat_interleave(num)
         if mask is not None:
             # A window counts when it holds at least one real frame.
@@ -914,3 +946,149 @@ class MSCLForAudioClassification(MSCLPreTrainedModel):
         if self.config.problem_type == "single_label_classification":
             return F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+# ------------------------------------------------------------------------------ pipelines
+# Each saved folder declares its pipeline in `config.custom_pipelines` (written by
+# `MSCLPreTrainedModel.save_pretrained`), so `pipeline(model=folder, trust_remote_code=True)`
+# runs the class below, from this file, where the package is not installed. Both decode
+# and resample their inputs through `decode_audio` (soundfile and julius), never through
+# FFmpeg or torchaudio.
+
+EMBEDDING_TASK = "mscl-embedding"
+_PIPELINES = {
+    "MSCLModel": (EMBEDDING_TASK, "MSCLEmbeddingPipeline", "AutoModel"),
+    "MSCLForPreTraining": (EMBEDDING_TASK, "MSCLEmbeddingPipeline", "AutoModel"),
+    "MSCLForAudioClassification": (
+        "audio-classification",
+        "MSCLAudioClassificationPipeline",
+        "AutoModelForAudioClassification",
+    ),
+}
+
+
+def custom_pipelines(architecture: str) -> dict[str, dict[str, Any]]:
+    """The ``config.custom_pipelines`` entry of a folder holding ``architecture``: an encoder
+    declares :data:`EMBEDDING_TASK`, a classifier ``"audio-classification"``."""
+    task, impl, auto_class = _PIPELINES[architecture]
+    return {task: {"impl": f"modeling_mscl.{impl}", "pt": [auto_class], "type": "audio"}}
+
+
+def _waveform(inputs: Any, feature_extractor: MSCLFeatureExtractor) -> np.ndarray:
+    """One pipeline input as a mono waveform at the extractor's rate: a bare array or tensor
+    is taken to be at that rate (as transformers' pipelines do), anything else is decoded."""
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        inputs = {"array": inputs, "sampling_rate": feature_extractor.sampling_rate}
+    return decode_audio(inputs, feature_extractor.sampling_rate)[0]
+
+
+def _build_pipeline_classes() -> dict[str, type]:
+    from transformers import AudioClassificationPipeline, Pipeline
+
+    class MSCLAudioClassificationPipeline(AudioClassificationPipeline):
+        """transformers' audio-classification pipeline, decoding its inputs with
+        `decode_audio`: a path, the bytes of a file, an `{"array", "sampling_rate"}` dict at
+        any rate, a datasets audio item or an array at the extractor's rate; no FFmpeg or
+        torchaudio needed. A long clip is classified window by window, as the probe was
+        evaluated."""
+
+        def preprocess(self, inputs: Any) -> Any:
+            fe = self.feature_extractor
+            processed = fe(
+                _waveform(inputs, fe), sampling_rate=fe.sampling_rate, return_tensors="pt"
+            )
+            return processed.to(dtype=self.dtype) if self.dtype is not None else processed
+
+    class MSCLEmbeddingPipeline(Pipeline):
+        """Window and clip embeddings of tracks of any length (task `"mscl-embedding"`).
+
+        Each input (what the audio-classification pipeline takes) is cut into ~1 s windows
+        that go through the encoder `batch_size` at a time (default 64: here the pipeline's
+        `batch_size` counts windows), so memory stays bounded whatever the length. Returns a
+        dict per input: `clip_embedding` `(dim,)`, the mean of `window_embeddings`
+        `(windows, dim)`, and `window_starts` `(windows,)` in seconds, numpy float32.
+        `output="audio_embeds"` gives the projection (512-d) instead of the pooled feature.
+        """
+
+        # The front end is the model's own (saved beside it, else the default): a folder
+        # saved without one must still load.
+        _load_processor = False
+        _load_image_processor = False
+        _load_feature_extractor = False
+        _load_tokenizer = False
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if "batch_size" in kwargs:
+                kwargs["window_batch_size"] = kwargs.pop("batch_size")
+            super().__init__(*args, **kwargs)
+            if self.feature_extractor is None:
+                self.feature_extractor = self._encoder._saved_feature_extractor()
+
+        @property
+        def _encoder(self) -> MSCLModel:
+            return getattr(self.model, "mscl", self.model)
+
+        def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+            if "batch_size" in kwargs:
+                kwargs["window_batch_size"] = kwargs.pop("batch_size")
+            return super().__call__(inputs, **kwargs)
+
+        def _sanitize_parameters(
+            self, output: str | None = None, window_batch_size: int | None = None, **kwargs: Any
+        ) -> tuple[dict, dict, dict]:
+            if kwargs:
+                raise TypeError(f"{type(self).__name__} got unknown arguments {sorted(kwargs)}")
+            forward = {}
+            if output is not None:
+                forward["output"] = output
+            if window_batch_size is not None:
+                forward["batch_size"] = window_batch_size
+            return {}, forward, {}
+
+        def preprocess(self, inputs: Any) -> dict[str, torch.Tensor]:
+            fe = self.feature_extractor
+            windows = fe(
+                _waveform(inputs, fe),
+                sampling_rate=fe.sampling_rate,
+                return_windows=True,
+                return_tensors="pt",
+            )
+            count = windows["input_features"].shape[0]
+            seconds = fe.window_frames * fe.hop_length / fe.sampling_rate
+            starts = torch.arange(count, dtype=torch.float32) * seconds
+            return {"input_features": windows["input_features"], "window_starts": starts}
+
+        def _forward(
+            self,
+            model_inputs: dict[str, torch.Tensor],
+            output: str = "pooler_output",
+            batch_size: int = _WINDOW_BATCH,
+        ) -> dict[str, torch.Tensor]:
+            embeds = self._encoder.embed_windows(model_inputs["input_features"], batch_size, output)
+            return {"window_embeds": embeds, "window_starts": model_inputs["window_starts"]}
+
+        def postprocess(self, model_outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+            windows = model_outputs["window_embeds"].float().numpy()
+            return {
+                "clip_embedding": windows.mean(axis=0),
+                "window_embeddings": windows,
+                "window_starts": model_outputs["window_starts"].numpy(),
+            }
+
+    return {
+        "MSCLAudioClassificationPipeline": MSCLAudioClassificationPipeline,
+        "MSCLEmbeddingPipeline": MSCLEmbeddingPipeline,
+    }
+
+
+_PIPELINE_CLASSES: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> Any:
+    # The pipeline classes subclass transformers' pipelines, whose import takes seconds:
+    # they are built on first use (`pipeline(...)` looks them up by name in this module).
+    if name in ("MSCLAudioClassificationPipeline", "MSCLEmbeddingPipeline"):
+        if not _PIPELINE_CLASSES:
+            _PIPELINE_CLASSES.update(_build_pipeline_classes())
+        return _PIPELINE_CLASSES[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -620,7 +620,9 @@ def test_exported_head_runs_in_the_pipeline(genre_result, tiny_encoder, tmp_path
     assert card_data["metrics"] == genre_result.metrics
     assert json.loads((tmp_path / "probe_args.json").read_text())["label_column"] == "genre"
 
-    classify = pipeline("audio-classification", model=str(tmp_path), device="cpu")
+    classify = pipeline(
+        "audio-classification", model=str(tmp_path), trust_remote_code=True, device="cpu"
+    )
     wav = 0.3 * np.sin(2 * np.pi * 150 * np.arange(15920) / 16000).astype(np.float32)
     output = classify({"raw": wav, "sampling_rate": 16000}, top_k=3)
     # One window: the pipeline's softmax equals the probe's on the raw window feature.
@@ -643,7 +645,9 @@ def test_exported_multi_label_head_uses_sigmoid(audio_corpus, tiny_encoder, cach
     model = export_probe(tiny_encoder, result, tmp_path)
     assert model.config.problem_type == "multi_label_classification"
     assert isinstance(model.classifier[0], nn.Linear)  # MLP layout: Linear, ReLU, Dropout, Linear
-    output = pipeline("audio-classification", model=str(tmp_path), device="cpu")(
+    output = pipeline(
+        "audio-classification", model=str(tmp_path), trust_remote_code=True, device="cpu"
+    )(
         {"raw": np.random.default_rng(0).standard_normal(15920).astype(np.float32),
          "sampling_rate": 16000}, top_k=4,
     )  # fmt: skip

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..audio_io import load_audio
+from ..audio_io import audio_column, load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor
 from .embeddings import (
     WindowEmbeddings,
@@ -138,9 +138,9 @@ class ProbeHook:
                 if key not in self._windows:
                     windows = [
                         window_features(
-                            load_audio(path, fe.sampling_rate), fe, max_windows=self.max_windows
+                            load_audio(item, fe.sampling_rate), fe, max_windows=self.max_windows
                         )
-                        for path in part[task.audio_column]
+                        for item in audio_column(part, task.audio_column)
                     ]
                     counts = np.asarray([w.shape[0] for w in windows])
                     self._windows[key] = (torch.cat(windows), counts)

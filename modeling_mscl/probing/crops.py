@@ -145,14 +145,15 @@ class TrainingChunks:
 
 
 def extract_training_chunks(
-    audio_paths: Sequence[str],
+    audio: Sequence[Any],
     feature_extractor: MSCLFeatureExtractor,
     chunk_frames: int = 392,
     progress: bool = False,
     desc: str = "Log-mel chunks",
     frames_path: str | os.PathLike | None = None,
 ) -> TrainingChunks:
-    """The :class:`TrainingChunks` of ``audio_paths`` (decoded at the extractor's rate).
+    """The :class:`TrainingChunks` of the clips ``audio`` (paths or other audio items,
+    decoded at the extractor's rate).
 
     With ``frames_path`` the frames are streamed to that raw float32 file instead of
     being held in memory (MTAT's training set is ~11 GB of them) and memory-mapped.
@@ -163,8 +164,8 @@ def extract_training_chunks(
     total = 0
     handle = open(frames_path, "wb") if frames_path is not None else None  # noqa: SIM115
     try:
-        for clip, path in enumerate(_progress(audio_paths, len(audio_paths), desc, progress)):
-            frames = clip_log_mel(load_audio(path, fe.sampling_rate), fe).numpy()
+        for clip, item in enumerate(_progress(audio, len(audio), desc, progress)):
+            frames = clip_log_mel(load_audio(item, fe.sampling_rate), fe).numpy()
             own = chunk_spans(frames.shape[0], chunk_frames, fe.window_frames)
             used = np.concatenate([frames[s : s + n] for s, n in own]).astype(np.float32)
             starts = total + np.r_[0, np.cumsum(own[:, 1])[:-1]]
@@ -183,7 +184,7 @@ def extract_training_chunks(
     else:
         frames = np.concatenate(parts) if parts else np.zeros((0, mel), np.float32)
     table = np.concatenate(spans).astype(np.int64) if spans else np.zeros((0, 3), np.int64)
-    return TrainingChunks(frames, table, len(audio_paths), fe.window_frames)
+    return TrainingChunks(frames, table, len(audio), fe.window_frames)
 
 
 def _open_frames(path: str | os.PathLike, total: int, mel: int) -> np.ndarray:
@@ -199,7 +200,7 @@ def _settings_key(**settings: Any) -> str:
 
 
 def cached_training_chunks(
-    audio_paths: Sequence[str],
+    audio: Sequence[Any],
     cache_dir: str | os.PathLike | None,
     split: str = "train",
     feature_extractor: MSCLFeatureExtractor | None = None,
@@ -216,10 +217,8 @@ def cached_training_chunks(
     fe = feature_extractor or MSCLFeatureExtractor()
     desc = f"Log-mel chunks {split}"
     if cache_dir is None:
-        return extract_training_chunks(audio_paths, fe, chunk_frames, progress, desc)
-    key = _settings_key(
-        fe=fe.to_dict(), chunk_frames=chunk_frames, audio=_audio_fingerprint(audio_paths)
-    )
+        return extract_training_chunks(audio, fe, chunk_frames, progress, desc)
+    key = _settings_key(fe=fe.to_dict(), chunk_frames=chunk_frames, audio=_audio_fingerprint(audio))
     folder = Path(cache_dir) / "logmel"
     folder.mkdir(parents=True, exist_ok=True)
     frames_path = folder / f"{split}-{key}.frames.f32"
@@ -229,9 +228,9 @@ def cached_training_chunks(
         spans = np.load(spans_path)
         total = int((spans[:, 1] + spans[:, 2]).max()) if len(spans) else 0
         frames = _open_frames(frames_path, total, fe.feature_size)
-        return TrainingChunks(frames, spans, len(audio_paths), fe.window_frames)
+        return TrainingChunks(frames, spans, len(audio), fe.window_frames)
     with atomic_path(frames_path) as tmp:
-        chunks = extract_training_chunks(audio_paths, fe, chunk_frames, progress, desc, tmp)
+        chunks = extract_training_chunks(audio, fe, chunk_frames, progress, desc, tmp)
     _save_npy_atomic(spans_path, chunks.spans)
     frames = _open_frames(frames_path, chunks.frames.shape[0], fe.feature_size)
     return TrainingChunks(frames, chunks.spans, chunks.num_clips, chunks.window_frames)
@@ -345,7 +344,7 @@ def build_crop_pool(
 
 def cached_crop_pool(
     model: nn.Module,
-    audio_paths: Sequence[str],
+    audio: Sequence[Any],
     cache_dir: str | os.PathLike | None,
     pool_size: int,
     split: str = "train",
@@ -356,7 +355,7 @@ def cached_crop_pool(
     progress: bool = False,
     model_key: str | None = None,
 ) -> CropPool:
-    """:func:`build_crop_pool` over ``audio_paths``, read from / written to ``cache_dir``.
+    """:func:`build_crop_pool` over ``audio``, read from / written to ``cache_dir``.
 
     Stored next to the window embeddings of the same encoder
     (``<cache_dir>/<encoder>/<split>-pool-<key>.{offsets,clips,embeds}.npy``, embeddings
@@ -367,7 +366,7 @@ def cached_crop_pool(
     fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
 
     def build() -> CropPool:
-        chunks = cached_training_chunks(audio_paths, cache_dir, split, fe, chunk_frames, progress)
+        chunks = cached_training_chunks(audio, cache_dir, split, fe, chunk_frames, progress)
         return build_crop_pool(encoder, chunks, pool_size, seed, batch_size)
 
     if cache_dir is None:
@@ -375,7 +374,7 @@ def cached_crop_pool(
     model_key = model_key or encoder_fingerprint(encoder)
     key = _settings_key(
         fe=fe.to_dict(), chunk_frames=chunk_frames, pool_size=pool_size, seed=seed,
-        audio=_audio_fingerprint(audio_paths),
+        audio=_audio_fingerprint(audio),
     )  # fmt: skip
     folder = Path(cache_dir) / model_key[:16]
     folder.mkdir(parents=True, exist_ok=True)
@@ -386,7 +385,7 @@ def cached_crop_pool(
         logger.info("crop pool cache hit: %s", paths["embeds"])
         return CropPool(
             np.load(paths["embeds"], mmap_mode="r"), np.load(paths["offsets"]),
-            np.load(paths["clips"]), len(audio_paths),
+            np.load(paths["clips"]), len(audio),
         )  # fmt: skip
     pool = build()
     _save_npy_atomic(paths["offsets"], pool.offsets)

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,7 +220,7 @@ def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
 
 def extract_window_embeddings(
     model: nn.Module,
-    audio_paths: Sequence[str],
+    audio: Sequence[Any],
     feature_extractor: MSCLFeatureExtractor | None = None,
     hop_frames: int | None = None,
     max_windows: int | None = None,
@@ -228,9 +228,11 @@ def extract_window_embeddings(
     progress: bool = False,
     desc: str = "Embedding",
 ) -> WindowEmbeddings:
-    """Pooled features of the windows of every clip in ``audio_paths``.
+    """Pooled features of the windows of every clip in ``audio``.
 
-    Clips are decoded at the extractor's rate, cut into ``window_frames``-frame windows
+    ``audio`` holds paths or other audio items (:func:`~modeling_mscl.audio_io.load_audio`;
+    :func:`~modeling_mscl.audio_io.audio_column` reads a datasets ``Audio`` column). Clips
+    are decoded at the extractor's rate, cut into ``window_frames``-frame windows
     every ``hop_frames`` frames (at most ``max_windows`` per clip, evenly spaced; the
     others are never encoded) and encoded ``batch_size`` windows at a time (across clip
     boundaries), in eval mode and without gradients.
@@ -242,8 +244,8 @@ def extract_window_embeddings(
     pending: list[torch.Tensor] = []
     pending_rows = 0
     with _EvalMode(encoder):
-        for path in _progress(audio_paths, len(audio_paths), desc, progress):
-            wav = load_audio(path, fe.sampling_rate)
+        for item in _progress(audio, len(audio), desc, progress):
+            wav = load_audio(item, fe.sampling_rate)
             windows = window_features(wav, fe, hop_frames, max_windows)
             counts.append(windows.shape[0])
             pending.append(windows)
@@ -293,16 +295,41 @@ def encoder_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _audio_fingerprint(audio_paths: Sequence[str]) -> str:
-    """SHA-1 of the clips' identity: path, size and modification time of every file.
+def _audio_identity(item: Any) -> str:
+    """What one clip's embeddings depend on: a file's path, size and modification time; the
+    bytes or samples of audio held in memory (a datasets item, an array)."""
+    if isinstance(item, (str, os.PathLike)):
+        stat = os.stat(item)
+        return f"{os.path.abspath(item)}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    encoded = getattr(item, "_hf_encoded", None)  # a datasets AudioDecoder: its source
+    if isinstance(encoded, Mapping):
+        return _audio_identity(encoded)
+    if isinstance(item, Mapping):
+        if "array" in item or "raw" in item:
+            array = np.ascontiguousarray(item["array"] if "array" in item else item["raw"])
+            digest = hashlib.sha1(array.view(np.uint8).reshape(-1)).hexdigest()
+            return f"array\0{array.dtype}\0{array.shape}\0{item.get('sampling_rate')}\0{digest}"
+        if item.get("bytes") is not None:
+            return f"bytes\0{hashlib.sha1(item['bytes']).hexdigest()}"
+        if item.get("path"):
+            return _audio_identity(item["path"])
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return f"bytes\0{hashlib.sha1(item).hexdigest()}"
+    raise TypeError(
+        f"cannot identify a {type(item).__name__} for the embedding cache: pass paths, "
+        "datasets audio items or {'array', 'sampling_rate'} dicts, or cache_dir=None"
+    )
+
+
+def _audio_fingerprint(audio: Sequence[Any]) -> str:
+    """SHA-1 of the clips' identity (:func:`_audio_identity` of each).
 
     Datasets rebuilt by a loader get a new random `datasets` fingerprint each time; the
-    files themselves are what the embeddings depend on.
+    files (or the bytes) themselves are what the embeddings depend on.
     """
     digest = hashlib.sha1()
-    for path in audio_paths:
-        stat = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for item in audio:
+        digest.update(_audio_identity(item).encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -314,7 +341,7 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 def cached_window_embeddings(
     model: nn.Module,
-    audio_paths: Sequence[str],
+    audio: Sequence[Any],
     cache_dir: str | os.PathLike | None,
     split: str = "data",
     feature_extractor: MSCLFeatureExtractor | None = None,
@@ -339,14 +366,14 @@ def cached_window_embeddings(
         progress=progress, desc=f"Embedding {split}",
     )  # fmt: skip
     if cache_dir is None:
-        return extract_window_embeddings(encoder, audio_paths, **options)
+        return extract_window_embeddings(encoder, audio, **options)
     model_key = model_key or encoder_fingerprint(encoder)
     settings = json.dumps(
         {
             "fe": fe.to_dict(),
             "hop": hop,
             "max_windows": max_windows,
-            "audio": _audio_fingerprint(audio_paths),
+            "audio": _audio_fingerprint(audio),
         },
         sort_keys=True,
         default=str,
@@ -359,9 +386,9 @@ def cached_window_embeddings(
     if embeds_path.is_file() and clips_path.is_file():
         logger.info("embedding cache hit: %s", embeds_path)
         return WindowEmbeddings(
-            np.load(embeds_path, mmap_mode="r"), np.load(clips_path), len(audio_paths)
+            np.load(embeds_path, mmap_mode="r"), np.load(clips_path), len(audio)
         )
-    result = extract_window_embeddings(encoder, audio_paths, **options)
+    result = extract_window_embeddings(encoder, audio, **options)
     _save_npy_atomic(clips_path, result.clip_index)
     _save_npy_atomic(embeds_path, result.embeds)
     return result

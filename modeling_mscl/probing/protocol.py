@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
+from ..audio_io import audio_column
 from ..feature_extraction_mscl import MSCLFeatureExtractor
 from ..modeling_mscl import MSCLForAudioClassification
 from .crops import CropSource, FreshCrops, cached_crop_pool, cached_training_chunks
@@ -221,6 +222,9 @@ def run_probe(
 ) -> ProbeResult:
     """The full protocol of ``task`` on a ``DatasetDict`` with train/validation/test splits.
 
+    The ``task.audio_column`` of each split holds paths or is a datasets ``Audio`` column
+    (decoded or ``decode=False``; a Hub dataset's embedded bytes are read as they are).
+
     Validation and test clips are embedded on their window grid (at most
     ``task.test_windows`` windows a clip, cached). The training crops follow
     ``task.train_sampling``: ``"chunks"`` computes the log-mel frames of every training
@@ -243,7 +247,7 @@ def run_probe(
 
     def embed(name: str, hop: int | None, max_windows: int | None) -> WindowEmbeddings:
         return cached_window_embeddings(
-            encoder, splits[name][task.audio_column], cache_dir, name, feature_extractor=fe,
+            encoder, audio_column(splits[name], task.audio_column), cache_dir, name, feature_extractor=fe,
             hop_frames=hop, max_windows=max_windows, batch_size=batch_size, progress=progress,
             model_key=model_key,
         )  # fmt: skip
@@ -252,20 +256,20 @@ def run_probe(
     val_labels, _ = clip_labels(splits["validation"], task)
     test_labels, _ = clip_labels(splits["test"], task)
     check_probe_splits(task, names, train_labels, val_labels, test_labels)
-    train_paths = splits["train"][task.audio_column]
+    train_audio = audio_column(splits["train"], task.audio_column)
     train: WindowEmbeddings | CropSource
     if task.train_sampling == "windows":
         train = embed("train", task.train_hop, task.train_windows)
     elif task.crop_pool is None:
         chunks = cached_training_chunks(
-            train_paths, cache_dir, "train", fe, task.chunk_frames, progress
+            train_audio, cache_dir, "train", fe, task.chunk_frames, progress
         )
         train = FreshCrops(encoder, chunks, batch_size)
     else:
         # The pool's offsets come from a fixed seed, not ``seed``: one cached pool then
         # serves runs with other head seeds (``seed`` still picks among its crops).
         train = cached_crop_pool(
-            encoder, train_paths, cache_dir, task.crop_pool, "train", fe, task.chunk_frames,
+            encoder, train_audio, cache_dir, task.crop_pool, "train", fe, task.chunk_frames,
             0, batch_size, progress, model_key,
         )  # fmt: skip
     val = embed("validation", None, task.test_windows)
@@ -336,7 +340,9 @@ def export_probe(
 
     The folder holds the config (``id2label``, ``label2id``, ``problem_type``, the head
     layout, ``freeze_encoder=True``), the weights and the feature extractor, so
-    ``pipeline("audio-classification", model=output_dir)`` runs on it. Given a
+    ``pipeline("audio-classification", model=output_dir, trust_remote_code=True)`` runs
+    on it (the folder declares its pipeline class, which decodes paths, bytes and dicts at
+    any rate without FFmpeg). Given a
     :class:`ProbeResult`, also writes ``probe_results.json`` (its :meth:`~ProbeResult.to_dict`)
     and ``probe_args.json`` (the task settings), which the model card reads. Returns the model.
     """

@@ -58,7 +58,7 @@ class ProbeTask:
         monitor: early-stopping criterion on the validation windows: ``"accuracy"``
             (binary accuracy, the mean over tags of ``(sigmoid > 0.5) == label``, for
             multi-label tasks; top-1 accuracy otherwise) or ``"loss"``.
-        audio_column: dataset column with the audio path.
+        audio_column: dataset column with the audio: paths, or a datasets ``Audio`` column.
     """
 
     name: str
