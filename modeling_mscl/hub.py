@@ -30,7 +30,12 @@ from transformers import (
 
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
-from .modeling_mscl import MSCLForAudioClassification, MSCLForPreTraining, MSCLModel
+from .modeling_mscl import (
+    MSCLForAudioClassification,
+    MSCLForPreTraining,
+    MSCLModel,
+    custom_pipelines,
+)
 from .package_data import resource_dir
 
 if TYPE_CHECKING:  # the probing package (torch, datasets) loads only when results are read
@@ -476,7 +481,11 @@ def _upload_files(folder: Path, kind: str) -> dict[str, bytes | Path]:
     if not weights:
         raise FileNotFoundError(f"{folder} has no weights (*.safetensors)")
 
-    files: dict[str, bytes | Path] = {"config.json": _json_bytes({**config, "auto_map": _AUTO_MAP})}
+    # The folder's pipeline (decoding without FFmpeg) is declared even where it was saved
+    # before save_pretrained declared it.
+    architecture = sorted(architectures & wanted)[0]
+    config = {**config, "auto_map": _AUTO_MAP, "custom_pipelines": custom_pipelines(architecture)}
+    files: dict[str, bytes | Path] = {"config.json": _json_bytes(config)}
     fe_path = folder / "preprocessor_config.json"
     if fe_path.is_file():
         fe = json.loads(fe_path.read_text())

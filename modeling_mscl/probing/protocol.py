@@ -342,9 +342,9 @@ def export_probe(
     layout, ``freeze_encoder=True``), the weights and the feature extractor, so
     ``pipeline("audio-classification", model=output_dir, trust_remote_code=True)`` runs
     on it (the folder declares its pipeline class, which decodes paths, bytes and dicts at
-    any rate without FFmpeg). Given a
-    :class:`ProbeResult`, also writes ``probe_results.json`` (its :meth:`~ProbeResult.to_dict`)
-    and ``probe_args.json`` (the task settings), which the model card reads. Returns the model.
+    any rate without FFmpeg). Given a :class:`ProbeResult`, also writes
+    ``probe_results.json`` (its :meth:`~ProbeResult.to_dict`) and ``probe_args.json`` (the
+    task settings), which the model card reads. Returns the model.
     """
     result = probe if isinstance(probe, ProbeResult) else None
     probe = probe.probe if isinstance(probe, ProbeResult) else probe
