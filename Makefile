@@ -7,11 +7,12 @@ export HF_DATASETS_OFFLINE ?= 1
 
 .PHONY: setup system-deps test test-slow test-tf lint format bench bench-ref corpus demo study clean
 
-# System libraries: FluidSynth renders the offline corpus (needs root for apt-get).
+# System libraries: FluidSynth renders the offline corpus; FFmpeg is what torchcodec decodes
+# datasets' Audio columns and the formats soundfile cannot read with (needs root for apt-get).
 system-deps:
-	@if ! ldconfig -p | grep -q libfluidsynth || ! command -v mma >/dev/null; then \
-		echo "installing fluidsynth and mma with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfluidsynth3 mma >/dev/null; \
+	@if ! ldconfig -p | grep -q libfluidsynth || ! command -v mma >/dev/null || ! ldconfig -p | grep -q libavcodec; then \
+		echo "installing fluidsynth, mma and ffmpeg with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfluidsynth3 mma ffmpeg >/dev/null; \
 	fi
 
 # torch goes in first from the pinned CPU wheel: left to itself pip picks a multi-GB CUDA build.
@@ -19,7 +20,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e ".[corpus,train,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[audio,corpus,train,dev]"
 	touch $@
 
 setup: system-deps $(BIN)/.installed

@@ -982,6 +982,14 @@ def _waveform(inputs: Any, feature_extractor: MSCLFeatureExtractor) -> np.ndarra
     return decode_audio(inputs, feature_extractor.sampling_rate)[0]
 
 
+def _redeclare(model: nn.Module) -> None:
+    # transformers' `pipeline()` replaces the class names of the declaration it read with
+    # the classes themselves, in the model's config: a config that then no longer prints
+    # or saves as JSON. Put the declaration back.
+    if type(model).__name__ in _PIPELINES:
+        model.config.custom_pipelines = custom_pipelines(type(model).__name__)
+
+
 def _build_pipeline_classes() -> dict[str, type]:
     from transformers import AudioClassificationPipeline, Pipeline
 
@@ -991,6 +999,10 @@ def _build_pipeline_classes() -> dict[str, type]:
         any rate, a datasets audio item or an array at the extractor's rate; no FFmpeg or
         torchaudio needed. A long clip is classified window by window, as the probe was
         evaluated."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            _redeclare(self.model)
 
         def preprocess(self, inputs: Any) -> Any:
             fe = self.feature_extractor
@@ -1021,6 +1033,7 @@ def _build_pipeline_classes() -> dict[str, type]:
             if "batch_size" in kwargs:
                 kwargs["window_batch_size"] = kwargs.pop("batch_size")
             super().__init__(*args, **kwargs)
+            _redeclare(self.model)
             if self.feature_extractor is None:
                 self.feature_extractor = self._encoder._saved_feature_extractor()
 

@@ -18,7 +18,7 @@ from modeling_mscl import MSCLFeatureExtractor, MSCLModel
 from modeling_mscl.audio_io import AudioDecodeError, audio_column, load_audio, write_audio
 from modeling_mscl.chunks import prepare_chunks
 from modeling_mscl.feature_extraction_mscl import decode_audio, resample_audio
-from modeling_mscl.probing import get_task, run_probe
+from modeling_mscl.probing import get_task, load_probe_dataset, run_probe
 from modeling_mscl.stems import SOURCES, OracleSeparator
 
 from .conftest import tiny_config
@@ -198,6 +198,43 @@ def test_run_probe_on_datasets_with_an_audio_column(tone_corpus, tmp_path):
     assert sorted(tmp_path.rglob("*.npy")) == files
     with pytest.raises(KeyError, match=r"no audio column 'wav'; the dataset has \['audio'"):
         run_probe(encoder, dataclasses.replace(task, audio_column="wav"), tone_corpus)
+
+
+def test_probe_datasets_load_by_name_or_path(tone_corpus, tmp_path):
+    _torchcodec()
+    # A folder of audio files in split/label folders, as load_dataset reads it (a Hub
+    # dataset's layout); "valid" is the validation split.
+    for split, part in tone_corpus.items():
+        for path, genre in zip(part["audio"], part["genre"], strict=True):
+            folder = tmp_path / "folder" / {"validation": "valid"}.get(split, split)
+            (folder / GENRES[genre]).mkdir(parents=True, exist_ok=True)
+            (folder / GENRES[genre] / Path(path).name).write_bytes(Path(path).read_bytes())
+    data = load_probe_dataset(tmp_path / "folder", label_column="label")
+    assert sorted(data) == ["test", "train", "validation"]
+    assert isinstance(data["train"].features["audio"], Audio)
+    assert data["train"].features["label"].names == sorted(GENRES)
+    # A saved dataset with string labels (and tags): one ClassLabel in every split.
+    named = tone_corpus.map(
+        lambda row: {"name": GENRES[row["genre"]], "tags": [GENRES[row["genre"]], "tone"]}
+    )
+    named.save_to_disk(tmp_path / "saved")
+    data = load_probe_dataset(tmp_path / "saved", label_column="name")
+    assert data["test"].features["name"].names == ["high", "low", "mid"]
+    assert data["test"]["name"][:3] == [1, 2, 0]
+    tags = load_probe_dataset(tmp_path / "saved", label_column="tags")
+    assert tags["train"].features["tags"].feature.names == ["high", "low", "mid", "tone"]
+    torch.manual_seed(0)
+    result = run_probe(
+        MSCLModel(tiny_config()).eval(),
+        get_task("corpus_genre", label_column="label", hidden_size=8, max_epochs=1),
+        load_probe_dataset(tmp_path / "folder"),
+    )
+    assert result.num_clips == {"train": 9, "validation": 3, "test": 3}
+    with pytest.raises(KeyError, match=r"split 'train' has no column 'genre'; its columns"):
+        load_probe_dataset(tmp_path / "folder", label_column="genre")
+    with pytest.raises(ValueError, match=r"needs 'train' and 'test' splits, got \['train'\]"):
+        DatasetDict({"train": tone_corpus["train"]}).save_to_disk(tmp_path / "one")
+        load_probe_dataset(tmp_path / "one", label_column="genre")
 
 
 def test_prepare_chunks_on_a_dataset_with_an_audio_column(tmp_path):

@@ -389,7 +389,9 @@ def test_audio_classification_pipeline(tmp_path):
     )
     MSCLForAudioClassification(config).save_pretrained(tmp_path)
     MSCLFeatureExtractor().save_pretrained(tmp_path)
-    classify = pipeline("audio-classification", model=str(tmp_path), device="cpu")
+    classify = pipeline(
+        "audio-classification", model=str(tmp_path), trust_remote_code=True, device="cpu"
+    )
     audio = np.random.default_rng(0).standard_normal(24000).astype(np.float32)
     result = classify({"raw": audio, "sampling_rate": 16000}, top_k=3)
     assert sorted(r["label"] for r in result) == labels

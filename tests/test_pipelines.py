@@ -145,6 +145,9 @@ def test_classification_of_datasets_audio_items(folders):
         "audio-classification", model=str(folders["head"]), trust_remote_code=True, device="cpu"
     )
     array = classify(np.load(root / "mid16k.npy"), top_k=3)
+    # The model's config still prints and saves as the folder declared it.
+    saved = json.loads((folders["head"] / "config.json").read_text())["custom_pipelines"]
+    assert json.loads(classify.model.config.to_json_string())["custom_pipelines"] == saved
     paths = Dataset.from_dict({"audio": [str(root / "mid.flac")]})
     decoded = paths.cast_column("audio", Audio())[0]["audio"]  # a torchcodec AudioDecoder
     undecoded = paths.cast_column("audio", Audio(decode=False))[0]["audio"]

@@ -84,7 +84,7 @@ from .retrieval import (
     retrieval_table,
     stem_retrieval,
 )
-from .tasks import PRESETS, ProbeTask, clip_labels, get_task
+from .tasks import PRESETS, ProbeTask, clip_labels, get_task, load_probe_dataset
 
 __all__ = [
     "LogMelStatistics",
@@ -124,6 +124,7 @@ __all__ = [
     "extract_training_chunks",
     "extract_window_embeddings",
     "get_task",
+    "load_probe_dataset",
     "make_probe_hook",
     "markdown_row",
     "read_probe_log",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PRESETS", "ProbeTask", "clip_labels", "get_task"]
+__all__ = ["PRESETS", "ProbeTask", "clip_labels", "get_task", "load_probe_dataset"]
 
 
 @dataclass(frozen=True)
@@ -180,3 +182,72 @@ def clip_labels(dataset: Any, task: ProbeTask) -> tuple[np.ndarray, list[str]]:
             f"column {task.label_column!r} holds lists of labels: use a multi-label task"
         )
     return np.asarray(values, dtype=np.int64), names
+
+
+# Validation splits go by several names on the Hub.
+_SPLIT_NAMES = {"valid": "validation", "val": "validation", "dev": "validation"}
+
+
+def load_probe_dataset(
+    name_or_path: str | os.PathLike,
+    audio_column: str = "audio",
+    label_column: str = "label",
+    **load_kwargs: Any,
+) -> Any:
+    """A ``DatasetDict`` for :func:`~modeling_mscl.probing.run_probe` from a Hub dataset.
+
+    ``name_or_path`` is a ``save_to_disk`` folder or anything ``datasets.load_dataset``
+    takes (a Hub name, a folder of audio files in ``split/label/`` folders, data files),
+    with ``load_kwargs`` passed on. The audio column may be a datasets ``Audio`` column
+    (decoded or not: the probes read it undecoded) or paths. Splits named ``valid``,
+    ``val`` or ``dev`` become ``validation``; ``train`` and ``test`` are required. A label
+    column of strings or integers (or lists of them, for tags) becomes one ``ClassLabel``
+    shared by every split, its names sorted. Errors name the dataset and what is missing.
+    """
+    import datasets
+
+    path = Path(name_or_path)
+    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+        data = datasets.load_from_disk(str(path))
+    else:
+        data = datasets.load_dataset(str(name_or_path), **load_kwargs)
+    if isinstance(data, datasets.Dataset):
+        raise ValueError(f"{name_or_path}: one split; a probe needs 'train' and 'test' splits")
+    data = datasets.DatasetDict({_SPLIT_NAMES.get(k, k): v for k, v in data.items()})
+    if "train" not in data or "test" not in data:
+        raise ValueError(
+            f"{name_or_path}: a probe needs 'train' and 'test' splits, got {sorted(data)}"
+        )
+    for split, part in data.items():
+        for column in (audio_column, label_column):
+            if column not in part.column_names:
+                raise KeyError(
+                    f"{name_or_path}: split {split!r} has no column {column!r}; its columns "
+                    f"are {part.column_names}"
+                )
+    return _shared_class_labels(data, label_column)
+
+
+def _shared_class_labels(data: Any, column: str) -> Any:
+    """``data`` with ``column`` as one ``ClassLabel`` (or list of them) in every split:
+    strings named in sorted order, integers ``0..max`` kept as the class indices."""
+    from datasets import ClassLabel, List
+
+    feature = data["train"].features[column]
+    inner = getattr(feature, "feature", feature)
+    if isinstance(inner, ClassLabel):
+        return data
+    values: set = set()
+    for part in data.values():
+        for value in part[column]:
+            values.update(value if isinstance(value, (list, tuple)) else [value])
+    if all(isinstance(v, str) for v in values):
+        names = sorted(values)
+    elif all(isinstance(v, int) and v >= 0 for v in values):
+        names = [str(i) for i in range(max(values, default=0) + 1)]
+    else:
+        raise ValueError(
+            f"label column {column!r} must hold strings or integers >= 0 (or lists of them)"
+        )
+    label = ClassLabel(names=names)
+    return data.cast_column(column, label if inner is feature else List(label))
