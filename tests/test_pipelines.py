@@ -172,10 +172,14 @@ def test_embedding_pipeline_encodes_windows_in_batches(folders, tmp_path):
     assert out["window_embeddings"].shape == (10, embed.model.config.encoder_hidden_size)
     np.testing.assert_allclose(out["window_starts"], 0.98 * np.arange(10), atol=1e-6)
     np.testing.assert_allclose(out["clip_embedding"], out["window_embeddings"].mean(0))
-    expected = MSCLModel.from_pretrained(folders["encoder"]).embed_audio(track, 16000)
+    expected_model = MSCLModel.from_pretrained(folders["encoder"])
+    expected = expected_model.embed_audio(track, 16000)
     np.testing.assert_allclose(out["window_embeddings"], expected.window_embeds, atol=1e-6)
     projected = embed([track[:16000], track], output="audio_embeds")
     assert [o["window_embeddings"].shape for o in projected] == [(1, 32), (10, 32)]
+    # A model in memory (no folder, no declaration) gets the class directly.
+    direct = modeling.MSCLEmbeddingPipeline(model=expected_model, device="cpu")
+    np.testing.assert_allclose(direct(track)["clip_embedding"], out["clip_embedding"], atol=1e-6)
 
 
 def test_a_long_clip_is_classified_window_batch_by_window_batch(folders, monkeypatch):
