@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._files import atomic_path
-from .feature_extraction_mscl import AudioDecodeError, decode_audio
+from .feature_extraction_mscl import AudioDecodeError, audio_name, decode_audio
 
 __all__ = [
     "AudioDecodeError",
@@ -47,22 +47,6 @@ def load_audio(audio: Any, sampling_rate: int | None = 16000, mono: bool = True)
     naming the file when it is missing, unreadable, empty or contains non-finite samples.
     """
     return decode_audio(audio, sampling_rate, mono)[0]
-
-
-def audio_name(audio: Any) -> str:
-    """How reports and errors name an audio item: its path, else a short description."""
-    if isinstance(audio, (str, os.PathLike)):
-        return os.fspath(audio)
-    if isinstance(audio, Mapping):
-        if audio.get("path"):
-            return str(audio["path"])
-        if audio.get("bytes") is not None:
-            return f"<{len(audio['bytes'])} bytes of audio>"
-        return "<audio array>"
-    if isinstance(audio, (bytes, bytearray, memoryview)):
-        return f"<{len(audio)} bytes of audio>"
-    path = getattr(getattr(audio, "metadata", None), "path", None)
-    return str(path) if path else f"<{type(audio).__name__}>"
 
 
 class _UndecodedColumn(Sequence):

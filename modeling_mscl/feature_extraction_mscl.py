@@ -44,6 +44,7 @@ __all__ = [
     "MAX_CHANNELS",
     "AudioDecodeError",
     "MSCLFeatureExtractor",
+    "audio_name",
     "channel_axis",
     "decode_audio",
     "is_audio_item",
@@ -211,33 +212,46 @@ def _array_channels_first(array: Any, name: str) -> np.ndarray:
     return x.T if channel_axis(x.shape, name) == 1 else x
 
 
-def _source(audio: Any) -> tuple[str, Any]:
-    """``(name, source)``: what errors call the input, and a path, bytes, an AudioDecoder or
-    ``(channels-first array, rate)``."""
+def audio_name(audio: Any) -> str:
+    """How errors and reports name an audio item, without reading it: its path, else what
+    it is."""
     if isinstance(audio, (str, os.PathLike)):
-        path = os.fspath(audio)
-        if not os.path.isfile(path):
-            raise AudioDecodeError(f"{path}: no such audio file")
-        return path, path
+        return os.fspath(audio)
     if isinstance(audio, (bytes, bytearray, memoryview)):
-        return f"<{len(audio)} bytes of audio>", bytes(audio)
-    if _is_audio_decoder(audio):
-        path = getattr(getattr(audio, "metadata", None), "path", None)
-        return str(path or "the AudioDecoder"), audio
+        return f"<{len(audio)} bytes of audio>"
     if isinstance(audio, Mapping):
-        path = audio.get("path")
+        if audio.get("path"):
+            return str(audio["path"])
+        if audio.get("bytes") is not None:
+            return f"<{len(audio['bytes'])} bytes of audio>"
+        return "the audio array"
+    path = getattr(getattr(audio, "metadata", None), "path", None)
+    return str(path) if path else f"the {type(audio).__name__}"
+
+
+def _source(audio: Any) -> tuple[str, Any]:
+    """``(name, source)``: what errors call the input (:func:`audio_name`), and a path,
+    bytes, an AudioDecoder or ``(channels-first array, rate)``."""
+    name = audio_name(audio)
+    if isinstance(audio, (str, os.PathLike)):
+        if not os.path.isfile(name):
+            raise AudioDecodeError(f"{name}: no such audio file")
+        return name, name
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return name, bytes(audio)
+    if _is_audio_decoder(audio):
+        return name, audio
+    if isinstance(audio, Mapping):
         array = audio["array"] if "array" in audio else audio.get("raw")
         if array is not None:  # a decoded item: {"array", "sampling_rate"} (+ "path")
-            name = str(path or "the audio array")
             return name, (
                 _array_channels_first(array, name),
                 _rate_of(audio.get("sampling_rate"), name),
             )
         if audio.get("bytes") is not None:  # datasets' undecoded item: the bytes win
-            data = bytes(audio["bytes"])
-            return str(path or f"<{len(data)} bytes of audio>"), data
-        if path:
-            return _source(path)
+            return name, bytes(audio["bytes"])
+        if audio.get("path"):
+            return _source(audio["path"])
         raise AudioDecodeError(
             "an audio dict needs 'array' (or 'raw') and 'sampling_rate', or 'bytes' or 'path'; "
             f"got the keys {sorted(map(str, audio))}"
