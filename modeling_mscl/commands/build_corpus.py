@@ -1,7 +1,7 @@
 """Build the offline corpus: rendered multitrack songs (mixture + 4 stems) and a note set.
 
-    python scripts/build_corpus.py --out data_cache/corpus            # the default corpus
-    python scripts/build_corpus.py --out data_cache/mine --midi-dir ~/midi   # your MIDI files
+    mscl corpus --out data_cache/corpus                      # the default corpus
+    mscl corpus --out data_cache/mine --midi-dir ~/midi      # your MIDI files
 
 Needs the ``corpus`` extra (pretty_midi, music21, pyfluidsynth) and the system packages
 libfluidsynth3 and mma (``make system-deps``). Re-running resumes an interrupted build.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 
 
@@ -37,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Build the corpus described by ``argv``; returns the built ``DatasetDict`` objects."""
+def main(argv: list[str] | None = None) -> int:
+    """Build the corpus described by ``argv`` and print its sizes; returns the exit status."""
     from modeling_mscl.corpora.midi_render import build_midi_folder_corpus
     from modeling_mscl.corpora.synthetic import build_default_corpus
 
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     elapsed = time.perf_counter() - started
     sizes = {name: {split: len(ds) for split, ds in dd.items()} for name, dd in built.items()}
     print(json.dumps({"out": args.out, "seconds_elapsed": round(elapsed, 1), "sizes": sizes}))
-    return built
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,6 @@
 """Convert a TensorFlow checkpoint of the MSCL reference implementation to an MSCL folder.
 
-    python scripts/convert_reference_checkpoint.py models/drums/checkpoint-10 mscl-drums \\
-        --sources drums
+    mscl convert models/drums/checkpoint-10 mscl-drums --sources drums
 
 The checkpoint is a prefix (the ``.index`` and ``.data-*`` files next to it) or a folder
 with a ``checkpoint`` file. The output holds `MSCLForPreTraining` (load the encoder with
@@ -35,6 +34,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Convert the checkpoint named in ``argv``; returns the exit status."""
     args = parse_args(argv)
     out = convert_reference_checkpoint(args.checkpoint, args.output_dir, sources=args.sources)
     print(f"Converted {args.checkpoint} -> {out}")

@@ -4,12 +4,15 @@ Each run is a pre-training output folder holding ``probes.jsonl`` (or the file i
 one JSON object per probe evaluation: ``{"step": 500, "corpus_genre/accuracy": 0.61, ...}``
 as written by :func:`modeling_mscl.probing.append_probe_log`.
 
-    python scripts/plot_convergence.py COLA=runs/cola MSCL=runs/mscl --out convergence.png
+    mscl plot COLA=runs/cola MSCL=runs/mscl --out convergence.png
+
+Needs matplotlib (the ``train`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,8 +31,8 @@ def parse_run(spec: str) -> tuple[str, Path]:
     return label, Path(path)
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Parse arguments, read the runs' logs, write the PNG; returns its path."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, read the runs' logs, write the PNG; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="LABEL=PATH or PATH (run folder or probes.jsonl)")
     parser.add_argument("--out", default="convergence.png", help="PNG file to write")
@@ -42,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         runs[label] = read_probe_log(path)
     drawn = plot_convergence(runs, args.out, args.metrics, args.title)
     print(f"wrote {args.out}: {len(runs)} runs x {len(drawn)} metrics ({', '.join(drawn)})")
-    return Path(args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,16 +1,19 @@
 """Contrastive pre-training of an MSCL encoder (COLA, MSCL, S3T baselines).
 
-    accelerate launch scripts/pretrain.py --config scripts/configs/demo.yaml [--key value ...]
-    python scripts/pretrain.py --help
+    mscl pretrain --config demo --data_dir data_cache/chunks --output_dir runs/mscl
+    accelerate launch -m modeling_mscl.commands.pretrain --config paper [--key value ...]
+    mscl pretrain --help
 
-Everything happens in :func:`modeling_mscl.training.pretrain`; this file only parses the
-command line.
+Everything happens in :func:`modeling_mscl.training.pretrain`; this module only parses the
+command line (``python scripts/pretrain.py`` and ``accelerate launch scripts/pretrain.py``
+run it from a checkout).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from modeling_mscl.training import pretrain
 from modeling_mscl.training_args import parse_args
@@ -24,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
     except ValueError as err:
-        print(f"pretrain.py: error: {err}", file=sys.stderr)
+        # Named like argparse's own errors: after the program as it was called.
+        program = Path(sys.argv[0]).name if sys.argv else "pretrain"
+        print(f"{program}: error: {err}", file=sys.stderr)
         return 2
     result = pretrain(args)
     print(f"done: step {result.step}, encoder saved to {result.encoder_dir}")

@@ -1,6 +1,6 @@
 """Probe a frozen MSCL encoder on downstream tasks.
 
-    python scripts/probe.py --model runs/mscl/encoder --task corpus_genre \
+    mscl probe --model runs/mscl/encoder --task corpus_genre \
         --task corpus_instruments --data corpus/songs --output results/probes.json \
         --markdown results/probes.md --export results/heads/mscl
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the probes; returns ``{task: result dict}`` of this encoder."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the probes, print their table rows and write the files asked; returns the exit status."""
     args = parse_args(argv)
     model, fe, name = load_encoder(args)
     name = args.name or name
@@ -192,8 +193,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             Path(args.markdown).write_text(results_table(everything) + "\n")
     elif args.markdown:
         Path(args.markdown).write_text(results_table({name: results}) + "\n")
-    return results
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Push an MSCL encoder or probe head to the Hugging Face Hub with a rendered model card.
 
-    python scripts/push_to_hub.py encoder runs/mscl/encoder --repo-id you/mscl-b0 --dry-run
-    python scripts/push_to_hub.py probe-head runs/probes/mtat --repo-id you/mscl-b0-mtat \\
+    mscl push encoder runs/mscl/encoder --repo-id you/mscl-b0 --dry-run
+    mscl push probe-head runs/probes/mtat --repo-id you/mscl-b0-mtat \\
         --base-model you/mscl-b0
 
 The token comes from `HF_TOKEN` or `hf auth login` and is never printed; `HF_ENDPOINT`
@@ -76,6 +76,7 @@ def report(result: PushResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Push the folder named in ``argv`` (or list it with --dry-run); returns the exit status."""
     args = parse_args(argv)
     training_args = None
     if args.training_args is not None:

@@ -1,6 +1,6 @@
 """Separate a dataset or folder of music into MSCL chunk rows (log-mels + presence flags).
 
-    python scripts/separate.py INPUT OUTPUT_DIR [--separator demucs|oracle] [--model htdemucs]
+    mscl separate INPUT OUTPUT_DIR [--separator demucs|oracle] [--model htdemucs]
         [--repo DIR] [--device cuda] [--threshold 0.01] [--batch-size 4] [--demucs-batch N] [--num-proc N]
 
 INPUT is a dataset saved with ``save_to_disk`` (track rows), a MUSDB18-HQ-style stems
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from modeling_mscl.chunks import DEFAULT_THRESHOLD, prepare_chunks
@@ -31,7 +32,8 @@ def _load_tracks(path: Path, separator: str):
     return load_audio_folder(path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Separate the input named in ``argv`` into a chunk set; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", type=Path, help="saved dataset, stems folder or audio folder")
     parser.add_argument("output_dir", type=Path)
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{split}: {info['tracks']} tracks, {info['chunks']} chunks, "
             f"{len(info['skipped'])} skipped (see {args.output_dir / 'report.json'})"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

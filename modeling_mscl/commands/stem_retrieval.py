@@ -1,6 +1,6 @@
 """Zero-shot stem retrieval of pre-trained MSCL models on held-out songs.
 
-    python scripts/stem_retrieval.py --model mscl=runs/mscl --model cola=runs/cola \
+    mscl retrieval --model mscl=runs/mscl --model cola=runs/cola \
         --random-init --data corpus/chunks --split test --draws 5 \
         --output results/retrieval.json --markdown results/retrieval.md
 
@@ -9,7 +9,7 @@ output folder or its ``pretraining/`` folder (the full ``MSCLForPreTraining``; t
 ``encoder/`` folder lacks the similarity and is refused). ``--random-init`` adds a
 freshly initialised model of the first model's config (``--config`` otherwise; default
 EfficientNet-B0). ``--data`` is a chunk set (:func:`~modeling_mscl.chunks.prepare_chunks`,
-``scripts/separate.py``): one with splits needs ``--split``; ``--holdout-fraction F`` evaluates the tracks that
+``mscl separate``): one with splits needs ``--split``; ``--holdout-fraction F`` evaluates the tracks that
 training's ``validation_fraction=F`` held out. The protocol is described in
 :mod:`modeling_mscl.probing.retrieval`.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,8 +92,8 @@ def named_paths(specs: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Evaluate every model; returns ``{name: result dict}`` (and writes the files asked)."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Evaluate every model, print the table and write the files asked; returns the exit status."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     models = named_paths(args.model)
@@ -137,8 +138,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(table)
-    return payload
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

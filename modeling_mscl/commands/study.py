@@ -1,20 +1,23 @@
 """The seeded study (`make study`): COLA, MSCL and single-source MSCL over several seeds.
 
-python scripts/study.py [--workdir outputs/study] [--seeds 0 1 2] [--max_steps 1200]
+mscl study [--workdir outputs/study] [--seeds 0 1 2] [--max_steps 1200]
 """
 
 from __future__ import annotations
+
+import sys
 
 from transformers import HfArgumentParser
 
 from modeling_mscl.study import StudySettings, run_study
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Parse :class:`StudySettings` from ``argv`` and run the study."""
+def main(argv: list[str] | None = None) -> int:
+    """Parse :class:`StudySettings` from ``argv`` and run the study; returns the exit status."""
     (settings,) = HfArgumentParser(StudySettings).parse_args_into_dataclasses(argv)
-    return run_study(settings)
+    run_study(settings)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
