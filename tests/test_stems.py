@@ -596,8 +596,8 @@ def test_dataset_dict_splits(tmp_path):
     assert [s["track_id"] for s in report["splits"]["test"]["skipped"]] == ["bad"]
 
 
-def test_separate_script_on_a_stems_folder(tmp_path):
-    import importlib.util
+def test_separate_command_on_a_stems_folder(tmp_path):
+    from modeling_mscl.commands import separate
 
     rng = np.random.default_rng(0)
     for name in ("song_a", "song_b"):
@@ -607,12 +607,9 @@ def test_separate_script_on_a_stems_folder(tmp_path):
         Path(row["audio"]).rename(folder / "mixture.wav")
         for source in SOURCES:
             Path(row[source]).rename(folder / f"{source}.wav")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "separate.py"
-    spec = importlib.util.spec_from_file_location("separate_script", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "chunks"
-    module.main([str(tmp_path / "musdb"), str(out), "--separator", "oracle", "--threshold", "0.02"])
+    argv = [str(tmp_path / "musdb"), str(out), "--separator", "oracle", "--threshold", "0.02"]
+    assert separate.main(argv) == 0
     chunks = load_chunk_set(out).data
     assert sorted(chunks["train"]["track_id"][:]) == ["song_a", "song_b"]
     assert json.loads((out / "report.json").read_text())["threshold"] == 0.02
