@@ -613,3 +613,16 @@ def test_separate_command_on_a_stems_folder(tmp_path):
     chunks = load_chunk_set(out).data
     assert sorted(chunks["train"]["track_id"][:]) == ["song_a", "song_b"]
     assert json.loads((out / "report.json").read_text())["threshold"] == 0.02
+
+    # The same job as two shards (one each) and a merge: the same chunk set.
+    common = [str(tmp_path / "musdb"), str(tmp_path / "jobs"), "--separator", "oracle"]
+    common += ["--threshold", "0.02", "--num-shards", "2"]
+    for index in ("0", "1"):
+        assert separate.main([*common, "--shard-index", index]) == 0
+    shards = sorted(str(p) for p in (tmp_path / "jobs").glob("shard-*-of-02"))
+    assert len(shards) == 2
+    merged = tmp_path / "merged"
+    assert separate.main([str(merged), "--merge", *shards]) == 0
+    assert load_chunk_set(merged).data["train"]["track_id"][:] == chunks["train"]["track_id"][:]
+    with pytest.raises(SystemExit):  # merge and separation at once
+        separate.main([str(tmp_path / "musdb"), str(merged), "--merge", *shards])
