@@ -11,8 +11,9 @@ go on, and the exit status is 1.
    :class:`~modeling_mscl.MSCLConfig`, bilinear similarity): 128 pairs per step, one encoder
    pass over anchors and positives, the null-source loss with 25 % absent sources and the
    project's Adam (:func:`~modeling_mscl.optim.make_optimizer`), in fp32, bf16 autocast,
-   channels-last (fp32 and bf16) and ``torch.compile`` of the encoder (channels-last + bf16;
-   ``--compile-mode reduce-overhead`` captures CUDA graphs). Warm-up excluded, the device
+   channels-last (fp32 and bf16; bf16 also with ``cudnn.benchmark``, which training leaves
+   off) and ``torch.compile`` of the encoder (channels-last + bf16; ``--compile-mode
+   reduce-overhead`` captures CUDA graphs). Warm-up excluded, the device
    synchronised around every timed window, median of the repetitions. Not included:
    gradient clipping, metering and logging of the training loop.
 2. The data path: a synthetic chunk set saved to a temporary folder and read the way
@@ -36,11 +37,17 @@ autograd without inductor's code generation, which takes minutes on a small CPU)
 
     python scripts/benchmark_gpu.py [--device cuda] [--out gpu.json] [--quick]
         [--compile-mode reduce-overhead|max-autotune|...] [--sections train data logmel demucs]
+
+On a GPU machine without network, with the wheels of ``make bench-gpu`` copied along:
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site-packages wheels-gpu/*.whl
+    PYTHONPATH=/tmp/site-packages python3 scripts/benchmark_gpu.py --out benchmark_gpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -60,17 +67,27 @@ from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLForPreTraining
 from modeling_mscl.optim import make_optimizer
 from modeling_mscl.pairs import CROP_FRAMES, PairDataset, synthetic_chunk_dataset
 
-SECTIONS = ("train", "data", "logmel", "demucs")
+# Run in this order whatever the command line's: compiling, the one step that may take
+# minutes, comes last, so that a run cut short has every other figure.
+SECTIONS = ("train", "data", "logmel", "demucs", "compile")
 TRAIN_GOAL = 10_000.0  # bf16 pairs/s on one H200
 DATA_GOAL = 1.5  # data path pairs/s over the model step's
 DEMUCS_GOAL = 0.95  # our separation over bare apply_model
-# key: (label, channels-last, bf16 autocast, compiled)
+# key: (label, channels-last, bf16 autocast, compiled, cudnn.benchmark)
 TRAIN_VARIANTS = {
-    "fp32": ("fp32", False, False, False),
-    "bf16": ("bf16 autocast", False, True, False),
-    "channels_last": ("channels-last", True, False, False),
-    "channels_last_bf16": ("channels-last + bf16 autocast", True, True, False),
-    "compile_channels_last_bf16": ("torch.compile + channels-last + bf16", True, True, True),
+    "fp32": ("fp32", False, False, False, False),
+    "bf16": ("bf16 autocast", False, True, False, False),
+    "channels_last": ("channels-last", True, False, False, False),
+    "channels_last_bf16": ("channels-last + bf16 autocast", True, True, False, False),
+    # Training leaves cudnn.benchmark off; this says what turning it on would give.
+    "channels_last_bf16_cudnn_benchmark": (
+        "channels-last + bf16 autocast + cudnn.benchmark",
+        *(True, True, False, True),
+    ),
+    "compile_channels_last_bf16": (
+        "torch.compile + channels-last + bf16 autocast",
+        *(True, True, True, False),
+    ),
 }
 
 
@@ -94,7 +111,22 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(8, 0.25, 2, 2, 1, 32, 2, 4, 2, 2.0, "tiny", 1, 4.0)
+        """Tiny sizes for a CPU smoke test (a track of 4 s: one chunk needs 3.94 s)."""
+        return cls(
+            batch_size=8,
+            width=0.25,
+            repeats=2,
+            train_steps=2,
+            warmup_steps=1,
+            chunk_rows=32,
+            workers=2,
+            data_steps=4,
+            clips=2,
+            clip_seconds=2.0,
+            demucs_arch="tiny",
+            tracks=1,
+            track_seconds=4.0,
+        )
 
 
 @dataclass
@@ -136,7 +168,9 @@ class Report:
         """The markdown table of every figure and failure, in the order measured."""
         quick = self.meta.get("quick", False)
         lines = ["| section | figure | value | unit | goal |", "|---|---|---:|---|---|"]
-        for f in self.figures.values():
+        # Grouped by section (the compiled variant is measured last but belongs to train).
+        order = {"train": 0, "data": 1, "log-mel": 2, "demucs": 3}
+        for f in sorted(self.figures.values(), key=lambda f: order.get(f["section"], 9)):
             goal = ""
             if f["goal"] is not None:
                 verdict = (
@@ -216,8 +250,13 @@ def training_step(
 
 
 def bench_training(
-    args: argparse.Namespace, sizes: Sizes, device: torch.device, report: Report
+    args: argparse.Namespace,
+    sizes: Sizes,
+    device: torch.device,
+    report: Report,
+    compiled_only: bool = False,
 ) -> None:
+    """The training variants without ``torch.compile``, or (``compiled_only``) with it."""
     config = MSCLConfig(width_coefficient=sizes.width, depth_coefficient=sizes.width)
     if args.compile_backend == "inductor":
         compile_options: dict[str, Any] = {"mode": args.compile_mode}
@@ -225,24 +264,31 @@ def bench_training(
     else:
         compile_options = {"backend": args.compile_backend}
         compiled_name = f"torch.compile (backend {args.compile_backend})"
-    report.meta["train"] = {
-        "batch_size": sizes.batch_size,
-        "width_depth_coefficient": sizes.width,
-        "parameters": sum(p.numel() for p in MSCLForPreTraining(config).parameters()),
-        "steps_per_window": sizes.train_steps,
-        "compile": compile_options,
-    }
-    for key, (label, channels_last, bf16, compiled) in TRAIN_VARIANTS.items():
+    meta = report.meta.setdefault("train", {})
+    meta.update(
+        batch_size=sizes.batch_size,
+        width_depth_coefficient=sizes.width,
+        parameters=sum(p.numel() for p in MSCLForPreTraining(config).parameters()),
+        steps_per_window=sizes.train_steps,
+        compile=compile_options,
+    )
+    warmups = meta.setdefault("warmup_seconds", {})
+    variants = {k: v for k, v in TRAIN_VARIANTS.items() if v[3] == compiled_only}
+    for key, (label, channels_last, bf16, compiled, cudnn_benchmark) in variants.items():
         label = label.replace("torch.compile", compiled_name)
         fig_key = f"train/{key}"
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         try:
             step = training_step(
                 config, device, sizes.batch_size, channels_last, bf16,
                 compile_options if compiled else None,
             )  # fmt: skip
             # Compiling happens in the first calls; CUDA graphs are recorded in the next.
+            start = time.perf_counter()
             for _ in range(sizes.warmup_steps + (3 if compiled else 0)):
                 step()
+            synchronize(device)
+            warmups[key] = round(time.perf_counter() - start, 2)
 
             def window(step: Callable[[], None] = step) -> None:
                 for _ in range(sizes.train_steps):
@@ -253,7 +299,10 @@ def bench_training(
         except Exception as err:  # noqa: BLE001 - one variant failing must not end the run
             report.fail(fig_key, "train", label, err)
         finally:
-            step = None  # free the model before the next variant
+            torch.backends.cudnn.benchmark = False
+            step = None  # free the model (and any CUDA graphs) before the next variant
+            if compiled:
+                torch.compiler.reset()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -352,18 +401,22 @@ def bench_data(
         report.add("data/loader", "data", label, rate, "pairs/s", None)
     except Exception as err:  # noqa: BLE001
         report.fail("data/loader", "data", label, err)
-        return
+
+
+def data_ratio(report: Report) -> None:
+    """The data path's pairs/s over the fastest training variant's."""
     label = "data path / fastest training variant"
     try:
         trained = {k: f for k, f in report.figures.items() if k.startswith("train/")}
         if not trained:
             raise RuntimeError("no training variant was measured (section train skipped or failed)")
+        if "data/loader" not in report.figures:
+            raise RuntimeError("the data path was not measured")
         fastest = max(trained, key=lambda k: trained[k]["value"])
         report.meta["data"]["ratio_against"] = fastest
-        ratio = rate / trained[fastest]["value"]
-        report.add(
-            "data/ratio", "data", f"{label} ({trained[fastest]['label']})", ratio, "x", DATA_GOAL
-        )
+        ratio = report.figures["data/loader"]["value"] / trained[fastest]["value"]
+        label = f"{label} ({trained[fastest]['label']})"
+        report.add("data/ratio", "data", label, ratio, "x", DATA_GOAL)
     except Exception as err:  # noqa: BLE001
         report.fail("data/ratio", "data", label, err)
 
@@ -543,15 +596,18 @@ def main(argv: list[str] | None = None) -> int:
         "data": bench_data,
         "logmel": bench_logmel,
         "demucs": bench_demucs,
+        "compile": functools.partial(bench_training, compiled_only=True),
     }
-    for name in args.sections:
+    for name in (n for n in SECTIONS if n in args.sections):
         print(f"== {name}", flush=True)
         section_start = time.perf_counter()
         benches[name](args, sizes, device, report)
-        report.meta.setdefault("section_seconds", {})[name] = round(
-            time.perf_counter() - section_start, 1
-        )
+        seconds = round(time.perf_counter() - section_start, 1)
+        report.meta.setdefault("section_seconds", {})[name] = seconds
+        print(f"  ({seconds:.0f} s)", flush=True)
         report.save()
+    if "data" in args.sections:
+        data_ratio(report)
     report.meta["total_seconds"] = round(time.perf_counter() - started, 1)
     report.save()
     print()

@@ -17,6 +17,7 @@ FIGURES = {
     "train/bf16",
     "train/channels_last",
     "train/channels_last_bf16",
+    "train/channels_last_bf16_cudnn_benchmark",
     "train/compile_channels_last_bf16",
     "data/loader",
     "data/ratio",
@@ -54,7 +55,7 @@ def test_quick_run_reports_every_figure(tmp_path):
     for figure in report["figures"].values():
         assert any(f"| {figure['label']} |" in row for row in table), figure["label"]
     goals = [row for row in table if ">= " in row]
-    assert len(goals) == 3 + 1 + 2  # three bf16 training variants, the data ratio, Demucs
+    assert len(goals) == 4 + 1 + 2  # four bf16 training variants, the data ratio, Demucs
 
 
 def test_a_failed_measurement_is_reported_and_the_others_go_on(tmp_path):
