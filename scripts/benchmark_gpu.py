@@ -311,8 +311,10 @@ def bench_training(
 
 
 def make_chunk_set(folder: Path, rows: int) -> None:
-    """A synthetic chunk set of about ``rows`` chunks, saved with ``save_to_disk``."""
+    """A synthetic chunk set of about ``rows`` chunks, written with ``save_chunk_set``."""
     from datasets import concatenate_datasets, disable_progress_bars
+
+    from modeling_mscl.chunk_set import save_chunk_set
 
     disable_progress_bars()
     per = min(rows, 256)  # built in parts to bound the generator's float64 intermediates
@@ -320,14 +322,15 @@ def make_chunk_set(folder: Path, rows: int) -> None:
         synthetic_chunk_dataset(num_tracks=per // 4, chunks_per_track=4, seed=i)
         for i in range(max(1, rows // per))
     ]
-    concatenate_datasets(parts).save_to_disk(str(folder), num_shards=max(1, rows // 256))
+    chunks = concatenate_datasets(parts)
+    save_chunk_set(chunks, folder, MSCLFeatureExtractor(), num_shards=max(1, rows // 256))
 
 
 def open_training_loader(
     data_dir: Path, batch_size: int, num_workers: int, num_steps: int, device: torch.device
-) -> tuple[PairDataset, torch.utils.data.DataLoader]:
-    """The loader pre-training builds over ``data_dir``: the only lines here that know how
-    a chunk set is opened and read.
+) -> torch.utils.data.DataLoader:
+    """The loader pre-training builds over the chunk set ``data_dir``: the only lines here
+    that know how a chunk set is opened and read.
 
     Mirrors ``load_chunk_stores``, ``build_sampler`` and ``make_batches`` of
     :mod:`modeling_mscl.training` for one process, the mscl objective, no validation split.
@@ -346,10 +349,8 @@ def open_training_loader(
         }
     )
     store, _ = load_chunk_stores(args)
-    sampler = build_sampler(args, store)
-    slots = num_workers * prefetch + 2 if num_workers else 0
-    dataset = PairDataset(store, sampler, num_steps, shared_slots=slots)
-    loader = torch.utils.data.DataLoader(
+    dataset = PairDataset(store, build_sampler(args, store), num_steps)
+    return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
         sampler=range(num_steps),
@@ -358,7 +359,6 @@ def open_training_loader(
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),
     )
-    return dataset, loader
 
 
 def bench_data(
@@ -381,15 +381,12 @@ def bench_data(
             }
             warmup = sizes.workers * 4 + 2  # the workers started and their queues filled
             total = warmup + sizes.repeats * sizes.data_steps
-            dataset, loader = open_training_loader(
-                data_dir, sizes.batch_size, sizes.workers, total, device
-            )
+            loader = open_training_loader(data_dir, sizes.batch_size, sizes.workers, total, device)
             batches = iter(loader)
 
             def take(count: int) -> None:
                 for _ in range(count):
-                    batch = dataset.resolve(next(batches))
-                    batch_inputs(batch, device, "mscl", None)  # what the loop does with it
+                    batch_inputs(next(batches), device, "mscl", None)  # what the loop does with it
 
             take(warmup)
             work = sizes.data_steps * sizes.batch_size
