@@ -115,7 +115,7 @@ class Sizes:
         return cls(
             batch_size=8,
             width=0.25,
-            repeats=2,
+            repeats=1,
             train_steps=2,
             warmup_steps=1,
             chunk_rows=32,
