@@ -78,7 +78,7 @@ bench-ref: setup $(VENV_TF)/bin/.installed
 # Wheels for scripts/benchmark_gpu.py on a GPU machine without network whose image holds
 # Python 3.12, torch, torchaudio, transformers, accelerate, huggingface_hub, pyarrow and
 # numpy: the other packages it imports and their dependencies, at the pins of
-# constraints.txt, and this package (19 MB in all). Left out, 60 MB that the benchmark
+# constraints.txt, and this package (16 MB in all). Left out, 60 MB that the benchmark
 # never imports: scikit-learn, scipy, joblib, threadpoolctl (the probes) and sphn
 # (demucs.api's audio reader). The install folder's name must hold "site-packages":
 # datasets' hashing (dill) pickles modules from elsewhere outside sys.prefix by value,
