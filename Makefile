@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup system-deps test test-slow test-tf lint format bench bench-ref corpus demo study clean
+.PHONY: setup system-deps test test-slow test-tf lint format bench bench-ref bench-gpu corpus demo study clean
 
 # System libraries: FluidSynth renders the offline corpus; FFmpeg is what torchcodec decodes
 # datasets' Audio columns and the formats soundfile cannot read with (needs root for apt-get).
@@ -75,6 +75,34 @@ bench: setup
 # on 2 cores).
 bench-ref: setup $(VENV_TF)/bin/.installed
 	$(BIN)/python scripts/benchmark_reference.py --tf-python $(VENV_TF)/bin/python --torch-python $(BIN)/python
+
+# Wheels for scripts/benchmark_gpu.py on a GPU machine without network whose image holds
+# Python 3.12, torch, torchaudio, transformers, accelerate, huggingface_hub, pyarrow and
+# numpy: the other packages it imports and their dependencies, at the pins of
+# constraints.txt, and this package (16 MB in all). Left out, 60 MB that the benchmark
+# never imports: scikit-learn, scipy, joblib, threadpoolctl (the probes) and sphn
+# (demucs.api's audio reader). The install folder's name must hold "site-packages":
+# datasets' hashing (dill) pickles modules from elsewhere outside sys.prefix by value,
+# which fails on pyarrow's.
+GPU_WHEELS := datasets dill multiprocess xxhash pandas python-dateutil tzdata \
+	demucs einops julius lameenc soundfile cffi pycparser
+GPU_TARGET := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
+bench-gpu: setup
+	rm -rf wheels-gpu build  # build/: a stale copy of a deleted module would ship
+	@for name in $(GPU_WHEELS); do \
+		pin=$$(grep -i "^$$name==" constraints.txt) || { echo "$$name: no pin in constraints.txt"; exit 1; }; \
+		$(BIN)/pip download -q --no-deps --only-binary=:all: $(GPU_TARGET) -d wheels-gpu "$$pin" \
+			|| $(BIN)/pip wheel -q --no-deps "$$pin" -w wheels-gpu || exit 1; \
+	done
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation . -w wheels-gpu
+	@if ls wheels-gpu | grep -v -e '-cp312-' -e '-none-any' -e '-none-manylinux'; then \
+		echo "these wheels do not install on CPython 3.12"; exit 1; fi
+	@du -sh wheels-gpu
+	@echo "on the GPU machine, from the repository root with wheels-gpu/ copied along:"
+	@echo "  python3 -m pip install -q --no-index --no-deps --target /tmp/site-packages wheels-gpu/*.whl"
+	@echo "  PYTHONPATH=/tmp/site-packages python3 scripts/benchmark_gpu.py --out benchmark_gpu.json"
 
 clean:
 	rm -rf $(VENV) $(VENV_TF) .pytest_cache

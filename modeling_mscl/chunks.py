@@ -39,6 +39,7 @@ from .chunk_set import (
     load_chunk_set,
     save_chunk_set,
 )
+from .chunk_shards import check_sharding, shard_tracks
 from .feature_extraction_mscl import MSCLFeatureExtractor, decode_audio, resample_audio
 from .stems import SAMPLING_RATE, SOURCES, Separator, check_separator
 
@@ -467,6 +468,8 @@ def prepare_chunks(
     keep_shards: bool = True,
     progress: bool = True,
     feature_extractor: MSCLFeatureExtractor | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> Dataset | DatasetDict:
     """Separate ``tracks`` into chunk rows and save them as the chunk set ``output_dir``
     (:func:`~modeling_mscl.chunk_set.save_chunk_set`: the rows and the feature extractor).
@@ -479,6 +482,11 @@ def prepare_chunks(
     and an interrupted run redoes only the shards that were not finished.
     ``output_dir/report.json`` lists, per split, the tracks skipped (unreadable, silent,
     too short) with the reason, and the audio duration processed.
+
+    With ``num_shards`` > 1 this run is shard ``shard_index`` of a job split across
+    machines: it writes the chunk set of that slice of every split, to be merged with the
+    others by :func:`~modeling_mscl.chunk_shards.merge_chunk_sets` (see
+    :mod:`modeling_mscl.chunk_shards`; ``output_dir`` by convention ``ROOT/shard-ii-of-NN``).
 
     Args:
         tracks: track rows (``track_id``, ``audio``, optional stem paths, labels); the
@@ -499,6 +507,8 @@ def prepare_chunks(
             re-run after the output was deleted or damaged separates everything again.
         progress: show a progress bar (files, real-time factor).
         feature_extractor: the front end of the log-mels (default: ``MSCLFeatureExtractor()``).
+        num_shards: how many shards the job is split into (machines or array tasks).
+        shard_index: which shard this run is, in ``[0, num_shards)``.
 
     Returns:
         The saved chunk ``Dataset`` or ``DatasetDict``, loaded back from ``output_dir``
@@ -506,9 +516,18 @@ def prepare_chunks(
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    check_sharding(num_shards, shard_index)
     output_dir = Path(output_dir).expanduser()
-    splits = dict(tracks) if isinstance(tracks, DatasetDict) else {"": tracks}
-    splits = {name: _undecoded(ds) for name, ds in splits.items()}
+    whole = dict(tracks) if isinstance(tracks, DatasetDict) else {"": tracks}
+    whole = {name: _undecoded(ds) for name, ds in whole.items()}
+    for name, ds in whole.items():  # whole splits: the ids of two shards must not meet
+        ids = ds["track_id"] if "track_id" in ds.column_names else []
+        if len(set(ids)) != len(ids):
+            twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(
+                f"split {name or 'data'!r}: track_id must be unique (chunks and the report "
+                f"are keyed on it); repeated: {twice[:5]}{' ...' if len(twice) > 5 else ''}"
+            )
     fe = feature_extractor or MSCLFeatureExtractor()
     chunker = StemChunker(
         separator, threshold=threshold, device=device, records=True, feature_extractor=fe
@@ -516,6 +535,14 @@ def prepare_chunks(
     report_path = output_dir / "report.json"
 
     chunker_hash = chunker.fingerprint()  # once: it may read every weight of a model
+    # The job: what every shard of it shares (not file stamps, so that machines with their
+    # own copies of the corpus make mergeable shards), and this run's place in it.
+    job = Hasher.hash(
+        [FORMAT_VERSION, chunker_hash, batch_size]
+        + [(name, ds._fingerprint) for name, ds in whole.items()]
+    )
+    shard_record = {"job": job, "num_shards": num_shards, "shard_index": shard_index}
+    splits = {name: shard_tracks(ds, num_shards, shard_index) for name, ds in whole.items()}
     stamps = {name: _file_stamps(ds) for name, ds in splits.items()}
     fingerprint = Hasher.hash(
         [FORMAT_VERSION, chunker_hash, batch_size, shard_size]
@@ -523,7 +550,11 @@ def prepare_chunks(
     )
     if report_path.is_file():
         previous = json.loads(report_path.read_text())
-        if previous.get("complete") and previous.get("fingerprint") == fingerprint:
+        if (
+            previous.get("complete")
+            and previous.get("fingerprint") == fingerprint
+            and previous.get("shard") == shard_record
+        ):
             try:
                 return load_chunk_set(output_dir).data
             except (FileNotFoundError, ValueError):
@@ -542,15 +573,6 @@ def prepare_chunks(
         enable_progress_bars,
         is_progress_bar_enabled,
     )
-
-    for name, ds in splits.items():
-        ids = ds["track_id"] if "track_id" in ds.column_names else []
-        if len(set(ids)) != len(ids):
-            twice = sorted(i for i, n in Counter(ids).items() if n > 1)
-            raise ValueError(
-                f"split {name or 'data'!r}: track_id must be unique (chunks and the report "
-                f"are keyed on it); repeated: {twice[:5]}{' ...' if len(twice) > 5 else ''}"
-            )
 
     bars_were_enabled = is_progress_bar_enabled()
     disable_progress_bars()  # one bar of ours instead of one per shard
@@ -604,6 +626,7 @@ def prepare_chunks(
             "fingerprint": fingerprint,
             "separator": repr(separator),
             "threshold": threshold,
+            "shard": shard_record,
             "splits": report_splits,
         },
         indent=2,

@@ -212,7 +212,6 @@ def argument_parser() -> HfArgumentParser:
     """The parser of the four groups; ``--config FILE`` is read before it (see parse_args)."""
     parser = _Parser(
         tuple(cls for _, cls in _GROUPS),
-        prog="pretrain",
         allow_abbrev=False,
         description="Contrastive pre-training of an MSCL encoder. Values from --config "
         "(a YAML file or a shipped config: demo, paper, tiny) are overridden by --key value.",

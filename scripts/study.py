@@ -1,20 +1,8 @@
-"""The seeded study (`make study`): COLA, MSCL and single-source MSCL over several seeds.
+"""`mscl study` from a checkout: runs modeling_mscl.commands.study."""
 
-python scripts/study.py [--workdir outputs/study] [--seeds 0 1 2] [--max_steps 1200]
-"""
+import sys
 
-from __future__ import annotations
-
-from transformers import HfArgumentParser
-
-from modeling_mscl.study import StudySettings, run_study
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """Parse :class:`StudySettings` from ``argv`` and run the study."""
-    (settings,) = HfArgumentParser(StudySettings).parse_args_into_dataclasses(argv)
-    return run_study(settings)
-
+from modeling_mscl.commands.study import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

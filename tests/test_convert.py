@@ -6,16 +6,15 @@ The mapping tests run everywhere; the end-to-end test needs TensorFlow (CI runs 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from modeling_mscl import MSCLConfig, MSCLForPreTraining
+from modeling_mscl.commands.convert_reference_checkpoint import main as convert_command
 from modeling_mscl.convert import (
     convert_reference_checkpoint,
     keras_to_state_dict,
@@ -23,15 +22,6 @@ from modeling_mscl.convert import (
 )
 
 from .keras_reference import reference_like_network
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "convert_reference_checkpoint.py"
-
-
-def _convert_main(argv: list[str]) -> int:
-    spec = importlib.util.spec_from_file_location("_convert_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
 
 
 def test_mapping_covers_every_weight_with_keras_shapes():
@@ -104,7 +94,7 @@ def test_converted_reference_checkpoint_matches_keras(tmp_path):
     prefix = tf.train.Checkpoint(model).save(str(tmp_path / "ckpt" / "checkpoint"))
 
     out = tmp_path / "converted"
-    assert _convert_main([prefix, str(out), "--sources", "drums"]) == 0
+    assert convert_command([prefix, str(out), "--sources", "drums"]) == 0
     converted = MSCLForPreTraining.from_pretrained(out).eval()
 
     x = rng.normal(-4.0, 2.5, (3, 98, 64)).astype(np.float32)

@@ -33,6 +33,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "scripts" / "configs" / "tiny.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# The scripts/ shims import this checkout's package, whatever else is installed.
+ENV["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
 SEEDS = [0, 1, 2]
 
 

@@ -3,7 +3,6 @@ files back without the package."""
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import os
@@ -21,6 +20,7 @@ from torch import nn
 
 import modeling_mscl.hub
 from modeling_mscl import MSCLFeatureExtractor, MSCLForAudioClassification, MSCLModel
+from modeling_mscl.commands.push_to_hub import main as push_command
 from modeling_mscl.hub import (
     HUB_CODE_FILES,
     push_encoder,
@@ -34,7 +34,6 @@ from modeling_mscl.training_args import PretrainingArguments
 
 from .conftest import tiny_config
 
-ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["drums", "strings", "voice"]
 # A flat mapping as convert_reference_checkpoint writes it (a run's has every argument).
 TRAINING_ARGS = {
@@ -50,15 +49,6 @@ TRAINING_ARGS = {
 }
 USER = "someone"  # the namespace the fake Hub gives a repo id without one
 TOKEN = "hf_test_token_never_printed"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"_script_{name}", ROOT / "scripts" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _probe_result(head: str, accuracy: float, dim: int = 16) -> ProbeResult:
@@ -196,7 +186,7 @@ def test_probe_results_read_back_exactly_what_the_probes_write(tmp_path):
     good = result.to_dict()
     other = {
         "list.json": [good],
-        "by_encoder.json": {"random": {"instrument_family": good}},  # scripts/probe.py --output
+        "by_encoder.json": {"random": {"instrument_family": good}},  # mscl probe --output
         "flat.json": {"accuracy": 0.7},
         "old.json": {"task": "x", "dataset": "y", "metrics": {"accuracy": 0.7}},
         "no_seed.json": {k: v for k, v in good.items() if k != "seed"},
@@ -293,10 +283,7 @@ def fake_hub(monkeypatch):
 def test_dry_run_lists_files_and_prints_card(tmp_path, capsys, fake_hub):
     folder = _encoder_run(tmp_path)
     assert (
-        _script("push_to_hub").main(
-            ["encoder", str(folder), "--repo-id", "someone/mscl-tiny", "--dry-run"]
-        )
-        == 0
+        push_command(["encoder", str(folder), "--repo-id", "someone/mscl-tiny", "--dry-run"]) == 0
     )
     assert fake_hub.clients == [] and fake_hub.calls == []
     out = capsys.readouterr().out
@@ -322,7 +309,7 @@ def test_push_checks_the_folder(tmp_path, fake_hub):
 
 
 def test_push_sends_one_commit_of_the_repo_files(tmp_path, capsys, fake_hub):
-    push = _script("push_to_hub").main
+    push = push_command
     encoder_dir, head_dir = _encoder_run(tmp_path), _head_folder(tmp_path)
     encoder_repo, head_repo = f"{USER}/mscl-tiny", f"{USER}/mscl-tiny-family"
 

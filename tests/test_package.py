@@ -1,14 +1,19 @@
-"""A regular (non-editable) install works: the package data ships inside the wheel."""
+"""A regular (non-editable) install works: the package data and the `mscl` command ship
+inside the wheel; from a checkout, the scripts/ shims run the same commands."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from modeling_mscl import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,16 +52,23 @@ _CHECK = textwrap.dedent(
 )
 
 
-def test_wheel_install_ships_cards_configs_and_recipes(tmp_path):
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The wheel built from this checkout, installed into a fresh target: (target, env)."""
     pytest.importorskip("setuptools")
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    root = tmp_path_factory.mktemp("install")
+    wheels, target = root / "wheels", root / "site"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)]
-    subprocess.run(build, check=True, cwd=tmp_path, capture_output=True, timeout=300)
+    subprocess.run(build, check=True, cwd=root, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("modeling_mscl-*.whl")
     install = [*pip, "install", "--no-deps", "--target", str(target), str(wheel)]
-    subprocess.run(install, check=True, cwd=tmp_path, capture_output=True, timeout=300)
-    env = dict(os.environ, PYTHONPATH=str(target), HF_HUB_OFFLINE="1")
+    subprocess.run(install, check=True, cwd=root, capture_output=True, timeout=300)
+    return target, dict(os.environ, PYTHONPATH=str(target), HF_HUB_OFFLINE="1")
+
+
+def test_wheel_install_ships_cards_configs_and_recipes(installed, tmp_path):
+    target, env = installed
     done = subprocess.run(
         [sys.executable, "-c", _CHECK, str(target), str(tmp_path / "encoder")],
         cwd=tmp_path,
@@ -67,3 +79,77 @@ def test_wheel_install_ships_cards_configs_and_recipes(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
+
+
+def test_wheel_install_has_the_mscl_command(installed, tmp_path):
+    target, env = installed
+    # pip --target puts console scripts in TARGET/bin; the file is Python whatever its
+    # shebang, so the test's interpreter runs it with the installed package on PYTHONPATH.
+    mscl = target / "bin" / "mscl"
+    assert mscl.is_file(), sorted(p.name for p in target.iterdir())
+    expected = {
+        (): ["usage: mscl COMMAND", *(f"\n  {name} " for name in cli.COMMANDS)],
+        ("pretrain",): ["usage: pretrain", "--data_dir", "--objective"],  # prog: training_args
+        ("separate",): ["usage: mscl separate", "--separator"],
+        ("probe",): ["usage: mscl probe", "--random-init"],
+        ("push",): ["usage: mscl push", "--repo-id"],
+    }
+    # Started together: each pays the torch import, and they share the machine's cores.
+    runs = {
+        words: subprocess.Popen(
+            [sys.executable, str(mscl), *words, "--help"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for words in expected
+    }
+    for words, proc in runs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (words, err[-3000:])
+        for text in expected[words]:
+            assert text in out, (words, text, out[:2000])
+
+
+# ---------------------------------------------------------------- the command from a checkout
+
+
+def test_every_command_module_has_a_subcommand_and_a_shim():
+    modules = {p.stem for p in (REPO / "modeling_mscl" / "commands").glob("*.py")}
+    assert modules - {"__init__"} == set(cli.COMMANDS.values())
+    for name, module in cli.COMMANDS.items():
+        assert cli.summary(name), name  # the module docstring's first line, for `mscl --help`
+        shim = (REPO / "scripts" / f"{module}.py").read_text()
+        assert f"from modeling_mscl.commands.{module} import main" in shim, module
+
+
+def test_mscl_help_and_bad_commands(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert f"  {name} " in out, name
+    assert cli.main([]) == 2 and "usage: mscl COMMAND" in capsys.readouterr().err
+    assert cli.main(["pretrian"]) == 2
+    assert "unknown command 'pretrian'" in capsys.readouterr().err
+    argv = list(sys.argv)
+    with pytest.raises(SystemExit) as done:
+        cli.main(["separate", "--help"])
+    assert done.value.code == 0 and sys.argv == argv  # restored after the command
+    assert capsys.readouterr().out.startswith("usage: mscl separate")
+
+
+@pytest.mark.parametrize("module", sorted(cli.COMMANDS.values()))
+def test_scripts_shims_run_their_command_by_path(module, monkeypatch, capsys):
+    """`python scripts/X.py --help` (the README's and the Makefile's form) is the command's."""
+    path = REPO / "scripts" / f"{module}.py"
+    monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(path), run_name="__main__")
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(f"modeling_mscl.commands.{module}").main(["--help"])
+    assert done.value.code == 0
+    assert shown.startswith("usage: ") and shown == capsys.readouterr().out

@@ -4,7 +4,6 @@ embedding cache, export + pipeline, the convergence hook and plot, the probe scr
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -51,16 +50,8 @@ from modeling_mscl.probing.metrics import classification_metrics
 
 from .conftest import tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
 GENRES = ["low", "mid", "high"]
 INSTRUMENTS = ["bass", "keys", "drums", "voice"]
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -752,8 +743,9 @@ def test_convergence_plot_is_written(tmp_path):
                 {"corpus_genre/accuracy": value, "notes_family/accuracy": value / 2},
             )  # fmt: skip
     out = tmp_path / "plots" / "convergence.png"
-    plot = _load_script("plot_convergence")
-    plot.main([f"COLA={tmp_path / 'cola'}", str(tmp_path / "mscl"), "--out", str(out)])
+    from modeling_mscl.commands import plot_convergence as plot
+
+    assert plot.main([f"COLA={tmp_path / 'cola'}", str(tmp_path / "mscl"), "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
     pixels = matplotlib.image.imread(out)
     assert pixels.shape[0] > 200 and pixels.shape[1] > 400
@@ -765,8 +757,9 @@ def test_convergence_plot_is_written(tmp_path):
 # --------------------------------------------------------------------------- script
 
 
-def test_probe_script_protocol_flags_override_the_preset():
-    probe = _load_script("probe")
+def test_probe_command_protocol_flags_override_the_preset():
+    from modeling_mscl.commands import probe
+
     base = ["--random-init", "--data", "x", "--task", "mtat"]
     assert probe.protocol_overrides(probe.parse_args(base)) == {}
     args = probe.parse_args(
@@ -784,12 +777,13 @@ def test_probe_script_protocol_flags_override_the_preset():
     )
 
 
-def test_probe_script_writes_results_table_and_export(audio_corpus, cache_dir, tmp_path):
+def test_probe_command_writes_results_table_and_export(audio_corpus, cache_dir, tmp_path):
+    from modeling_mscl.commands import probe
+
     data = tmp_path / "songs"
     audio_corpus.save_to_disk(str(data))
     config_dir = tmp_path / "config"
     tiny_config().save_pretrained(config_dir)
-    probe = _load_script("probe")
     args = [
         "--random-init", "--config", str(config_dir), "--data", str(data),
         "--task", "corpus_genre", "--task", "corpus_instruments",
@@ -798,11 +792,10 @@ def test_probe_script_writes_results_table_and_export(audio_corpus, cache_dir, t
         "--export", str(tmp_path / "heads"), "--cache-dir", str(cache_dir),
         "--no-progress",
     ]  # fmt: skip
-    results = probe.main(args)
-    assert set(results) == {"corpus_genre", "corpus_instruments"}
-    assert results["corpus_genre"]["epochs"] == 2
+    assert probe.main(args) == 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["random"]) == {"corpus_genre", "corpus_instruments"}
+    assert saved["random"]["corpus_genre"]["epochs"] == 2
     table = (tmp_path / "results.md").read_text().splitlines()
     assert table[0].startswith("| encoder | corpus_genre accuracy | corpus_instruments roc_auc")
     assert table[2].startswith("| random |")

@@ -1,11 +1,9 @@
-"""Stem retrieval (modeling_mscl.probing.retrieval): protocol, ranking, models, script."""
+"""Stem retrieval (modeling_mscl.probing.retrieval): protocol, ranking, models, the command."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,7 +27,6 @@ from modeling_mscl.stems import SOURCES
 
 from .conftest import tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
 CHUNK_FRAMES = 196
 BINS = 64
 
@@ -287,23 +284,16 @@ def test_load_pretraining_model_refuses_encoder_folder(tmp_path):
     assert isinstance(loaded.mscl, MSCLModel) and isinstance(loaded, MSCLForPreTraining)
 
 
-# ------------------------------------------------------------------------------ script
+# ----------------------------------------------------------------------------- command
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "stem_retrieval_script", ROOT / "scripts" / "stem_retrieval.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_command_writes_json_and_markdown(tmp_path, synthetic):
+    from modeling_mscl.commands import stem_retrieval
 
-
-def test_script_writes_json_and_markdown(tmp_path, synthetic):
     save_chunk_set(synthetic, tmp_path / "chunks", MSCLFeatureExtractor())
     random_init_model(tiny_config(), seed=1).save_pretrained(tmp_path / "run" / "pretraining")
     started = time.perf_counter()
-    results = _script().main(
+    status = stem_retrieval.main(
         [
             "--model", f"mine={tmp_path / 'run'}", "--random-init", "--data", str(tmp_path / "chunks"),
             "--split", "test", "--draws", "2", "--k", "1", "5", "--seed", "0",
@@ -311,7 +301,7 @@ def test_script_writes_json_and_markdown(tmp_path, synthetic):
         ]
     )  # fmt: skip
     assert time.perf_counter() - started < 30
-    assert set(results) == {"mine", "random init"}
+    assert status == 0
     payload = json.loads((tmp_path / "out.json").read_text())
     assert set(payload["results"]) == {"mine", "random init"}
     assert payload["results"]["mine"]["sources"]["vocals"]["num_candidates"] > 0

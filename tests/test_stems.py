@@ -596,8 +596,8 @@ def test_dataset_dict_splits(tmp_path):
     assert [s["track_id"] for s in report["splits"]["test"]["skipped"]] == ["bad"]
 
 
-def test_separate_script_on_a_stems_folder(tmp_path):
-    import importlib.util
+def test_separate_command_on_a_stems_folder(tmp_path):
+    from modeling_mscl.commands import separate
 
     rng = np.random.default_rng(0)
     for name in ("song_a", "song_b"):
@@ -607,12 +607,22 @@ def test_separate_script_on_a_stems_folder(tmp_path):
         Path(row["audio"]).rename(folder / "mixture.wav")
         for source in SOURCES:
             Path(row[source]).rename(folder / f"{source}.wav")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "separate.py"
-    spec = importlib.util.spec_from_file_location("separate_script", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "chunks"
-    module.main([str(tmp_path / "musdb"), str(out), "--separator", "oracle", "--threshold", "0.02"])
+    argv = [str(tmp_path / "musdb"), str(out), "--separator", "oracle", "--threshold", "0.02"]
+    assert separate.main(argv) == 0
     chunks = load_chunk_set(out).data
     assert sorted(chunks["train"]["track_id"][:]) == ["song_a", "song_b"]
     assert json.loads((out / "report.json").read_text())["threshold"] == 0.02
+
+    # The same job as two shards (one each) and a merge: the same chunk set.
+    common = [str(tmp_path / "musdb"), str(tmp_path / "jobs"), "--separator", "oracle"]
+    common += ["--threshold", "0.02", "--num-shards", "2"]
+    for index in ("0", "1"):
+        assert separate.main([*common, "--shard-index", index]) == 0
+    shards = sorted(str(p) for p in (tmp_path / "jobs").glob("shard-*-of-02"))
+    assert len(shards) == 2
+    merged = tmp_path / "merged"
+    assert separate.main([str(merged), "--merge", *shards]) == 0
+    assert load_chunk_set(merged).data["train"]["track_id"][:] == chunks["train"]["track_id"][:]
+    with pytest.raises(SystemExit):  # merge and separation at once
+        separate.main([str(tmp_path / "musdb"), str(merged), "--merge", *shards])

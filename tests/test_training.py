@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -28,6 +27,8 @@ TINY = str(REPO / "scripts" / "configs" / "tiny.yaml")
 # One thread per process: on a shared 2-core machine, OpenMP threads that spin against each
 # other make steps 10x slower, and a fixed count keeps reductions bitwise reproducible.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# Child processes import this checkout's package, whatever else is installed.
+ENV["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
 # The test chunk set's front end: not the default one, so that an encoder exported with
 # the default feature extractor would be caught.
 FRONT_END = MSCLFeatureExtractor(upper_edge_hertz=7000.0, lower_edge_hertz=100.0)
@@ -55,15 +56,8 @@ def data_dir(tmp_path_factory):
     return str(path)
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("pretrain_script", REPO / "scripts/pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def pretrain(argv: list[str], **kwargs):
-    """Pre-train from a command line, as scripts/pretrain.py does."""
+    """Pre-train from a command line, as `mscl pretrain` does."""
     from modeling_mscl.training import pretrain as run
 
     return run(parse_args(argv), **kwargs)
@@ -137,7 +131,9 @@ def test_missing_data_dir(tmp_path):
         parse_args(["--config", TINY, "--data_dir", str(tmp_path / "nope")])
     with pytest.raises(ValueError, match="save_to_disk"):
         parse_args(["--config", TINY, "--data_dir", str(tmp_path)])
-    assert load_script().main(["--config", TINY]) == 2  # the script reports, no traceback
+    from modeling_mscl.commands.pretrain import main
+
+    assert main(["--config", TINY]) == 2  # the command reports, no traceback
 
 
 def test_the_chunk_set_must_suit_the_model(data_dir, tmp_path):
@@ -575,7 +571,7 @@ def test_two_processes_give_one_global_loss_with_per_process_batch_norm(data_dir
         *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"),
         *("--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"),
         *("--dynamo_backend", "no", "--main_process_port", str(free_port())),
-        str(REPO / "scripts" / "pretrain.py"),
+        *("-m", "modeling_mscl.commands.pretrain"),  # as `accelerate launch -m` on a cluster
     ]
     done = subprocess.run(
         [*launch, *argv], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=400

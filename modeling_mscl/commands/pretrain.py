@@ -1,0 +1,40 @@
+"""Contrastive pre-training of an MSCL encoder (COLA, MSCL, S3T baselines).
+
+    mscl pretrain --config demo --data_dir data_cache/chunks --output_dir runs/mscl
+    accelerate launch -m modeling_mscl.commands.pretrain --config paper [--key value ...]
+    mscl pretrain --help
+
+Everything happens in :func:`modeling_mscl.training.pretrain`; this module only parses the
+command line (``python scripts/pretrain.py`` and ``accelerate launch scripts/pretrain.py``
+run it from a checkout).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from modeling_mscl.training import pretrain
+from modeling_mscl.training_args import parse_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: sys.argv[1:]) and pre-train; returns the exit status."""
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
+    )
+    try:
+        args = parse_args(argv)
+    except ValueError as err:
+        # Named like argparse's own errors: after the program as it was called.
+        program = Path(sys.argv[0]).name if sys.argv else "pretrain"
+        print(f"{program}: error: {err}", file=sys.stderr)
+        return 2
+    result = pretrain(args)
+    print(f"done: step {result.step}, encoder saved to {result.encoder_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Probe a frozen MSCL encoder on downstream tasks.
+
+    mscl probe --model runs/mscl/encoder --task corpus_genre \
+        --task corpus_instruments --data corpus/songs --output results/probes.json \
+        --markdown results/probes.md --export results/heads/mscl
+
+``--model`` is a folder saved with ``save_pretrained`` (an encoder or a pre-training
+model); ``--random-init`` probes a fresh encoder instead (``--config``: a config JSON or
+folder; default: EfficientNet-B0). The data is a ``DatasetDict`` folder
+(``--data``, from ``save_to_disk``) or a loader and its root (``--loader mtat --root
+...``). Results are merged into ``--output`` as ``{encoder: {task: result}}``, so several
+calls build one table; ``--markdown`` rewrites the table of everything in it.
+
+The ``mtat``, ``nsynth`` and ``fma`` presets train as the authors' reference: raw
+features, minibatches of 128, every epoch a fresh random-offset crop of every 4-s chunk
+of every training clip (embedded by the frozen encoder then), early stopping on
+validation accuracy. ``--crop-pool K`` embeds K crops per chunk once instead (cached,
+cheaper over many epochs or runs); ``--standardize``, ``--monitor loss``,
+``--head-batch-size 64`` and ``--train-sampling windows`` select this package's earlier
+protocol field by field (``--task-arg FIELD=VALUE`` sets any other field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLModel
+from modeling_mscl._files import write_json_atomic
+from modeling_mscl.probing import (
+    PRESETS,
+    ProbeTask,
+    export_probe,
+    get_task,
+    markdown_row,
+    results_table,
+)
+from modeling_mscl.probing import run_probe as run_task
+
+LOADERS = ("mtat", "nsynth", "fma", "audio_folder", "stems_folder")
+
+
+def load_encoder(args: argparse.Namespace) -> tuple[MSCLModel, MSCLFeatureExtractor, str]:
+    """The encoder, its feature extractor and its display name."""
+    if args.random_init:
+        config = MSCLConfig.from_pretrained(args.config) if args.config else MSCLConfig()
+        torch.manual_seed(args.seed)
+        return MSCLModel(config), MSCLFeatureExtractor(feature_size=config.num_mel_bins), "random"
+    model = MSCLModel.from_pretrained(args.model)
+    folder = Path(args.model)
+    if (folder / "preprocessor_config.json").is_file():
+        fe = MSCLFeatureExtractor.from_pretrained(args.model)
+    else:
+        fe = MSCLFeatureExtractor(feature_size=model.config.num_mel_bins)
+    # A pre-training run saves `RUN/encoder` and `RUN/pretraining`: the run names the model.
+    generic = folder.name in ("encoder", "pretraining")
+    return model, fe, folder.resolve().parent.name if generic else folder.name
+
+
+def load_data(args: argparse.Namespace) -> Any:
+    """The ``DatasetDict`` of ``--data`` or of ``--loader`` + ``--root``."""
+    if args.data:
+        from datasets import load_from_disk
+
+        return load_from_disk(args.data)
+    from modeling_mscl import corpora
+
+    return getattr(corpora, f"load_{args.loader}")(args.root)
+
+
+def task_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs for :class:`ProbeTask` fields (``none`` for None).
+
+    String fields take the text as it is; the others are read as JSON (numbers, true/false).
+    """
+    fields = {f.name for f in dataclasses.fields(ProbeTask)}
+    text_fields = {"name", "label_column", "head", "audio_column", "train_sampling", "monitor"}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--task-arg expects FIELD=VALUE with FIELD in {sorted(fields)}")
+        if value.lower() == "none":
+            out[key] = None
+        elif key in text_fields:
+            out[key] = value
+        else:
+            out[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+    return out
+
+
+def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """:class:`ProbeTask` fields set by the protocol flags (only those given)."""
+    out: dict[str, Any] = {}
+    if args.standardize:
+        out["standardize"] = True
+    if args.monitor is not None:
+        out["monitor"] = args.monitor
+    if args.head_batch_size is not None:
+        out["batch_size"] = args.head_batch_size
+    if args.train_sampling is not None:
+        out["train_sampling"] = args.train_sampling
+    if args.crop_pool is not None:
+        out["crop_pool"] = args.crop_pool
+    return out
+
+
+def merge_json(path: Path, encoder: str, results: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``results`` into ``path``'s ``{encoder: {task: result}}``, written atomically."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault(encoder, {}).update(results)
+    write_json_atomic(path, data, indent=1)
+    return data
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="encoder folder (save_pretrained)")
+    source.add_argument("--random-init", action="store_true", help="probe a fresh encoder")
+    parser.add_argument("--config", help="config JSON/folder for --random-init (default B0)")
+    parser.add_argument("--task", action="append", required=True, choices=sorted(PRESETS))
+    parser.add_argument("--task-arg", action="append", default=[], help="FIELD=VALUE override")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="DatasetDict folder (load_from_disk)")
+    data.add_argument("--loader", choices=LOADERS, help="a corpus loader (with --root)")
+    parser.add_argument("--root", help="dataset root for --loader")
+    parser.add_argument("--name", help="encoder name in the results (default: folder name)")
+    parser.add_argument("--cache-dir", help="embedding cache folder")
+    parser.add_argument("--output", help="results JSON to merge into")
+    parser.add_argument("--markdown", help="write the results table of --output here")
+    parser.add_argument("--export", help="save probe heads as MSCLForAudioClassification here")
+    parser.add_argument("--max-clips", type=int, help="cap every split (quick runs)")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="windows or crops per encoder batch"
+    )
+    protocol = parser.add_argument_group("probe protocol (default: the preset's)")
+    protocol.add_argument("--head-batch-size", type=int, help="crops per head step (ref. 128)")
+    protocol.add_argument(
+        "--standardize", action="store_true", help="z-score features (the reference: raw)"
+    )
+    protocol.add_argument(
+        "--monitor", choices=("accuracy", "loss"), help="early-stopping criterion"
+    )
+    protocol.add_argument(
+        "--train-sampling", choices=("chunks", "windows"),
+        help="chunks: a random crop of every 4-s chunk per epoch; windows: precomputed grid",
+    )  # fmt: skip
+    protocol.add_argument(
+        "--crop-pool", type=int, metavar="K",
+        help="embed K random crops per chunk once and draw among them (default: fresh crops)",
+    )  # fmt: skip
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.loader and not args.root:
+        parser.error("--loader needs --root")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the probes, print their table rows and write the files asked; returns the exit status."""
+    args = parse_args(argv)
+    model, fe, name = load_encoder(args)
+    name = args.name or name
+    model.to(args.device).eval()
+    dataset = load_data(args)
+    overrides = {**task_overrides(args.task_arg), **protocol_overrides(args)}
+    results: dict[str, Any] = {}
+    for task_name in args.task:
+        task = get_task(task_name, **overrides)
+        result = run_task(
+            model, task, dataset, cache_dir=args.cache_dir, feature_extractor=fe,
+            batch_size=args.batch_size, max_clips=args.max_clips, seed=args.seed,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        results[task_name] = result.to_dict()
+        if args.export:
+            out = Path(args.export) / task_name if len(args.task) > 1 else Path(args.export)
+            export_probe(model, result, out, fe)
+        print(markdown_row(name, result), flush=True)
+    if args.output:
+        everything = merge_json(Path(args.output), name, results)
+        if args.markdown:
+            Path(args.markdown).write_text(results_table(everything) + "\n")
+    elif args.markdown:
+        Path(args.markdown).write_text(results_table({name: results}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
