@@ -5,6 +5,7 @@ column as input of the probes and of the chunk step."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -230,6 +231,20 @@ def test_probe_datasets_load_by_name_or_path(tone_corpus, tmp_path):
         load_probe_dataset(tmp_path / "folder"),
     )
     assert result.num_clips == {"train": 9, "validation": 3, "test": 3}
+    # The probe command on the folder, by name, as on a Hub dataset.
+    from modeling_mscl.commands import probe
+
+    tiny_config().save_pretrained(tmp_path / "config")
+    args = [
+        "--random-init", "--config", str(tmp_path / "config"), "--task", "corpus_genre",
+        "--dataset", str(tmp_path / "folder"), "--audio-column", "audio",
+        "--label-column", "label", "--task-arg", "max_epochs=1", "--no-progress",
+        "--output", str(tmp_path / "results.json"),
+    ]  # fmt: skip
+    assert probe.main(args) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())["random"]["corpus_genre"]
+    assert saved["num_clips"] == {"train": 9, "validation": 3, "test": 3}
+    assert saved["task_config"]["label_column"] == "label"
     with pytest.raises(KeyError, match=r"split 'train' has no column 'genre'; its columns"):
         load_probe_dataset(tmp_path / "folder", label_column="genre")
     with pytest.raises(ValueError, match=r"needs 'train' and 'test' splits, got \['train'\]"):

@@ -7,8 +7,11 @@
 ``--model`` is a folder saved with ``save_pretrained`` (an encoder or a pre-training
 model); ``--random-init`` probes a fresh encoder instead (``--config``: a config JSON or
 folder; default: EfficientNet-B0). The data is a ``DatasetDict`` folder
-(``--data``, from ``save_to_disk``) or a loader and its root (``--loader mtat --root
-...``). Results are merged into ``--output`` as ``{encoder: {task: result}}``, so several
+(``--data``, from ``save_to_disk``), a loader and its root (``--loader mtat --root
+...``), or a Hub dataset (``--dataset NAME_OR_PATH``: a Hub name or anything
+``datasets.load_dataset`` reads, its audio a datasets ``Audio`` column or paths; string
+or integer labels become one ``ClassLabel``). ``--audio-column`` and ``--label-column``
+name the columns the tasks read. Results are merged into ``--output`` as ``{encoder: {task: result}}``, so several
 calls build one table; ``--markdown`` rewrites the table of everything in it.
 
 The ``mtat``, ``nsynth`` and ``fma`` presets train as the authors' reference: raw
@@ -39,6 +42,7 @@ from modeling_mscl.probing import (
     ProbeTask,
     export_probe,
     get_task,
+    load_probe_dataset,
     markdown_row,
     results_table,
 )
@@ -64,8 +68,15 @@ def load_encoder(args: argparse.Namespace) -> tuple[MSCLModel, MSCLFeatureExtrac
     return model, fe, folder.resolve().parent.name if generic else folder.name
 
 
-def load_data(args: argparse.Namespace) -> Any:
-    """The ``DatasetDict`` of ``--data`` or of ``--loader`` + ``--root``."""
+def load_data(args: argparse.Namespace, tasks: Sequence[ProbeTask]) -> Any:
+    """The ``DatasetDict`` of ``--data``, ``--dataset`` or ``--loader`` + ``--root``."""
+    if args.dataset:
+        options = {"name": args.dataset_config} if args.dataset_config else {}
+        audio = {task.audio_column for task in tasks}
+        if len(audio) > 1:
+            raise SystemExit(f"the tasks read different audio columns {sorted(audio)}")
+        labels = sorted({task.label_column for task in tasks})
+        return load_probe_dataset(args.dataset, audio.pop(), labels, **options)
     if args.data:
         from datasets import load_from_disk
 
@@ -109,6 +120,10 @@ def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["train_sampling"] = args.train_sampling
     if args.crop_pool is not None:
         out["crop_pool"] = args.crop_pool
+    if args.audio_column is not None:
+        out["audio_column"] = args.audio_column
+    if args.label_column is not None:
+        out["label_column"] = args.label_column
     return out
 
 
@@ -131,7 +146,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", help="DatasetDict folder (load_from_disk)")
     data.add_argument("--loader", choices=LOADERS, help="a corpus loader (with --root)")
+    data.add_argument(
+        "--dataset", metavar="NAME_OR_PATH",
+        help="a Hub dataset or anything datasets.load_dataset reads (train and test splits)",
+    )  # fmt: skip
+    parser.add_argument("--dataset-config", help="the --dataset configuration name")
     parser.add_argument("--root", help="dataset root for --loader")
+    parser.add_argument("--audio-column", help="the audio column (default: the task's, 'audio')")
+    parser.add_argument("--label-column", help="the label column (default: the task's)")
     parser.add_argument("--name", help="encoder name in the results (default: folder name)")
     parser.add_argument("--cache-dir", help="embedding cache folder")
     parser.add_argument("--output", help="results JSON to merge into")
@@ -163,6 +185,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.loader and not args.root:
         parser.error("--loader needs --root")
+    if args.dataset_config and not args.dataset:
+        parser.error("--dataset-config needs --dataset")
     return args
 
 
@@ -172,11 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, fe, name = load_encoder(args)
     name = args.name or name
     model.to(args.device).eval()
-    dataset = load_data(args)
     overrides = {**task_overrides(args.task_arg), **protocol_overrides(args)}
+    tasks = [get_task(task_name, **overrides) for task_name in args.task]
+    dataset = load_data(args, tasks)
     results: dict[str, Any] = {}
-    for task_name in args.task:
-        task = get_task(task_name, **overrides)
+    for task_name, task in zip(args.task, tasks, strict=True):
         result = run_task(
             model, task, dataset, cache_dir=args.cache_dir, feature_extractor=fe,
             batch_size=args.batch_size, max_clips=args.max_clips, seed=args.seed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,7 @@ _SPLIT_NAMES = {"valid": "validation", "val": "validation", "dev": "validation"}
 def load_probe_dataset(
     name_or_path: str | os.PathLike,
     audio_column: str = "audio",
-    label_column: str = "label",
+    label_column: str | Sequence[str] = "label",
     **load_kwargs: Any,
 ) -> Any:
     """A ``DatasetDict`` for :func:`~modeling_mscl.probing.run_probe` from a Hub dataset.
@@ -201,8 +202,9 @@ def load_probe_dataset(
     with ``load_kwargs`` passed on. The audio column may be a datasets ``Audio`` column
     (decoded or not: the probes read it undecoded) or paths. Splits named ``valid``,
     ``val`` or ``dev`` become ``validation``; ``train`` and ``test`` are required. A label
-    column of strings or integers (or lists of them, for tags) becomes one ``ClassLabel``
-    shared by every split, its names sorted. Errors name the dataset and what is missing.
+    column (or each of several) of strings or integers (or lists of them, for tags) becomes
+    one ``ClassLabel`` shared by every split, its names sorted. Errors name the dataset and
+    what is missing.
     """
     import datasets
 
@@ -218,14 +220,17 @@ def load_probe_dataset(
         raise ValueError(
             f"{name_or_path}: a probe needs 'train' and 'test' splits, got {sorted(data)}"
         )
+    labels = [label_column] if isinstance(label_column, str) else list(label_column)
     for split, part in data.items():
-        for column in (audio_column, label_column):
+        for column in (audio_column, *labels):
             if column not in part.column_names:
                 raise KeyError(
                     f"{name_or_path}: split {split!r} has no column {column!r}; its columns "
                     f"are {part.column_names}"
                 )
-    return _shared_class_labels(data, label_column)
+    for column in labels:
+        data = _shared_class_labels(data, column)
+    return data
 
 
 def _shared_class_labels(data: Any, column: str) -> Any:
