@@ -89,7 +89,7 @@ def test_wheel_install_has_the_mscl_command(installed, tmp_path):
     assert mscl.is_file(), sorted(p.name for p in target.iterdir())
     expected = {
         (): ["usage: mscl COMMAND", *(f"\n  {name} " for name in cli.COMMANDS)],
-        ("pretrain",): ["usage: pretrain", "--data_dir", "--objective"],  # prog: training_args
+        ("pretrain",): ["usage: mscl pretrain", "--data_dir", "--objective"],
         ("separate",): ["usage: mscl separate", "--separator"],
         ("probe",): ["usage: mscl probe", "--random-init"],
         ("push",): ["usage: mscl push", "--repo-id"],
