@@ -42,7 +42,10 @@ __all__ = [
     "build_classifier_head",
     "count_keras_weights",
     "custom_pipelines",
+    "encode_windows",
+    "frame_windows",
     "info_nce_loss",
+    "map_windows",
     "null_source_contrastive_loss",
     "pool_windows",
 ]
@@ -497,26 +500,120 @@ class MSCLModel(MSCLPreTrainedModel):
             window_clip_index=clip_index,
         )
 
-    @torch.no_grad()
     def embed_windows(
         self, windows: torch.Tensor, batch_size: int = 64, output: str = "pooler_output"
     ) -> torch.Tensor:
         """``output`` (`"pooler_output"` or `"audio_embeds"`) of log-mel windows `(n, frames,
-        mel)`, float32 on the model's device: in eval mode, ``batch_size`` windows at a time."""
-        if output not in ("pooler_output", "audio_embeds"):
-            raise ValueError(f"output must be 'pooler_output' or 'audio_embeds', got {output!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        mel)`, float32 on the model's device: in eval mode, ``batch_size`` windows at a time
+        (:func:`encode_windows`)."""
         was_training = self.training
         self.eval()
         try:
-            outs = [
-                getattr(self(windows[i : i + batch_size].to(self.device, self.dtype)), output)
-                for i in range(0, windows.shape[0], batch_size)
-            ]
+            return encode_windows(self, windows, batch_size, output)
         finally:
             self.train(was_training)
-        return torch.cat(outs).float()
+
+
+# ------------------------------------------------------------ long audio: windows to clips
+# How audio longer than one window is run, in one place for the models, the pipelines and
+# the package's probes, apart from the model classes: the feature extractor cuts waveforms into windows (`return_windows=True`) and `frame_windows` cuts
+# features already computed; `map_windows` runs the windows through a model a batch at a
+# time, so memory stays bounded whatever the length; `pool_windows` and
+# `aggregate_window_logits` turn window rows into clip rows.
+
+_WINDOW_OUTPUTS = ("pooler_output", "audio_embeds")
+
+
+def frame_windows(
+    features: torch.Tensor, window: int, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Non-overlapping windows of ``window`` frames of `(batch, frames, bins)` features.
+
+    Returns `(windows (batch * n, window, bins), clip_index (batch * n,), real)`: the frames
+    after the last whole window (less than one) are dropped, as in the probes. With an
+    ``attention_mask``, ``real`` `(batch * n,)` marks the windows that hold at least one
+    real frame (a clip's first window always counts); without one it is `None`.
+    """
+    batch, frames, bins = features.shape
+    num = frames // window
+    windows = features[:, : num * window].reshape(batch * num, window, bins)
+    clip_index = torch.arange(batch, device=features.device).repeat_interleave(num)
+    real = None
+    if attention_mask is not None:
+        real = attention_mask[:, : num * window].reshape(batch, num, window).bool().any(-1)
+        real[:, 0] = True
+        real = real.flatten()
+    return windows, clip_index, real
+
+
+def map_windows(
+    fn: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``fn`` over ``windows`` (rows), ``batch_size`` rows at a time, concatenated."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return torch.cat([fn(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)])
+
+
+@torch.no_grad()
+def encode_windows(
+    encoder: nn.Module,
+    windows: torch.Tensor,
+    batch_size: int = _WINDOW_BATCH,
+    output: str = "pooler_output",
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``output`` of an encoder (an [`MSCLModel`], or a module with its `device`, `dtype`,
+    `config` and outputs) for log-mel windows `(n, frames, mel)`, ``batch_size`` at a time,
+    without gradients and in the encoder's current mode: float32 on ``device`` (default:
+    the encoder's), each batch moved there as it comes (results of a GPU encoder can pile
+    up on the CPU)."""
+    if output not in _WINDOW_OUTPUTS:
+        raise ValueError(f"output must be 'pooler_output' or 'audio_embeds', got {output!r}")
+    device = encoder.device if device is None else device
+    if len(windows) == 0:
+        config = encoder.config
+        dim = config.encoder_hidden_size if output == "pooler_output" else config.projection_dim
+        return torch.zeros((0, dim), dtype=torch.float32, device=device)
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        out = getattr(encoder(batch.to(encoder.device, encoder.dtype)), output)
+        return out.to(device, torch.float32)
+
+    return map_windows(encode, windows, batch_size)
+
+
+def pool_windows(
+    values: torch.Tensor, clip_index: torch.Tensor, num_clips: int, reduce: str = "mean"
+) -> torch.Tensor:
+    """Per-clip ``"sum"`` or ``"mean"`` of window rows: `(windows, dim)` -> `(clips, dim)`.
+
+    ``clip_index`` `(windows,)` gives each row's clip; sums are in ``values``' dtype and a
+    clip without rows gets zeros. On the CPU a clip's rows are added one after another,
+    in order (``index_add``); on CUDA the order is free unless
+    ``torch.use_deterministic_algorithms(True)``.
+    """
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+    sums = values.new_zeros((num_clips, *values.shape[1:])).index_add(0, clip_index, values)
+    if reduce == "sum":
+        return sums
+    counts = torch.bincount(clip_index, minlength=num_clips).clamp_min(1)
+    return sums / counts.view(-1, *([1] * (values.dim() - 1)))
+
+
+def aggregate_window_logits(
+    logits: torch.Tensor, clip_index: torch.Tensor, num_clips: int, multi_label: bool
+) -> torch.Tensor:
+    """Clip scores `(clips, classes)` from window logits `(windows, classes)`: the probe protocol.
+
+    Multi-label: the mean of the windows' sigmoids (the paper's tagging protocol), a
+    probability per tag. Single-label: the sum of the windows' logits (its arg-max is the
+    prediction).
+    """
+    if multi_label:
+        return pool_windows(torch.sigmoid(logits), clip_index, num_clips, "mean")
+    return pool_windows(logits, clip_index, num_clips, "sum")
 
 
 # ---------------------------------------------------------------------------- the losses
@@ -781,42 +878,9 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
         return result if return_dict else result.to_tuple()
 
 
-# ------------------------------------------------- windows to clips, the classification head
-# One copy each, here in the Hub file: the package's probes import them, so a probe is
-# trained and evaluated exactly as the exported classifier later computes.
-
-
-def pool_windows(
-    values: torch.Tensor, clip_index: torch.Tensor, num_clips: int, reduce: str = "mean"
-) -> torch.Tensor:
-    """Per-clip ``"sum"`` or ``"mean"`` of window rows: `(windows, dim)` -> `(clips, dim)`.
-
-    ``clip_index`` `(windows,)` gives each row's clip; sums are in ``values``' dtype and a
-    clip without rows gets zeros. On the CPU a clip's rows are added one after another,
-    in order (``index_add``); on CUDA the order is free unless
-    ``torch.use_deterministic_algorithms(True)``.
-    """
-    if reduce not in ("sum", "mean"):
-        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    sums = values.new_zeros((num_clips, *values.shape[1:])).index_add(0, clip_index, values)
-    if reduce == "sum":
-        return sums
-    counts = torch.bincount(clip_index, minlength=num_clips).clamp_min(1)
-    return sums / counts.view(-1, *([1] * (values.dim() - 1)))
-
-
-def aggregate_window_logits(
-    logits: torch.Tensor, clip_index: torch.Tensor, num_clips: int, multi_label: bool
-) -> torch.Tensor:
-    """Clip scores `(clips, classes)` from window logits `(windows, classes)`: the probe protocol.
-
-    Multi-label: the mean of the windows' sigmoids (the paper's tagging protocol), a
-    probability per tag. Single-label: the sum of the windows' logits (its arg-max is the
-    prediction).
-    """
-    if multi_label:
-        return pool_windows(torch.sigmoid(logits), clip_index, num_clips, "mean")
-    return pool_windows(logits, clip_index, num_clips, "sum")
+# ---------------------------------------------------------------- the classification head
+# One copy, here in the Hub file: the package's probes build their heads with it, so a
+# trained probe's state dict loads into the exported classifier.
 
 
 def build_classifier_head(
@@ -908,25 +972,15 @@ class MSCLForAudioClassification(MSCLPreTrainedModel):
         self, features: torch.Tensor, mask: torch.Tensor | None, window: int
     ) -> torch.Tensor:
         """Clip logits from non-overlapping windows, aggregated as in the probe protocol."""
-        batch, frames, bins = features.shape
-        num = frames // window  # the remainder (< one window) is dropped, as in the probes
-        windows = features[:, : num * window].reshape(batch * num, window, bins)
-        # Outside training, the windows of a long track go through the encoder in batches,
-        # so memory stays bounded whatever its length (batch norm uses running statistics).
-        step = windows.shape[0] if self.training else _WINDOW_BATCH
-        pooled = torch.cat(
-            [self._pooled(windows[i : i + step], None) for i in range(0, windows.shape[0], step)]
-        )
-        logits = self.classifier(pooled)
-        clip_index = torch.arange(batch, device=logits.device).repeat_interleave(num)
-        if mask is not None:
-            # A window counts when it holds at least one real frame.
-            real = mask[:, : num * window].reshape(batch, num, window).any(-1)
-            real[:, 0] = True
-            keep = real.flatten().to(logits.device)
-            logits, clip_index = logits[keep], clip_index[keep]
+        windows, clip_index, real = frame_windows(features, window, mask)
+        # In training every window goes through at once (batch statistics over all of them);
+        # otherwise in batches, so memory stays bounded whatever the track's length.
+        step = max(1, len(windows)) if self.training else _WINDOW_BATCH
+        logits = self.classifier(map_windows(lambda w: self._pooled(w, None), windows, step))
+        if real is not None:
+            logits, clip_index = logits[real], clip_index[real]
         multi_label = self.config.problem_type == "multi_label_classification"
-        scores = aggregate_window_logits(logits, clip_index, batch, multi_label)
+        scores = aggregate_window_logits(logits, clip_index, len(features), multi_label)
         if multi_label:
             # The mean of sigmoids, returned as logits so that sigmoid() gives it back.
             return torch.logit(scores.clamp(1e-6, 1 - 1e-6))

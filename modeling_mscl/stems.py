@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .audio_io import AudioDecodeError, in_threads, load_audio
-from .feature_extraction_mscl import channel_axis, resample_audio, resampled_length
+from .feature_extraction_mscl import audio_name, channel_axis, resample_audio, resampled_length
 
 __all__ = [
     "SAMPLING_RATE",
@@ -549,7 +549,7 @@ class OracleSeparator:
                 # than a second apart, they are not one recording (or a file is truncated).
                 if abs(decoded.shape[-1] - num_samples) > STEM_LENGTH_TOLERANCE * SAMPLING_RATE:
                     raise AudioDecodeError(
-                        f"{name} stem {path} lasts {decoded.shape[-1] / SAMPLING_RATE:.2f} s "
+                        f"{name} stem {audio_name(path)} lasts {decoded.shape[-1] / SAMPLING_RATE:.2f} s "
                         f"but the mixture {num_samples / SAMPLING_RATE:.2f} s"
                     )
                 n = min(num_samples, decoded.shape[-1])

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +29,7 @@ from modeling_mscl.probing import ProbeResult, ProbeTask, TrainedProbe, export_p
 from modeling_mscl.training_args import PretrainingArguments
 
 from .conftest import tiny_config
+from .without_package import run_without_package
 
 LABELS = ["drums", "strings", "voice"]
 # A flat mapping as convert_reference_checkpoint writes it (a run's has every argument).
@@ -388,12 +385,7 @@ def test_push_sends_one_commit_of_the_repo_files(tmp_path, capsys, fake_hub):
 
 
 LOAD_SCRIPT = r"""
-import importlib.abc, json, re, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "modeling_mscl":
-            raise ImportError("modeling_mscl is hidden for this test")
-sys.meta_path.insert(0, Block())
+import json, re, sys
 import numpy as np
 from transformers import AutoFeatureExtractor, AutoModel, pipeline
 encoder, encoder_repo, head, head_repo = sys.argv[1:5]
@@ -410,7 +402,6 @@ for folder, repo_id in ((encoder, encoder_repo), (head, head_repo)):
     for block in re.findall(r"```python\n(.*?)```", card, flags=re.S):
         exec(block.replace(f'"{repo_id}"', repr(folder)), namespace)
     assert namespace, folder
-assert "modeling_mscl" not in sys.modules
 print(json.dumps({"module": type(model).__module__, "scores": scores}))
 """
 
@@ -432,22 +423,8 @@ def test_pushed_files_load_without_the_package(tmp_path, fake_hub):
     audio = np.random.default_rng(2).standard_normal(40000).astype(np.float32)
     np.save(tmp_path / "audio.npy", audio)
     modules = tmp_path / "modules"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "fresh_home"),
-        "HF_MODULES_CACHE": str(modules),
-        "PYTHONPATH": "",
-    }
-    script = textwrap.dedent(LOAD_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, "-c", script, *repos],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    env = {"HF_HOME": str(tmp_path / "fresh_home"), "HF_MODULES_CACHE": str(modules)}
+    result = run_without_package(LOAD_SCRIPT, *repos, cwd=tmp_path, env=env)
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["module"].startswith("transformers_modules")
     # The remote code that ran is the three files of the repo.

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -27,9 +25,15 @@ from modeling_mscl import (
     MSCLForPreTraining,
     MSCLModel,
 )
-from modeling_mscl.modeling_mscl import count_keras_weights
+from modeling_mscl.modeling_mscl import (
+    count_keras_weights,
+    encode_windows,
+    frame_windows,
+    map_windows,
+)
 
 from .conftest import tiny_config
+from .without_package import run_without_package
 
 
 def test_default_model_has_reference_weight_counts():
@@ -132,6 +136,31 @@ def test_stochastic_depth_only_in_training():
     torch.manual_seed(1)
     b = model(x).audio_embeds
     assert not torch.allclose(a, b)
+
+
+def test_window_mechanics_cut_batch_and_keep_the_mode():
+    features = torch.arange(2 * 250 * 3, dtype=torch.float32).reshape(2, 250, 3)
+    mask = torch.ones(2, 250, dtype=torch.long)
+    mask[1, 98:] = 0  # clip 1 is one window long: its second window is padding
+    windows, clip_index, real = frame_windows(features, 98, mask)
+    assert windows.shape == (4, 98, 3) and clip_index.tolist() == [0, 0, 1, 1]
+    assert real.tolist() == [True, True, True, False]  # the 54 frames after 196 are dropped
+    torch.testing.assert_close(windows[3], features[1, 98:196])
+    seen = []
+    out = map_windows(lambda w: seen.append(len(w)) or w.sum((1, 2)), windows, 3)
+    assert seen == [3, 1] and out.shape == (4,)
+    with pytest.raises(ValueError, match="batch_size"):
+        map_windows(lambda w: w, windows, 0)
+
+    model = MSCLModel(tiny_config())  # training mode: encode_windows leaves it so
+    x = torch.randn(5, 98, 64)
+    embeds = encode_windows(model, x, batch_size=2, output="audio_embeds", device="cpu")
+    assert model.training and embeds.shape == (5, model.config.projection_dim)
+    assert not embeds.requires_grad
+    empty = encode_windows(model.eval(), x[:0])
+    assert empty.shape == (0, model.config.encoder_hidden_size)
+    with pytest.raises(ValueError, match="output must be"):
+        encode_windows(model, x, output="logits")
 
 
 def test_embed_audio_is_batch_size_invariant_and_handles_long_audio():
@@ -344,18 +373,12 @@ def test_trust_remote_code_without_the_package(tmp_path):
     expected = model.embed_audio(audio, sampling_rate=16000).clip_embeds[0]
     script = textwrap.dedent(
         f"""
-        import importlib.abc, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "modeling_mscl":
-                    raise ImportError("modeling_mscl is hidden for this test")
-        sys.meta_path.insert(0, Block())
+        import sys
         import numpy as np, torch
         from transformers import AutoFeatureExtractor, AutoModel
         folder = {str(tmp_path / "model")!r}
         fe = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
         model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-        assert "modeling_mscl" not in sys.modules
         audio = np.load({str(tmp_path / "audio.npy")!r})
         out = model.embed_audio(audio, sampling_rate=16000, feature_extractor=fe)
         np.save({str(tmp_path / "out.npy")!r}, out.clip_embeds[0].numpy())
@@ -368,11 +391,8 @@ def test_trust_remote_code_without_the_package(tmp_path):
         print(type(model).__module__)
         """
     )
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = run_without_package(script, cwd=tmp_path, env=env)
     assert result.stdout.strip().startswith("transformers_modules")
     copied = {p.name for p in (tmp_path / "modules").rglob("*.py") if p.name != "__init__.py"}
     assert copied == {"configuration_mscl.py", "modeling_mscl.py", "feature_extraction_mscl.py"}

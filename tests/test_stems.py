@@ -626,3 +626,14 @@ def test_separate_command_on_a_stems_folder(tmp_path):
     assert load_chunk_set(merged).data["train"]["track_id"][:] == chunks["train"]["track_id"][:]
     with pytest.raises(SystemExit):  # merge and separation at once
         separate.main([str(tmp_path / "musdb"), str(merged), "--merge", *shards])
+
+
+def test_a_stem_of_the_wrong_length_is_named_without_its_samples():
+    # Stems given as arrays (a datasets Audio column decoded in memory): the error names the
+    # item as audio_name does, never by printing its samples.
+    long = {"array": np.full(3 * SR, 0.1, np.float32), "sampling_rate": SR}
+    row = {"vocals": long, "drums": None, "bass": None, "other": None}
+    with pytest.raises(AudioDecodeError, match="vocals stem the audio array lasts 3.00 s") as err:
+        OracleSeparator().stems_from_row(row, num_samples=SR // 2)
+    assert "0.1" not in str(err.value)
+    assert OracleSeparator().stems_from_row(row, num_samples=3 * SR)["vocals"].shape == (3 * SR,)

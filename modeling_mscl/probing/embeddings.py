@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from .._files import atomic_write
 from ..audio_io import load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor
-from ..modeling_mscl import MSCLModel
+from ..modeling_mscl import MSCLModel, encode_windows
 
 logger = logging.getLogger("modeling_mscl.probing")
 
@@ -155,16 +155,9 @@ def window_features(
     return windows.transpose(1, 2).contiguous()
 
 
-@torch.no_grad()
 def _encode(encoder: MSCLModel, windows: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Pooled features of `(n, frames, mel)` windows, in batches, as float32 on the CPU."""
-    outs = []
-    for i in range(0, windows.shape[0], batch_size):
-        batch = windows[i : i + batch_size].to(encoder.device, encoder.dtype)
-        outs.append(encoder(batch).pooler_output.float().cpu())
-    if not outs:
-        return torch.zeros(0, encoder.config.encoder_hidden_size)
-    return torch.cat(outs)
+    return encode_windows(encoder, windows, batch_size, device="cpu")
 
 
 @torch.no_grad()
@@ -189,8 +182,7 @@ def recalibrate_batch_norm(
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the batches below
         norm.train()
-    for i in range(0, windows.shape[0], batch_size):
-        encoder(windows[i : i + batch_size].to(encoder.device, encoder.dtype))
+    encode_windows(encoder, windows, batch_size)  # batch statistics accumulate as it runs
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     return encoder.eval()
