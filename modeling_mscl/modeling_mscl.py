@@ -152,6 +152,54 @@ def _activation(name: str) -> nn.Module:
     return {"swish": nn.SiLU, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}[name]()
 
 
+# ------------------------------------------------------------------- the inference path
+# In eval mode without gradients the encoder runs a fused form of the same network: batch
+# norm folded into the convolution weights (cached until a weight or statistic changes),
+# weights in channels-last layout, and on the CPU oneDNN's convolution with the bias, the
+# activation and the residual sum applied in the same kernel. It agrees with the layer-by-
+# layer eval forward to float rounding (tests/test_modeling.py checks it); training and
+# anything that needs gradients take the layer-by-layer path.
+
+# Input elements (windows x frames x mel bins) encoded at once: bounds the activations
+# (about 25x the input at the widest stage) so the allocator reuses freed blocks instead
+# of mapping fresh pages for every tensor. About 32 one-second windows.
+_INFERENCE_CHUNK_ELEMENTS = 32 * 98 * 64
+# oneDNN post-ops for the activations it can fuse; other activations run after the conv.
+_FUSED_ACTIVATIONS = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Identity: "none"}
+_onednn_conv: list[bool] = []  # [False] once oneDNN's fused convolution failed here
+
+
+def _use_onednn(x: torch.Tensor) -> bool:
+    """Whether ``x`` can go through oneDNN's fused convolution (CPU, float32/bfloat16, no
+    autocast that would expect a cast)."""
+    if _onednn_conv or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    return not torch.is_autocast_enabled("cpu")
+
+
+def _keras_pad_fast(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """``F.pad(x, _keras_pad(kernel_size))`` in the same layout, writing only the border
+    zeros (not a zero fill of the whole tensor that the copy then overwrites). Inference
+    only: its gradient can come back in another layout than F.pad's, which changes the
+    rounding of the layers before it in training."""
+    before, after = kernel_size // 2 - 1, kernel_size // 2
+    n, c, h, w = x.shape
+    # The layout F.pad would give (and the convolution then picks its kernel by): channels
+    # last when the channel stride is 1, which also tells the layouts of one channel apart.
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.stride(1) == 1
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    size = (n, c, h + before + after, w + before + after)
+    out = torch.empty(size, dtype=x.dtype, device=x.device, memory_format=layout)
+    out[:, :, :before].zero_()
+    out[:, :, before + h :].zero_()
+    out[:, :, before : before + h, :before].zero_()
+    out[:, :, before : before + h, before + w :].zero_()
+    out[:, :, before : before + h, before : before + w].copy_(x)
+    return out
+
+
 class MSCLInputNormalization(nn.Module):
     """Keras' ``Normalization`` layer as the reference model has it: (x - mean) / sqrt(var).
 
@@ -201,6 +249,51 @@ class MSCLConvBN(nn.Module):
             x = F.pad(x, _keras_pad(self.kernel_size))
         return self.act(self.bn(self.conv(x)))
 
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the convolution with the eval-mode batch norm folded in, in
+        channels-last layout; cached while the weights and statistics stay the same."""
+        conv, bn = self.conv, self.bn
+        tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        # A tensor's version counts its in-place changes (optimizer steps, load_state_dict,
+        # init), its data pointer catches replacement (.to(), reassignment).
+        key = (bn.eps, *((t.data_ptr(), t._version) for t in tensors))
+        cache = self.__dict__.get("_folded")
+        if cache is None or cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
+                weight = conv.weight.float() * scale[:, None, None, None]
+                bias = bn.bias.float() - bn.running_mean.float() * scale
+                weight = weight.to(conv.weight.dtype).contiguous(memory_format=torch.channels_last)
+                cache = (key, weight, bias.to(conv.weight.dtype))
+            self.__dict__["_folded"] = cache  # a plain attribute: never in the state dict
+        return cache[1], cache[2]
+
+    def fused(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The eval-mode output (plus ``residual``) from the folded weights, without grad."""
+        weight, bias = self.folded()
+        if self.stride == 2:
+            x = _keras_pad_fast(x, self.kernel_size)
+        conv = self.conv
+        attr = _FUSED_ACTIVATIONS.get(type(self.act))
+        if _use_onednn(x) and x.dtype == weight.dtype:
+            try:
+                args = (list(conv.padding), list(conv.stride), [1, 1], conv.groups)
+                mkldnn = torch.ops.mkldnn
+                if residual is not None and attr == "none":
+                    return mkldnn._convolution_pointwise.binary(
+                        x, residual, weight, bias, *args, "add", None, None, [], None
+                    )
+                y = mkldnn._convolution_pointwise(x, weight, bias, *args, attr or "none", [], None)
+                y = y if attr is not None else self.act(y)
+                return y if residual is None else y.add_(residual)
+            except (AttributeError, NotImplementedError, RuntimeError):
+                _onednn_conv.append(False)  # an op this torch lacks: the portable path
+        y = F.conv2d(
+            x, weight.to(x.dtype), bias.to(x.dtype), conv.stride, conv.padding, 1, conv.groups
+        )
+        y = F.silu(y, inplace=True) if isinstance(self.act, nn.SiLU) else self.act(y)
+        return y if residual is None else y.add_(residual)
+
 
 class MSCLSqueezeExcitation(nn.Module):
     """Channel gating from the globally averaged feature map (Hu et al. 2018)."""
@@ -215,6 +308,17 @@ class MSCLSqueezeExcitation(nn.Module):
         scale = x.mean(dim=(2, 3), keepdim=True)
         scale = torch.sigmoid(self.expand(self.act(self.reduce(scale))))
         return x * scale
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval without grad: the 1x1 convolutions of the pooled vector as matrix products,
+        and ``x`` (a temporary of the block) scaled in place."""
+        scale = x.mean(dim=(2, 3))
+        reduce, expand = self.reduce, self.expand
+        scale = self.act(
+            F.linear(scale, reduce.weight.flatten(1).to(x.dtype), reduce.bias.to(x.dtype))
+        )
+        scale = F.linear(scale, expand.weight.flatten(1).to(x.dtype), expand.bias.to(x.dtype))
+        return x.mul_(scale.sigmoid_()[:, :, None, None])
 
 
 class MSCLBlock(nn.Module):
@@ -246,6 +350,14 @@ class MSCLBlock(nn.Module):
         self.project = MSCLConvBN(config, hidden, out_channels, activation=False)
         self.residual = stride == 1 and in_channels == out_channels
         self.drop_rate = drop_rate
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval without grad (no stochastic depth): see :meth:`MSCLConvBN.fused`."""
+        out = self.expand.fused(x) if isinstance(self.expand, MSCLConvBN) else x
+        out = self.depthwise.fused(out)
+        if isinstance(self.se, MSCLSqueezeExcitation):
+            out = self.se.fused(out)
+        return self.project.fused(out, residual=x if self.residual else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.depthwise(self.expand(x))))
@@ -297,6 +409,8 @@ class MSCLEncoder(nn.Module):
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        if not self.training and not torch.is_grad_enabled():
+            return self._inference(pixel_values, output_hidden_states)
         x = self.stem(self.normalization(pixel_values))
         hidden_states = [x] if output_hidden_states else None
         for stage in self.stages:
@@ -305,6 +419,30 @@ class MSCLEncoder(nn.Module):
                 hidden_states.append(x)
         x = self.top(x)
         return x, (tuple(hidden_states) if hidden_states is not None else None)
+
+    def _inference(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The fused eval forward, a chunk of rows at a time (see ``_INFERENCE_CHUNK_ELEMENTS``)."""
+        rows = max(1, _INFERENCE_CHUNK_ELEMENTS // max(1, pixel_values[0].numel()))
+        maps, hidden = [], []
+        for chunk in pixel_values.split(rows):
+            x = self.stem.fused(self.normalization(chunk))
+            states = [x] if output_hidden_states else None
+            for stage in self.stages:
+                for block in stage:
+                    x = block.fused(x)
+                if states is not None:
+                    states.append(x)
+            maps.append(self.top.fused(x))
+            hidden.append(states)
+        # Callers get the default layout back, as from the layer-by-layer forward.
+        feature_map = torch.cat(maps).contiguous()
+        if not output_hidden_states:
+            return feature_map, None
+        return feature_map, tuple(
+            torch.cat(level).contiguous() for level in zip(*hidden, strict=True)
+        )
 
 
 class MSCLPreTrainedModel(PreTrainedModel):

@@ -1,0 +1,122 @@
+"""The encoder's eval-mode path without gradients (batch norm folded into the convolutions,
+fused activations, chunks of rows) against the layer-by-layer forward it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from modeling_mscl import MSCLModel
+from modeling_mscl import modeling_mscl as mm
+
+from .conftest import tiny_config
+
+
+def _away_from_identity(model: MSCLModel, seed: int = 0) -> MSCLModel:
+    """Batch-norm statistics and affine weights as a trained model has them (a fresh model's
+    are the identity, under which folding mistakes would not show)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                for tensor, low, high in (
+                    (module.running_mean, -0.5, 0.5),
+                    (module.running_var, 0.3, 3.0),
+                    (module.weight, 0.5, 1.5),
+                    (module.bias, -0.3, 0.3),
+                ):
+                    tensor.copy_(torch.empty_like(tensor).uniform_(low, high, generator=generator))
+    return model.eval()
+
+
+def _layer_by_layer(model: MSCLModel, x: torch.Tensor):
+    with torch.enable_grad():  # gradients on: the eval forward takes the unfused path
+        out = model(x, output_hidden_states=True)
+    return out
+
+
+def _assert_same_outputs(fused, reference) -> None:
+    for name in ("last_hidden_state", "pooler_output", "audio_embeds"):
+        value = getattr(fused, name)
+        assert value.is_contiguous(), name
+        torch.testing.assert_close(value, getattr(reference, name).detach(), rtol=1e-4, atol=1e-5)
+    assert len(fused.hidden_states) == len(reference.hidden_states)
+    for value, expected in zip(fused.hidden_states, reference.hidden_states, strict=True):
+        torch.testing.assert_close(value, expected.detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "portable"])
+@pytest.mark.parametrize("act", ["swish", "relu", "gelu"])
+def test_fused_inference_equals_the_layer_by_layer_eval(monkeypatch, onednn, act):
+    # Depth 0.5 gives stages of two blocks: residual sums and squeeze-excitation included.
+    model = _away_from_identity(MSCLModel(tiny_config(depth_coefficient=0.5, hidden_act=act)))
+    monkeypatch.setattr(mm, "_INFERENCE_CHUNK_ELEMENTS", 3 * 98 * 64)  # 7 rows: 3 chunks
+    if not onednn:
+        monkeypatch.setattr(mm, "_onednn_conv", [False])
+    x = torch.randn(7, 98, 64) * 2.0 - 4.0
+    reference = _layer_by_layer(model, x)
+    with torch.inference_mode():
+        fused = model(x, output_hidden_states=True)
+    _assert_same_outputs(fused, reference)
+    with torch.no_grad():  # no_grad takes the same path as inference_mode
+        torch.testing.assert_close(model(x).audio_embeds, fused.audio_embeds)
+
+
+def test_channels_last_and_double_models_take_the_fused_path_too():
+    x = torch.randn(3, 98, 64)
+    for convert in (
+        lambda m: m.to(memory_format=torch.channels_last),
+        lambda m: m.double(),
+    ):
+        model = convert(_away_from_identity(MSCLModel(tiny_config())))
+        inputs = x.to(next(model.parameters()).dtype)
+        reference = _layer_by_layer(model, inputs)
+        with torch.inference_mode():
+            _assert_same_outputs(model(inputs, output_hidden_states=True), reference)
+
+
+def test_folded_weights_follow_every_change_of_the_weights():
+    model = _away_from_identity(MSCLModel(tiny_config()))
+    x = torch.randn(2, 98, 64)
+    with torch.no_grad():
+        before = model(x).pooler_output
+        # Loading other weights: in-place copies into the same tensors.
+        other = _away_from_identity(MSCLModel(tiny_config()), seed=1)
+        model.load_state_dict(other.state_dict())
+        loaded = model(x).pooler_output
+        assert not torch.allclose(before, loaded)
+        torch.testing.assert_close(loaded, _layer_by_layer(other, x).pooler_output.detach())
+        # A statistic changed in place, as a training step changes it.
+        model.encoder.top.bn.running_var.mul_(4.0)
+        changed = model(x).pooler_output
+    torch.testing.assert_close(changed, _layer_by_layer(model, x).pooler_output.detach())
+    assert not torch.allclose(changed, loaded)
+
+
+def test_training_and_eval_with_gradients_stay_layer_by_layer():
+    model = _away_from_identity(MSCLModel(tiny_config()))
+    x = torch.randn(2, 98, 64)
+    model.train()
+    with torch.no_grad():  # training mode: batch statistics, never the folded weights
+        model(x)
+    assert all(not hasattr(m, "_folded") for m in model.modules())
+    model.eval()
+    out = model(x).audio_embeds  # eval with gradients (a frozen-statistics fine-tune)
+    out.sum().backward()
+    assert model.encoder.stem.conv.weight.grad is not None
+    assert all(not hasattr(m, "_folded") for m in model.modules())
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_keras_padding_writes_zeros_around_a_copy(kernel_size, layout):
+    x = torch.randn(2, 3, 7, 6).contiguous(memory_format=layout)
+    out = mm._keras_pad_fast(x, kernel_size)
+    expected = F.pad(x, mm._keras_pad(kernel_size))
+    assert torch.equal(out, expected)
+    assert out.stride() == expected.stride()  # the layout the convolution picks its kernel by
+    one_channel = torch.randn(2, 1, 7, 6)
+    for x in (one_channel, one_channel.contiguous(memory_format=torch.channels_last)):
+        out = mm._keras_pad_fast(x, kernel_size)
+        assert out.stride() == F.pad(x, mm._keras_pad(kernel_size)).stride()
