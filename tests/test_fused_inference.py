@@ -111,18 +111,16 @@ def test_training_and_eval_with_gradients_stay_layer_by_layer():
     assert all(not hasattr(m, "_folded") for m in model.modules())
 
 
-@pytest.mark.parametrize("kernel_size", [3, 5])
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_keras_padding_writes_zeros_around_a_copy(kernel_size, layout):
-    x = torch.randn(2, 3, 7, 6).contiguous(memory_format=layout)
-    out = mm._keras_pad_fast(x, kernel_size)
-    expected = F.pad(x, mm._keras_pad(kernel_size))
-    assert torch.equal(out, expected)
-    assert out.stride() == expected.stride()  # the layout the convolution picks its kernel by
-    one_channel = torch.randn(2, 1, 7, 6)
-    for x in (one_channel, one_channel.contiguous(memory_format=torch.channels_last)):
-        out = mm._keras_pad_fast(x, kernel_size)
-        assert out.stride() == F.pad(x, mm._keras_pad(kernel_size)).stride()
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@pytest.mark.parametrize("size", [(7, 6), (8, 5)])
+def test_a_zero_bordered_kernel_is_keras_stride_2_padding(kernel_size, size):
+    # What the folded stride-2 weights rely on: a k x k kernel in the bottom-right corner of
+    # (k+1) x (k+1) zeros, padded k // 2 on every side, is Keras' (k//2 - 1, k//2) padding.
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    weight = torch.randn(4, 3, kernel_size, kernel_size, dtype=torch.float64)
+    expected = F.conv2d(F.pad(x, mm._keras_pad(kernel_size)), weight, stride=2)
+    bordered = F.pad(weight, (1, 0, 1, 0))
+    torch.testing.assert_close(F.conv2d(x, bordered, stride=2, padding=kernel_size // 2), expected)
 
 
 def test_freed_memory_is_kept_for_reuse_once_per_process(monkeypatch):
