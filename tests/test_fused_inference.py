@@ -111,6 +111,31 @@ def test_training_and_eval_with_gradients_stay_layer_by_layer():
     assert all(not hasattr(m, "_folded") for m in model.modules())
 
 
+def test_layers_in_training_mode_or_with_hooks_are_run_one_by_one():
+    model = _away_from_identity(MSCLModel(tiny_config()))
+    x = torch.randn(4, 98, 64)
+    # Precise-BN recalibration: an eval encoder whose norms alone gather statistics.
+    norm = model.encoder.top.bn
+    norm.reset_running_stats()
+    norm.train()
+    with torch.no_grad():
+        model(x)
+    assert norm.num_batches_tracked == 1 and norm.running_var.ne(1.0).all()
+    norm.eval()
+    # A forward hook on a layer (feature extraction, attribution tools) is still called.
+    seen = []
+    handle = model.encoder.stages[2][0].depthwise.register_forward_hook(
+        lambda module, args, output: seen.append(output.shape)
+    )
+    with torch.inference_mode():
+        hooked = model(x).audio_embeds
+    handle.remove()
+    assert len(seen) == 1
+    with torch.inference_mode():
+        assert model.encoder._can_fuse()
+        torch.testing.assert_close(model(x).audio_embeds, hooked, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("kernel_size", [1, 3, 5])
 @pytest.mark.parametrize("size", [(7, 6), (8, 5)])
 def test_a_zero_bordered_kernel_is_keras_stride_2_padding(kernel_size, size):
