@@ -209,7 +209,10 @@ def _use_onednn(x: torch.Tensor) -> bool:
         return False
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
-    return not torch.is_autocast_enabled("cpu")
+    try:
+        return not torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 asks per device type by name
+        return not torch.is_autocast_cpu_enabled()
 
 
 class MSCLInputNormalization(nn.Module):

@@ -79,6 +79,17 @@ def test_channels_last_and_double_models_take_the_fused_path_too():
             _assert_same_outputs(model(inputs, output_hidden_states=True), reference)
 
 
+def test_fused_inference_under_bf16_autocast_follows_the_cast():
+    model = _away_from_identity(MSCLModel(tiny_config()))
+    x = torch.randn(3, 98, 64)
+    with torch.inference_mode():
+        full = model(x).audio_embeds
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = model(x).audio_embeds
+    assert cast.dtype == torch.bfloat16  # as from the layer-by-layer forward: the cast applies
+    torch.testing.assert_close(cast.float(), full, rtol=0.05, atol=0.05)
+
+
 def test_folded_weights_follow_every_change_of_the_weights():
     model = _away_from_identity(MSCLModel(tiny_config()))
     x = torch.randn(2, 98, 64)
