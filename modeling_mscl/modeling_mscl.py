@@ -465,10 +465,11 @@ class MSCLEncoder(nn.Module):
         rows = max(1, _INFERENCE_CHUNK_ELEMENTS // max(1, pixel_values[0].numel()))
         maps, hidden = [], []
         for chunk in pixel_values.split(rows):
-            x = self.normalization(chunk)
-            # Channels-last strides (ambiguous for one channel): oneDNN then keeps every
-            # activation in that layout instead of reordering around each convolution.
-            x = x.as_strided(x.shape, (x.shape[2] * x.shape[3], 1, x.shape[3], 1))
+            # Channels-last strides, which one channel leaves ambiguous: oneDNN then keeps
+            # every activation in that layout instead of reordering around each conv.
+            x = self.normalization(chunk).contiguous(memory_format=torch.channels_last)
+            if x.shape[1] == 1:
+                x = x.contiguous().as_strided(x.shape, (x[0].numel(), 1, x.shape[3], 1))
             x = self.stem.fused(x)
             states = [x] if output_hidden_states else None
             for stage in self.stages:

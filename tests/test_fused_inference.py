@@ -66,6 +66,15 @@ def test_fused_inference_equals_the_layer_by_layer_eval(monkeypatch, onednn, act
         torch.testing.assert_close(model(x).audio_embeds, fused.audio_embeds)
 
 
+def test_fused_inference_reads_non_contiguous_inputs_right():
+    model = _away_from_identity(MSCLModel(tiny_config()))
+    x = (torch.randn(3, 64, 98) * 2.0 - 4.0).transpose(1, 2)  # (batch, frames, mel), strided
+    assert not x.is_contiguous()
+    reference = _layer_by_layer(model, x)
+    with torch.inference_mode():
+        _assert_same_outputs(model(x, output_hidden_states=True), reference)
+
+
 def test_channels_last_and_double_models_take_the_fused_path_too():
     x = torch.randn(3, 98, 64)
     for convert in (
