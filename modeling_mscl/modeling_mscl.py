@@ -11,10 +11,7 @@ and a saved model must not change when transformers does.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import platform
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -174,35 +171,6 @@ _INFERENCE_CHUNK_ELEMENTS = 128 * 98 * 64
 # oneDNN post-ops for the activations it can fuse; other activations run after the conv.
 _FUSED_ACTIVATIONS = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Identity: "none"}
 _onednn_conv: list[bool] = []  # [False] once oneDNN's fused convolution failed here
-
-
-_malloc_settings: list[bool] = []  # [whether applied] once tried in this process
-
-
-def _retain_freed_cpu_memory() -> bool:
-    """Once per process (Linux, glibc): keep freed memory in malloc's heap for reuse.
-
-    By default glibc hands every block above 32 MB (a batch's activation) straight back
-    to the system and maps fresh pages for the next one, and the kernel then zeroes each
-    page on first touch: a third of a CPU training step and of a batched forward went to
-    those page faults here. Blocks up to 1 GB now come from the heap, which is no longer
-    trimmed below 2 GB; like any caching allocator the process then keeps its peak
-    memory. ``MSCL_KEEP_FREED_MEMORY=0`` in the environment leaves malloc as it is.
-    Returns whether the settings are in effect.
-    """
-    if not _malloc_settings:
-        applied = False
-        wanted = os.environ.get("MSCL_KEEP_FREED_MEMORY", "1") != "0"
-        if wanted and sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-            try:
-                libc = ctypes.CDLL(None)  # the C library this process already runs on
-                m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
-                applied = bool(libc.mallopt(m_mmap_threshold, ctypes.c_int(1 << 30)))
-                applied = applied and bool(libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1)))
-            except (OSError, AttributeError):
-                applied = False
-        _malloc_settings.append(applied)
-    return _malloc_settings[0]
 
 
 def _use_onednn(x: torch.Tensor) -> bool:
@@ -430,8 +398,6 @@ class MSCLEncoder(nn.Module):
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        if pixel_values.device.type == "cpu":
-            _retain_freed_cpu_memory()
         if self._can_fuse():
             return self._inference(pixel_values, output_hidden_states)
         x = self.stem(self.normalization(pixel_values))

@@ -55,6 +55,7 @@ from .chunk_set import ChunkStore, load_chunk_set
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .losses import process_gather
+from .memory import keep_freed_memory
 from .modeling_mscl import MSCLForPreTraining
 from .optim import LearningRateSchedule, make_optimizer
 from .pairs import (
@@ -288,6 +289,8 @@ def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str]:
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
     t = args.training
+    if t.keep_freed_memory:
+        keep_freed_memory()
     out_dir = Path(t.output_dir).expanduser()
     on_cpu = t.cpu or not _has_accelerator()
     precision = t.mixed_precision

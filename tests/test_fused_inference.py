@@ -3,9 +3,6 @@ fused activations, chunks of rows) against the layer-by-layer forward it replace
 
 from __future__ import annotations
 
-import platform
-import sys
-
 import pytest
 import torch
 from torch.nn import functional as F
@@ -166,30 +163,3 @@ def test_a_zero_bordered_kernel_is_keras_stride_2_padding(kernel_size, size):
     expected = F.conv2d(F.pad(x, mm._keras_pad(kernel_size)), weight, stride=2)
     bordered = F.pad(weight, (1, 0, 1, 0))
     torch.testing.assert_close(F.conv2d(x, bordered, stride=2, padding=kernel_size // 2), expected)
-
-
-def test_freed_memory_is_kept_for_reuse_once_per_process(monkeypatch):
-    # The setting is process-wide and applied by the first CPU forward; asking again is free.
-    monkeypatch.setattr(mm, "_malloc_settings", [])
-    monkeypatch.setenv("MSCL_KEEP_FREED_MEMORY", "0")
-    assert mm._retain_freed_cpu_memory() is False
-    assert mm._malloc_settings == [False]
-    monkeypatch.setattr(mm, "_malloc_settings", [])
-    monkeypatch.delenv("MSCL_KEEP_FREED_MEMORY")
-
-    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert mm._retain_freed_cpu_memory() is expected
-    MSCLModel(tiny_config())(torch.randn(1, 98, 64))
-    assert mm._malloc_settings == [expected]
-    if expected:
-        import resource
-
-        def page_faults_of_a_forward_like_step() -> int:
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            activations = [torch.ones(size << 20) for size in (12, 9, 3, 12)]  # 36-48 MB each
-            del activations
-            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-        # Left to itself glibc maps and zeroes ~37,000 fresh pages for every such step.
-        faults = [page_faults_of_a_forward_like_step() for _ in range(8)]
-        assert min(faults[-3:]) < 1000, faults
