@@ -672,22 +672,30 @@ _WINDOW_OUTPUTS = ("pooler_output", "audio_embeds")
 
 
 def frame_windows(
-    features: torch.Tensor, window: int, attention_mask: torch.Tensor | None = None
+    features: torch.Tensor,
+    window: int,
+    attention_mask: torch.Tensor | None = None,
+    hop: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Non-overlapping windows of ``window`` frames of `(batch, frames, bins)` features.
+    """Windows of ``window`` frames every ``hop`` frames (default: ``window``, no overlap) of
+    `(batch, frames, bins)` features.
 
-    Returns `(windows (batch * n, window, bins), clip_index (batch * n,), real)`: the frames
-    after the last whole window (less than one) are dropped, as in the probes. With an
-    ``attention_mask``, ``real`` `(batch * n,)` marks the windows that hold at least one
-    real frame (a clip's first window always counts); without one it is `None`.
+    Returns `(windows (batch * n, window, bins), clip_index (batch * n,), real)`: frames
+    after the last whole window are dropped, as in the probes. With an ``attention_mask``,
+    ``real`` `(batch * n,)` marks the windows that hold at least one real frame (a clip's
+    first window always counts); without one it is `None`.
     """
     batch, frames, bins = features.shape
-    num = frames // window
-    windows = features[:, : num * window].reshape(batch * num, window, bins)
+    hop = window if hop is None else hop
+    if frames < window or hop < 1:
+        raise ValueError(f"cannot cut {frames} frames into windows of {window} every {hop}")
+    windows = features.unfold(1, window, hop)  # (batch, n, bins, window): a view
+    num = windows.shape[1]
+    windows = windows.transpose(2, 3).reshape(batch * num, window, bins)
     clip_index = torch.arange(batch, device=features.device).repeat_interleave(num)
     real = None
     if attention_mask is not None:
-        real = attention_mask[:, : num * window].reshape(batch, num, window).bool().any(-1)
+        real = attention_mask.bool().unfold(1, window, hop).any(-1)
         real[:, 0] = True
         real = real.flatten()
     return windows, clip_index, real

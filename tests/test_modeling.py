@@ -151,6 +151,11 @@ def test_window_mechanics_cut_batch_and_keep_the_mode():
     assert seen == [3, 1] and out.shape == (4,)
     with pytest.raises(ValueError, match="batch_size"):
         map_windows(lambda w: w, windows, 0)
+    hopped, hopped_index, _ = frame_windows(features, 98, hop=49)  # overlapping: 4 per clip
+    assert hopped.shape == (8, 98, 3) and hopped_index.tolist() == [0] * 4 + [1] * 4
+    torch.testing.assert_close(hopped[1], features[0, 49:147])
+    with pytest.raises(ValueError, match="cannot cut 50 frames"):
+        frame_windows(features[:, :50], 98)
 
     model = MSCLModel(tiny_config())  # training mode: encode_windows leaves it so
     x = torch.randn(5, 98, 64)

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from .._files import atomic_write
 from ..audio_io import load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor
-from ..modeling_mscl import MSCLModel, encode_windows
+from ..modeling_mscl import MSCLModel, encode_windows, frame_windows
 
 logger = logging.getLogger("modeling_mscl.probing")
 
@@ -148,11 +148,10 @@ def window_features(
     """
     fe = feature_extractor
     frames = clip_log_mel(waveform, fe)  # (frames, mel)
-    hop = hop_frames or fe.window_frames
-    windows = frames.unfold(0, fe.window_frames, hop)  # (windows, mel, window_frames)
+    windows, _, _ = frame_windows(frames[None], fe.window_frames, hop=hop_frames)
     if max_windows is not None:
         windows = windows[torch.from_numpy(spread_indices(windows.shape[0], max_windows))]
-    return windows.transpose(1, 2).contiguous()
+    return windows
 
 
 def _encode(encoder: MSCLModel, windows: torch.Tensor, batch_size: int) -> torch.Tensor:
