@@ -14,7 +14,7 @@ Everything comes from packages and Debian, so the corpus builds without a downlo
 * rendering: FluidSynth with a General MIDI SoundFont (:mod:`.midi_render`).
 
 :func:`build_default_corpus` adds the NSynth-like note set of
-:func:`.midi_render.build_note_set`. Builds are seeded, deterministic and resumable.
+:func:`.note_set.build_note_set`. Builds are seeded, deterministic and resumable.
 """
 
 from __future__ import annotations
@@ -36,20 +36,21 @@ from typing import Any
 import numpy as np
 
 from .._files import write_json_atomic
-from .midi_render import (
+from .general_midi import (
     BASS_PROGRAMS,
     DATA_DIR,
     INSTRUMENT_CLASSES,
     STEMS,
-    TRACK_CARD,
     VOICE_PROGRAMS,
     assign_stems,
-    build_note_set,
     gm_programs,
     instrument_labels,
-    mix_stems,
-    render_instruments,
     resolve_soundfont,
+)
+from .midi_render import mix_stems, render_instruments
+from .note_set import build_note_set
+from .rendered_tracks import (
+    TRACK_CARD,
     run_jobs,
     save_dataset_dict,
     split_sizes,
