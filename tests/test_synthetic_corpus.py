@@ -25,6 +25,13 @@ if shutil.which("mma") is None:
 import soundfile as sf  # noqa: E402
 from datasets import ClassLabel, load_from_disk  # noqa: E402
 
+from modeling_mscl.corpora.arrangement import arrange_song, mma_script  # noqa: E402
+from modeling_mscl.corpora.chorales import (  # noqa: E402
+    available_chorales,
+    extract_chorale,
+    index_chorales,
+    name_chord,
+)
 from modeling_mscl.corpora.general_midi import (  # noqa: E402
     INSTRUMENT_CLASSES,
     STEMS,
@@ -37,19 +44,13 @@ from modeling_mscl.corpora.midi_folder import build_midi_folder_corpus  # noqa: 
 from modeling_mscl.corpora.midi_render import mix_stems, render_instruments  # noqa: E402
 from modeling_mscl.corpora.note_set import build_note_set, load_note_config  # noqa: E402
 from modeling_mscl.corpora.rendered_tracks import write_track  # noqa: E402
-from modeling_mscl.corpora.synthetic import (  # noqa: E402
+from modeling_mscl.corpora.song_plans import (  # noqa: E402
     TEMPO_BANDS,
-    arrange_song,
-    available_chorales,
-    build_synthetic_corpus,
-    extract_chorale,
-    index_chorales,
     load_recipe,
-    mma_script,
-    name_chord,
     plan_songs,
     tempo_band,
 )
+from modeling_mscl.corpora.synthetic import build_synthetic_corpus  # noqa: E402
 
 SR = 16000
 SECONDS = 8.0
