@@ -44,8 +44,8 @@ _CHECK = textwrap.dedent(
     from modeling_mscl.training_args import _config_file
     assert _config_file("paper").resolve().is_relative_to(target)
 
-    from modeling_mscl.corpora.synthetic import load_recipe
-    from modeling_mscl.corpora.midi_render import gm_programs
+    from modeling_mscl.corpora.song_plans import load_recipe
+    from modeling_mscl.corpora.general_midi import gm_programs
     assert len(load_recipe().styles) >= 2 and len(gm_programs()) == 128
     print("ok")
     """

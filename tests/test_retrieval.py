@@ -15,14 +15,12 @@ from modeling_mscl import MSCLFeatureExtractor, MSCLForPreTraining, MSCLModel
 from modeling_mscl.chunk_set import ChunkStore, save_chunk_set
 from modeling_mscl.pairs import synthetic_chunk_dataset
 from modeling_mscl.probing.retrieval import (
-    calibration_windows,
     load_pretraining_model,
     random_init_model,
-    rank_own_candidates,
-    retrieval_plan,
-    retrieval_table,
     stem_retrieval,
 )
+from modeling_mscl.probing.retrieval_draws import calibration_windows, retrieval_plan
+from modeling_mscl.probing.retrieval_scores import rank_own_candidates, retrieval_table
 from modeling_mscl.stems import SOURCES
 
 from .conftest import tiny_config

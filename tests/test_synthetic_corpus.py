@@ -25,8 +25,32 @@ if shutil.which("mma") is None:
 import soundfile as sf  # noqa: E402
 from datasets import ClassLabel, load_from_disk  # noqa: E402
 
-from modeling_mscl.corpora import midi_render as mr  # noqa: E402
-from modeling_mscl.corpora import synthetic as syn  # noqa: E402
+from modeling_mscl.corpora.arrangement import arrange_song, mma_script  # noqa: E402
+from modeling_mscl.corpora.chorales import (  # noqa: E402
+    available_chorales,
+    extract_chorale,
+    index_chorales,
+    name_chord,
+)
+from modeling_mscl.corpora.general_midi import (  # noqa: E402
+    INSTRUMENT_CLASSES,
+    STEMS,
+    assign_stems,
+    default_soundfont,
+    gm_programs,
+    instrument_labels,
+)
+from modeling_mscl.corpora.midi_folder import build_midi_folder_corpus  # noqa: E402
+from modeling_mscl.corpora.midi_render import mix_stems, render_instruments  # noqa: E402
+from modeling_mscl.corpora.note_set import build_note_set, load_note_config  # noqa: E402
+from modeling_mscl.corpora.rendered_tracks import write_track  # noqa: E402
+from modeling_mscl.corpora.song_plans import (  # noqa: E402
+    TEMPO_BANDS,
+    load_recipe,
+    plan_songs,
+    tempo_band,
+)
+from modeling_mscl.corpora.synthetic import build_synthetic_corpus  # noqa: E402
 
 SR = 16000
 SECONDS = 8.0
@@ -61,14 +85,14 @@ def corpus(tmp_path_factory):
 
 
 def test_gm_table_families():
-    table = mr.gm_programs()
+    table = gm_programs()
     assert len(table) == 128
     assert table[0].family == "keyboard" and table[33].family == "bass"
     assert table[53].family == "vocal" and table[85].family == "vocal"
     assert table[73].family == "flute" and table[40].family == "string"
     assert table[120].family is None  # sound effects have no NSynth family
     families = {p.family for p in table} - {None}
-    assert families == set(mr.INSTRUMENT_CLASSES[:-1]) and mr.INSTRUMENT_CLASSES[-1] == "drums"
+    assert families == set(INSTRUMENT_CLASSES[:-1]) and INSTRUMENT_CLASSES[-1] == "drums"
 
 
 def test_assign_stems_rules():
@@ -81,8 +105,8 @@ def test_assign_stems_rules():
         "piano": _instrument(0, "Piano"),
         "strings": _instrument(48, "Strings"),
     }
-    stems = mr.assign_stems(insts.values())
-    names = {s: sorted(k for k, v in insts.items() if v in stems[s]) for s in mr.STEMS}
+    stems = assign_stems(insts.values())
+    names = {s: sorted(k for k, v in insts.items() if v in stems[s]) for s in STEMS}
     assert names == {
         "drums": ["kit"],
         "bass": ["bass", "lead_bass"],
@@ -99,7 +123,7 @@ def test_instrument_labels_count_only_played_notes():
         _instrument(121),  # breath noise: no family
         pretty_midi.Instrument(program=40),  # no notes
     ]
-    names = [mr.INSTRUMENT_CLASSES[i] for i in mr.instrument_labels(insts, until=4.0)]
+    names = [INSTRUMENT_CLASSES[i] for i in instrument_labels(insts, until=4.0)]
     assert names == ["guitar", "drums"]
 
 
@@ -117,48 +141,48 @@ def test_instrument_labels_count_only_played_notes():
     ],
 )
 def test_name_chord(pitches, name):
-    assert syn.name_chord(pitches) == name
+    assert name_chord(pitches) == name
 
 
 # --------------------------------------------------------------------------- rendering
 
 
 def test_render_is_deterministic_and_sized():
-    sfont = mr.default_soundfont()
+    sfont = default_soundfont()
     insts = [
         _instrument(0, notes=((60, 0.0, 0.4), (64, 0.5, 0.9))),
         _instrument(0, is_drum=True, notes=((36, 0.0, 0.1),)),
     ]
-    a = mr.render_instruments(insts, sfont, SR, SR)
-    b = mr.render_instruments(insts, sfont, SR, SR)
+    a = render_instruments(insts, sfont, SR, SR)
+    b = render_instruments(insts, sfont, SR, SR)
     assert a.shape == (SR,) and a.dtype == np.float32
     assert np.array_equal(a, b) and np.abs(a).max() > 1e-3
-    assert not np.any(mr.render_instruments([], sfont, SR, SR))
+    assert not np.any(render_instruments([], sfont, SR, SR))
 
 
 def test_mix_stems_is_exact_sum_without_clipping(tmp_path):
     rng = np.random.default_rng(0)
-    stems = {s: rng.normal(0, 0.8 * (i + 1), 4000) for i, s in enumerate(mr.STEMS)}
+    stems = {s: rng.normal(0, 0.8 * (i + 1), 4000) for i, s in enumerate(STEMS)}
     stems["vocals"] = np.zeros(4000)  # silent stems stay zeros
-    mixture, out = mr.mix_stems(stems, peak=0.95)
+    mixture, out = mix_stems(stems, peak=0.95)
     assert np.array_equal(mixture, sum(out.values()))
     assert max(np.abs(w).max() for w in [mixture, *out.values()]) <= 0.95 + 1e-4
     assert not np.any(out["vocals"])
     # The 16-bit grid survives FLAC: the files sum exactly as well.
-    paths = mr.write_track(tmp_path, mixture, out, SR)
+    paths = write_track(tmp_path, mixture, out, SR)
     files = {k: _read(p) for k, p in paths.items()}
-    assert np.array_equal(files["audio"], sum(files[s] for s in mr.STEMS))
+    assert np.array_equal(files["audio"], sum(files[s] for s in STEMS))
 
 
 # --------------------------------------------------------------------------- plans and MMA
 
 
 def test_plans_are_seeded_balanced_and_split_by_chorale():
-    recipe = syn.load_recipe()
+    recipe = load_recipe()
     assert len(recipe.styles) >= 5
-    plans = syn.plan_songs(recipe, 40, 30.0, seed=0)
-    assert plans == syn.plan_songs(recipe, 40, 30.0, seed=0)
-    assert plans != syn.plan_songs(recipe, 40, 30.0, seed=1)
+    plans = plan_songs(recipe, 40, 30.0, seed=0)
+    assert plans == plan_songs(recipe, 40, 30.0, seed=0)
+    assert plans != plan_songs(recipe, 40, 30.0, seed=1)
     counts = np.bincount([p.genre for p in plans], minlength=len(recipe.styles))
     assert counts.max() - counts.min() <= 1
     assert len({p.chorale for p in plans}) == 40  # drawn without replacement
@@ -171,22 +195,22 @@ def test_plans_are_seeded_balanced_and_split_by_chorale():
         assert {p.genre for p in plans if p.split == split} == set(range(len(recipe.styles)))
     assert [sum(p.split == s for p in plans) for s in names] == [26, 7, 7]
     # With more songs than chorales a chorale comes back, in the same split.
-    many = syn.plan_songs(recipe, len(recipe.chorales) + 30, 30.0, seed=0)
+    many = plan_songs(recipe, len(recipe.chorales) + 30, 30.0, seed=0)
     split_of = {}
     for p in many:
         assert split_of.setdefault(p.chorale, p.split) == p.split
 
 
 def test_arrangement_follows_plan():
-    recipe = syn.load_recipe()
-    plan = syn.plan_songs(recipe, 1, 12.0, seed=3)[0]
-    chorale = syn.extract_chorale(plan.chorale)
+    recipe = load_recipe()
+    plan = plan_songs(recipe, 1, 12.0, seed=3)[0]
+    chorale = extract_chorale(plan.chorale)
     assert [len(v) > 0 for v in chorale.voices] == [True] * 4
-    script = syn.mma_script(plan, chorale)
+    script = mma_script(plan, chorale)
     assert f"Groove {plan.groove}" in script and len(script.splitlines()) == 5 + plan.bars
-    midi = syn.arrange_song(plan, chorale)
-    stems = mr.assign_stems(midi.instruments)
-    assert all(stems[s] for s in mr.STEMS)
+    midi = arrange_song(plan, chorale)
+    stems = assign_stems(midi.instruments)
+    assert all(stems[s] for s in STEMS)
     assert {i.program for i in stems["vocals"]} == {plan.vocal_program}
     assert {i.program for i in stems["bass"]} == {plan.bass_program}
     bar = 4 * 60.0 / plan.tempo
@@ -203,25 +227,25 @@ def test_arrangement_follows_plan():
     "bpm, band", [(60.0, 0), (99.9, 0), (100.0, 1), (119.0, 1), (120.0, 2), (139.5, 2), (176.0, 3)]
 )
 def test_tempo_band_boundaries(bpm, band):
-    assert syn.tempo_band(bpm) == band
+    assert tempo_band(bpm) == band
     with pytest.raises(ValueError, match="tempo"):
-        syn.tempo_band(0.0)
+        tempo_band(0.0)
 
 
 def test_corpus_schema_and_files(corpus):
     out, dd = corpus
-    recipe = syn.load_recipe()
+    recipe = load_recipe()
     assert set(dd) == {"train", "validation", "test"}
     assert sum(len(d) for d in dd.values()) == NUM_SONGS
     feats = dd["train"].features
     assert feats["genre"].names == recipe.genres
     assert isinstance(feats["instruments"].feature, ClassLabel)
-    assert feats["instruments"].feature.names == list(mr.INSTRUMENT_CLASSES)
-    assert feats["tempo"].names == [name for name, _ in syn.TEMPO_BANDS]
+    assert feats["instruments"].feature.names == list(INSTRUMENT_CLASSES)
+    assert feats["tempo"].names == [name for name, _ in TEMPO_BANDS]
     for split, rows in dd.items():  # the band is the plan's tempo, read back from meta.json
         for row in rows:
             meta = json.loads((out / "audio" / row["track_id"] / "meta.json").read_text())
-            assert row["tempo"] == syn.tempo_band(meta["plan"]["tempo"]), (split, row["track_id"])
+            assert row["tempo"] == tempo_band(meta["plan"]["tempo"]), (split, row["track_id"])
     assert "genre" in (out / "songs" / "README.md").read_text()
     report = json.loads((out / "build_report.json").read_text())
     assert report["num_songs"] == NUM_SONGS and "songs_seconds" in report
@@ -232,12 +256,12 @@ def test_corpus_mixture_is_sum_of_stems(corpus):
     for row in (r for d in dd.values() for r in d):
         assert os.path.isabs(row["audio"])
         mix = _read(row["audio"])
-        stems = {s: _read(row[s]) for s in mr.STEMS}
+        stems = {s: _read(row[s]) for s in STEMS}
         assert len(mix) == int(SECONDS * SR)
         assert all(len(w) == len(mix) for w in stems.values())
         assert np.array_equal(mix, sum(stems.values()))
         assert np.abs(mix).max() <= 0.96
-        drums, vocal = mr.INSTRUMENT_CLASSES.index("drums"), mr.INSTRUMENT_CLASSES.index("vocal")
+        drums, vocal = INSTRUMENT_CLASSES.index("drums"), INSTRUMENT_CLASSES.index("vocal")
         assert {drums, vocal} <= set(row["instruments"])
 
 
@@ -258,14 +282,14 @@ def test_corpus_is_deterministic_and_resumable(corpus, tmp_path):
     row = dd["train"][0]
     song_dir = Path(row["audio"]).parent
     stamp = {p.name: p.stat().st_mtime_ns for p in song_dir.iterdir()}
-    before = {s: _read(row[s]) for s in ("audio", *mr.STEMS)}
+    before = {s: _read(row[s]) for s in ("audio", *STEMS)}
     # A rebuild with the same arguments skips finished songs...
-    again = syn.build_synthetic_corpus(out, NUM_SONGS, SECONDS, seed=0, num_workers=1)
+    again = build_synthetic_corpus(out, NUM_SONGS, SECONDS, seed=0, num_workers=1)
     assert again["train"][0] == row
     assert {p.name: p.stat().st_mtime_ns for p in song_dir.iterdir()} == stamp
     # ...and a song rendered anew (its marker removed) comes out identical.
     (song_dir / "meta.json").unlink()
-    syn.build_synthetic_corpus(out, NUM_SONGS, SECONDS, seed=0, num_workers=1)
+    build_synthetic_corpus(out, NUM_SONGS, SECONDS, seed=0, num_workers=1)
     assert (song_dir / "meta.json").is_file()
     for key, wav in before.items():
         assert np.array_equal(_read(row[key]), wav), key
@@ -275,10 +299,10 @@ def test_corpus_is_deterministic_and_resumable(corpus, tmp_path):
 
 
 def test_note_set_split_by_program(tmp_path):
-    config = mr.load_note_config()
+    config = load_note_config()
     config.update(seconds=1.0, hold=0.5, velocities=[40, 120], pitches_per_program=2)
     programs = [0, 1, 2, 3, 32, 33, 34, 35]  # four keyboards, four basses
-    dd = mr.build_note_set(tmp_path, config=config, programs=programs, num_workers=1)
+    dd = build_note_set(tmp_path, config=config, programs=programs, num_workers=1)
     by_split = {s: set(d["program"]) for s, d in dd.items()}
     assert set().union(*by_split.values()) == set(programs)
     assert sum(len(v) for v in by_split.values()) == len(programs)  # no program twice
@@ -316,7 +340,7 @@ def test_midi_folder_corpus_with_broken_file(tmp_path):
     (midi_dir / "broken.mid").write_bytes(b"MThd this is not a MIDI file")
 
     out = tmp_path / "out"
-    dd = mr.build_midi_folder_corpus(midi_dir, out, seed=0, num_workers=1)
+    dd = build_midi_folder_corpus(midi_dir, out, seed=0, num_workers=1)
     rows = {r["track_id"]: r for d in dd.values() for r in d}
     assert set(rows) == {"rock__a", "jazz__b"}
     assert dd["train"].features["genre"].names == [
@@ -326,19 +350,19 @@ def test_midi_folder_corpus_with_broken_file(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert [Path(s["path"]).name for s in report["skipped"]] == ["broken.mid"]
     assert "unreadable" in report["skipped"][0]["error"]
-    a = {s: _read(rows["rock__a"][s]) for s in ("audio", *mr.STEMS)}
+    a = {s: _read(rows["rock__a"][s]) for s in ("audio", *STEMS)}
     assert all(np.abs(a[s]).max() > 1e-3 for s in ("vocals", "drums", "bass"))
     assert not np.any(a["other"])  # a silent stem is a file of zeros
-    assert np.array_equal(a["audio"], sum(a[s] for s in mr.STEMS))
-    b = {s: _read(rows["jazz__b"][s]) for s in mr.STEMS}
+    assert np.array_equal(a["audio"], sum(a[s] for s in STEMS))
+    b = {s: _read(rows["jazz__b"][s]) for s in STEMS}
     assert np.abs(b["other"]).max() > 1e-3 and not np.any(b["vocals"])
-    labels = [mr.INSTRUMENT_CLASSES[i] for i in rows["rock__a"]["instruments"]]
+    labels = [INSTRUMENT_CLASSES[i] for i in rows["rock__a"]["instruments"]]
     assert labels == ["bass", "keyboard", "drums"]
 
 
 @pytest.mark.slow
 def test_chorale_list_matches_music21(tmp_path):
     """data/bach_chorales.csv is what index_chorales() finds (parses ~400 scores)."""
-    found = syn.index_chorales(tmp_path / "chorales.csv")
-    assert tuple(found) == syn.load_recipe().chorales
-    assert syn.available_chorales(tuple(found)) == tuple(found)
+    found = index_chorales(tmp_path / "chorales.csv")
+    assert tuple(found) == load_recipe().chorales
+    assert available_chorales(tuple(found)) == tuple(found)

@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus described by ``argv`` and print its sizes; returns the exit status."""
-    from modeling_mscl.corpora.midi_render import build_midi_folder_corpus
+    from modeling_mscl.corpora.midi_folder import build_midi_folder_corpus
     from modeling_mscl.corpora.synthetic import build_default_corpus
 
     args = parse_args(argv)

@@ -32,9 +32,9 @@ from modeling_mscl.probing.retrieval import (
     BN_REGIMES,
     load_pretraining_model,
     random_init_model,
-    retrieval_table,
     stem_retrieval,
 )
+from modeling_mscl.probing.retrieval_scores import retrieval_table
 from modeling_mscl.stems import SOURCES
 
 logger = logging.getLogger("stem_retrieval")

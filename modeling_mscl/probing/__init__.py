@@ -31,7 +31,9 @@ authors' reference:
 Modules: :mod:`.tasks` (task presets, labels), :mod:`.embeddings` (window embeddings and
 their cache), :mod:`.crops` (training chunks and crops), :mod:`.heads` (training,
 aggregation), :mod:`.metrics` (accuracy, ROC-AUC, PR-AUC), :mod:`.protocol` (the whole
-protocol, export, tables), :mod:`.convergence` (the pre-training hook and its log).
+protocol, export, tables), :mod:`.convergence` (the pre-training hook and its log),
+:mod:`.retrieval` (zero-shot stem retrieval; its draws in :mod:`.retrieval_draws`, its
+scores in :mod:`.retrieval_scores`).
 """
 
 from .baselines import LogMelStatistics
@@ -76,14 +78,8 @@ from .protocol import (
     results_table,
     run_probe,
 )
-from .retrieval import (
-    RetrievalResult,
-    SourceRetrieval,
-    load_pretraining_model,
-    random_init_model,
-    retrieval_table,
-    stem_retrieval,
-)
+from .retrieval import load_pretraining_model, random_init_model, stem_retrieval
+from .retrieval_scores import RetrievalResult, SourceRetrieval, retrieval_table
 from .tasks import PRESETS, ProbeTask, clip_labels, get_task, load_probe_dataset
 
 __all__ = [

@@ -36,10 +36,8 @@ running statistics lag behind what training mode computes.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,31 +45,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..chunk_set import CROP_FRAMES, MIXTURE, ChunkSet, ChunkStore, load_chunk_set
+from ..chunk_set import CROP_FRAMES, MIXTURE, ChunkStore
 from ..configuration_mscl import MSCLConfig
 from ..modeling_mscl import MSCLForPreTraining
-from ..pairs import holdout_mask
 from ..stems import SOURCES
+from .retrieval_draws import (
+    _evaluated_tracks,
+    calibration_windows,
+    open_retrieval_data,
+    retrieval_plan,
+)
+from .retrieval_scores import RetrievalResult, _summarise, rank_own_candidates
 
 __all__ = [
     "BN_REGIMES",
-    "RetrievalPlan",
-    "RetrievalResult",
-    "SourceRetrieval",
-    "calibration_windows",
     "load_pretraining_model",
-    "open_retrieval_data",
     "random_init_model",
-    "rank_own_candidates",
-    "retrieval_plan",
-    "retrieval_table",
     "stem_retrieval",
 ]
 
 BN_REGIMES = ("running", "recalibrated")
-# Random streams outside the per-source ones (0..3): the track subset and the calibration.
-_TRACK_STREAM = 1000
-_CALIBRATION_STREAM = 1001
 
 
 # ------------------------------------------------------------------------------- models
@@ -121,265 +114,7 @@ def random_init_model(
     return model.eval()
 
 
-# --------------------------------------------------------------------------------- data
-
-
-def open_retrieval_data(
-    data: ChunkStore | Any,
-    split: str | None = None,
-    holdout_fraction: float | None = None,
-    calibration_split: str | None = "train",
-) -> tuple[ChunkStore, ChunkStore | None]:
-    """The evaluated chunks and, when known, their training counterpart (for calibration).
-
-    Args:
-        data: a :class:`~modeling_mscl.chunk_set.ChunkStore`, a chunk ``Dataset`` or
-            ``DatasetDict``, a :class:`~modeling_mscl.chunk_set.ChunkSet` or its folder.
-        split: the evaluated split of a ``DatasetDict`` (required for one).
-        holdout_fraction: evaluate only the tracks that training's ``validation_fraction``
-            holds out (the same hash of ``track_id``, :func:`~modeling_mscl.pairs.holdout_mask`);
-            the other tracks become the training counterpart.
-        calibration_split: the split of a ``DatasetDict`` used as training counterpart.
-
-    Returns:
-        ``(evaluated store, training-counterpart store or None)``.
-    """
-    from datasets import Dataset, DatasetDict
-
-    fe = None
-    if isinstance(data, str | os.PathLike):
-        data = load_chunk_set(data)
-    if isinstance(data, ChunkSet):
-        data, fe = data.data, data.feature_extractor
-    calibration = None
-    if isinstance(data, DatasetDict):
-        if split is None or split not in data:
-            raise ValueError(
-                f"the chunk dataset holds splits {sorted(data)}; pick one (got {split!r})"
-            )
-        if calibration_split and calibration_split != split and calibration_split in data:
-            if len(data[calibration_split]):
-                calibration = ChunkStore(data[calibration_split], fe)
-        store = ChunkStore(data[split], fe)
-    elif isinstance(data, Dataset):
-        store = ChunkStore(data, fe)
-    elif isinstance(data, ChunkStore):
-        store = data
-    else:
-        raise TypeError(f"expected a ChunkStore, a chunk dataset or its folder, got {type(data)}")
-    if holdout_fraction is not None:
-        held = holdout_mask(store.track_ids(), holdout_fraction)
-        if not held.any():
-            raise ValueError(f"holdout_fraction={holdout_fraction} holds out no track")
-        if calibration is None and not held.all():
-            calibration = store.subset(np.flatnonzero(~held))
-        store = store.subset(np.flatnonzero(held))
-    return store, calibration
-
-
-def _evaluated_tracks(
-    store: ChunkStore, tracks: Iterable[str] | None, max_tracks: int | None, seed: int
-) -> np.ndarray:
-    """Sorted track ids to evaluate (see the module docstring, step 1)."""
-    available = np.unique(store.track_ids().astype(str))
-    if tracks is not None:
-        wanted = np.unique(np.asarray(list(tracks), dtype=str))
-        unknown = np.setdiff1d(wanted, available)
-        if unknown.size:
-            raise ValueError(f"{unknown.size} requested tracks are not in the data: {unknown[:5]}")
-        available = wanted
-    if max_tracks is not None and len(available) > max_tracks:
-        if max_tracks < 1:
-            raise ValueError(f"max_tracks must be >= 1, got {max_tracks}")
-        rng = np.random.default_rng([seed, _TRACK_STREAM])
-        available = np.sort(rng.choice(available, size=max_tracks, replace=False))
-    return available
-
-
-@dataclass(frozen=True)
-class RetrievalPlan:
-    """The crops of one (source, draw): query i is track ``track_ids[i]``.
-
-    Attributes:
-        source: the source's name.
-        track_ids: `(n,)` kept tracks, sorted.
-        rows: `(n,)` store row of each track's chunk (the source is present there).
-        query_offsets: `(n,)` first frame of each mixture crop.
-        positive_offsets: `(n,)` first frame of each stem crop (independent of the query's).
-        skipped: tracks where the source is present in no chunk.
-    """
-
-    source: str
-    track_ids: np.ndarray
-    rows: np.ndarray
-    query_offsets: np.ndarray
-    positive_offsets: np.ndarray
-    skipped: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def retrieval_plan(
-    store: ChunkStore, source: str, tracks: Sequence[str], seed: int = 0, draw: int = 0
-) -> RetrievalPlan:
-    """Draw the queries and candidates of ``source`` over ``tracks`` (module docstring, 2-3)."""
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    k = SOURCES.index(source)
-    ids = store.track_ids().astype(str)
-    present = store.present[:, k]
-    kept, rows_per_track, skipped = [], [], []
-    # Present rows grouped by track (store order within a track), in one pass.
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    for track in np.asarray(tracks, dtype=str):
-        lo, hi = (
-            np.searchsorted(sorted_ids, track, "left"),
-            np.searchsorted(sorted_ids, track, "right"),
-        )
-        rows = order[lo:hi]
-        rows = rows[present[rows]]
-        if len(rows):
-            kept.append(track)
-            rows_per_track.append(rows)
-        else:
-            skipped.append(str(track))
-    rng = np.random.default_rng([seed, k, draw])
-    n = len(kept)
-    picks = np.floor(rng.random(n) * np.array([len(r) for r in rows_per_track])).astype(np.int64)
-    rows = np.array([r[i] for r, i in zip(rows_per_track, picks, strict=True)], dtype=np.int64)
-    high = store.chunk_frames - CROP_FRAMES + 1
-    query_offsets = rng.integers(0, high, size=n)
-    positive_offsets = rng.integers(0, high, size=n)
-    return RetrievalPlan(
-        source=source,
-        track_ids=np.asarray(kept, dtype=str),
-        rows=rows,
-        query_offsets=query_offsets,
-        positive_offsets=positive_offsets,
-        skipped=tuple(skipped),
-    )
-
-
-def calibration_windows(
-    store: ChunkStore,
-    batches: int = 16,
-    pairs: int = 64,
-    seed: int = 0,
-    sources: Sequence[str] = SOURCES,
-) -> torch.Tensor:
-    """Training-like inputs for batch-norm recalibration: `(batches * 2 * pairs, 98, bins)`.
-
-    Batch b (of ``2 * pairs`` consecutive windows) holds ``pairs`` mixture crops of chunks
-    where source ``sources[b % len]`` is present, then crops of that source of the same
-    chunks at independent offsets: the anchors-then-positives batch of an active training
-    step. Sources present nowhere in ``store`` are left out.
-    """
-    usable = [s for s in sources if store.present[:, SOURCES.index(s)].any()]
-    if not usable:
-        raise ValueError("no source is present in any calibration chunk")
-    high = store.chunk_frames - CROP_FRAMES + 1
-    out = []
-    for b in range(batches):
-        source = usable[b % len(usable)]
-        pool = np.flatnonzero(store.present[:, SOURCES.index(source)])
-        rng = np.random.default_rng([seed, _CALIBRATION_STREAM, b])
-        rows = rng.choice(pool, size=pairs, replace=len(pool) < pairs)
-        out.append(store.crops(MIXTURE, rows, rng.integers(0, high, size=pairs)))
-        out.append(store.crops(source, rows, rng.integers(0, high, size=pairs)))
-    return torch.from_numpy(np.concatenate(out).astype(np.float32))
-
-
-# ------------------------------------------------------------------------------ scoring
-
-
-def rank_own_candidates(logits: torch.Tensor, ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks (1 = best) of the diagonal of square ``logits`` and recall@k per query.
-
-    Ties count as a random tie-break would on average (module docstring, step 5).
-
-    Returns:
-        ``(ranks (n,), hits (len(ks), n))``: the expected rank and P(rank <= k) per query.
-    """
-    if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
-        raise ValueError(f"logits must be square, got {tuple(logits.shape)}")
-    logits = logits.double()
-    if not torch.isfinite(logits).all():
-        raise ValueError("the similarities are not all finite; the model cannot be ranked")
-    own = logits.diagonal()[:, None]
-    higher = (logits > own).sum(1).double()
-    ties = (logits == own).sum(1).double() - 1.0  # the own candidate equals itself
-    ranks = 1.0 + higher + ties / 2.0
-    hits = torch.stack([((k - higher) / (ties + 1.0)).clamp(0.0, 1.0) for k in ks])
-    return ranks.cpu().numpy(), hits.cpu().numpy()
-
-
-@dataclass
-class SourceRetrieval:
-    """Retrieval of one source's stems from mixture crops (means over draws).
-
-    Attributes:
-        source: the source's name.
-        num_queries: kept tracks = queries = candidates.
-        num_candidates: candidates per query (one stem crop per kept track).
-        skipped_tracks: evaluated tracks where the source is never present.
-        recall: ``{k: recall@k}``, mean over draws.
-        recall_std: ``{k: std over draws}``.
-        mean_rank: mean rank (1 = best), mean over draws.
-        mean_rank_std: its std over draws.
-        median_rank: median rank, mean over draws.
-        chance_recall: ``{k: k / candidates}``.
-        chance_mean_rank: ``(candidates + 1) / 2``.
-        draws: per draw ``{"recall": {k: ...}, "mean_rank": ..., "median_rank": ...}``.
-    """
-
-    source: str
-    num_queries: int
-    num_candidates: int
-    skipped_tracks: int
-    recall: dict[int, float]
-    recall_std: dict[int, float]
-    mean_rank: float
-    mean_rank_std: float
-    median_rank: float
-    chance_recall: dict[int, float]
-    chance_mean_rank: float
-    draws: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class RetrievalResult:
-    """Stem retrieval of one model: per-source results and the protocol's settings."""
-
-    model: str
-    sources: dict[str, SourceRetrieval]
-    protocol: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (recall keys as ``"1"``, ``"5"``..., NaN as None)."""
-        return _jsonable(asdict(self))
-
-    def mean_over_sources(self) -> dict[str, float]:
-        """Unweighted mean over the sources with queries: ``recall@k`` and ``mean_rank``."""
-        rows = [r for r in self.sources.values() if r.num_queries]
-        if not rows:
-            return {}
-        out = {f"recall@{k}": float(np.mean([r.recall[k] for r in rows])) for k in rows[0].recall}
-        out["mean_rank"] = float(np.mean([r.mean_rank for r in rows]))
-        return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return None if not math.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+# ----------------------------------------------------------------------- stem retrieval
 
 
 class _EvalMode:
@@ -578,81 +313,3 @@ def stem_retrieval(
             "chunks": len(calibration),
         }
     return RetrievalResult(model=name, sources=results, protocol=protocol)
-
-
-def _summarise(
-    source: str, plan: RetrievalPlan | None, per_draw: list[dict], ks: Sequence[int]
-) -> SourceRetrieval:
-    n = 0 if plan is None else len(plan)
-    skipped = 0 if plan is None else len(plan.skipped)
-    nan = float("nan")
-    if not per_draw:
-        return SourceRetrieval(
-            source, 0, 0, skipped, {k: nan for k in ks}, {k: nan for k in ks}, nan, nan, nan,
-            {k: nan for k in ks}, nan, [],
-        )  # fmt: skip
-    recall = {k: float(np.mean([d["recall"][k] for d in per_draw])) for k in ks}
-    recall_std = {k: float(np.std([d["recall"][k] for d in per_draw])) for k in ks}
-    ranks = [d["mean_rank"] for d in per_draw]
-    return SourceRetrieval(
-        source=source,
-        num_queries=n,
-        num_candidates=n,
-        skipped_tracks=skipped,
-        recall=recall,
-        recall_std=recall_std,
-        mean_rank=float(np.mean(ranks)),
-        mean_rank_std=float(np.std(ranks)),
-        median_rank=float(np.mean([d["median_rank"] for d in per_draw])),
-        chance_recall={k: min(1.0, k / n) for k in ks},
-        chance_mean_rank=(n + 1) / 2,
-        draws=per_draw,
-    )
-
-
-# -------------------------------------------------------------------------------- table
-
-
-def retrieval_table(
-    results: Mapping[str, RetrievalResult] | Sequence[RetrievalResult],
-    ks: Sequence[int] | None = None,
-) -> str:
-    """A markdown table: one row per (model, source), then the chance row of each source.
-
-    Recall is in percent, ``mean +- std over draws``; ``n`` is the number of queries
-    (= candidates), ``skipped`` the tracks without the source. The chance rows use the
-    first result holding each source: compare models evaluated on the same tracks.
-    """
-    items = list(results.values()) if isinstance(results, Mapping) else list(results)
-    if not items:
-        return ""
-    ks = tuple(ks) if ks is not None else tuple(items[0].protocol["ks"])
-    head = ["model", "source", *[f"R@{k} (%)" for k in ks], "mean rank", "n", "skipped"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-    def fmt(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
-        if not math.isfinite(mean):
-            return "-"
-        return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
-    chance: dict[str, SourceRetrieval] = {}
-    for result in items:
-        for source, r in result.sources.items():
-            cells = [fmt(r.recall.get(k, math.nan), r.recall_std.get(k, math.nan), 100) for k in ks]
-            cells.append(fmt(r.mean_rank, r.mean_rank_std, digits=2))
-            lines.append(
-                f"| {result.model} | {source} | " + " | ".join(cells)
-                + f" | {r.num_queries} | {r.skipped_tracks} |"
-            )  # fmt: skip
-            chance.setdefault(source, r)
-    for source, r in chance.items():
-        if not r.num_queries:
-            continue
-        cells = [f"{100 * min(1.0, k / r.num_candidates):.1f}" for k in ks]
-        cells.append(f"{r.chance_mean_rank:.2f}")
-        lines.append(
-            f"| chance | {source} | "
-            + " | ".join(cells)
-            + f" | {r.num_queries} | {r.skipped_tracks} |"
-        )
-    return "\n".join(lines) + "\n"
