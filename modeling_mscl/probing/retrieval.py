@@ -49,6 +49,7 @@ from ..chunk_set import CROP_FRAMES, MIXTURE, ChunkStore
 from ..configuration_mscl import MSCLConfig
 from ..modeling_mscl import MSCLForPreTraining
 from ..stems import SOURCES
+from .embeddings import _EvalMode
 from .retrieval_draws import (
     _evaluated_tracks,
     calibration_windows,
@@ -115,19 +116,6 @@ def random_init_model(
 
 
 # ----------------------------------------------------------------------- stem retrieval
-
-
-class _EvalMode:
-    """Eval mode inside the block, the previous mode after it."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module, self.was_training = module, module.training
-
-    def __enter__(self) -> nn.Module:
-        return self.module.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.module.train(self.was_training)
 
 
 @torch.no_grad()
