@@ -313,6 +313,7 @@ def _worker_main(rank: int, init_file: str, out_dir: str) -> None:
                 errors[name] = str(err)
         results["errors"] = errors
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # neither process tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 
@@ -331,6 +332,7 @@ _worker_main(int(sys.argv[2]), sys.argv[3], sys.argv[4])
 """
 # Each worker imports transformers (the losses live in the Hub file modeling_mscl.py).
 DIST_TIMEOUT_S = 240
+SHUTDOWN_GRACE_S = 20
 
 
 @pytest.fixture(scope="module")
@@ -358,21 +360,35 @@ def dist_results(tmp_path_factory):
                     stderr=subprocess.STDOUT,
                 )
             )
+    outputs = [tmp / f"rank{rank}.pt" for rank in range(WORLD)]
     deadline = time.monotonic() + DIST_TIMEOUT_S
+    saved_at = None
     try:
-        for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        tails = "\n".join(f"--- worker {r}:\n{p.read_text()[-2000:]}" for r, p in enumerate(logs))
-        pytest.fail(f"distributed workers did not finish within {DIST_TIMEOUT_S} s\n{tails}")
+        while any(proc.poll() is None for proc in procs):
+            now = time.monotonic()
+            if saved_at is None and all(path.exists() for path in outputs):
+                saved_at = now
+            # Gloo's teardown after the results are saved has hung on a loaded machine
+            # (one process left in destroy_process_group): what is tested is in the files.
+            if saved_at is not None and now - saved_at > SHUTDOWN_GRACE_S:
+                break
+            if now > deadline:
+                tails = "\n".join(
+                    f"--- worker {r}:\n{p.read_text()[-2000:]}" for r, p in enumerate(logs)
+                )
+                pytest.fail(
+                    f"distributed workers did not finish within {DIST_TIMEOUT_S} s\n{tails}"
+                )
+            time.sleep(0.2)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     for rank, proc in enumerate(procs):
-        assert proc.returncode == 0, f"worker {rank} failed:\n{logs[rank].read_text()}"
-    return [torch.load(tmp / f"rank{rank}.pt") for rank in range(WORLD)]
+        finished = proc.returncode == 0 or (saved_at is not None and proc.returncode < 0)
+        assert finished, f"worker {rank} failed:\n{logs[rank].read_text()}"
+    return [torch.load(path) for path in outputs]
 
 
 @pytest.mark.parametrize("case", list(DIST_CASES))
