@@ -27,6 +27,9 @@ median of the repetitions. Prints the load seen, one markdown table and, last,
 
     python scripts/benchmark_reference.py [--rounds 3] [--quick]
         [--tf-python .venv-tf/bin/python] [--torch-python .venv/bin/python]
+
+``--profile {train,infer,logmel}`` runs our side only, in this process, and prints the
+torch profiler's operators by share of self CPU time: where a figure's time goes.
 """
 
 from __future__ import annotations
@@ -176,15 +179,14 @@ def _tf_worker(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- our side
 
 
-def _torch_worker(args: argparse.Namespace) -> dict:
-    """Time this port through its default paths (run under .venv's python)."""
+def _torch_work(args: argparse.Namespace) -> tuple[dict[str, Callable[[], object]], dict]:
+    """Our side's three figures as calls on the default paths, and what was built."""
     import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO))  # this checkout's modeling_mscl, not an installed one
     from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLModel
-    from modeling_mscl.memory import keep_freed_memory
 
     torch.manual_seed(0)
     try:
@@ -228,26 +230,68 @@ def _torch_worker(args: argparse.Namespace) -> dict:
     def log_mel() -> np.ndarray:
         return fe(clip, sampling_rate=SAMPLE_RATE, return_tensors="np")["input_features"][0]
 
+    info = {
+        "version": f"torch {torch.__version__} ({built})",
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "keep_memory": keep_memory,
+        "losses": losses,
+    }
+    return {"train": train_step, "infer": infer, "logmel": log_mel}, info
+
+
+def _torch_worker(args: argparse.Namespace) -> dict:
+    """Time this port through its default paths (run under .venv's python)."""
+    work, info = _torch_work(args)
+    from modeling_mscl.memory import keep_freed_memory
+
     # Inference and the front end first, as `AutoModel` + the feature extractor run in a
     # user's process; then training after what the trainer sets up for the process
     # (`--keep_freed_memory`, on by default), which would also speed up what runs after it.
     out = {
-        "version": f"torch {torch.__version__} ({built})",
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "infer": _timed(infer, args.warmup, args.repeats),
-        "logmel": _timed(log_mel, args.warmup, args.logmel_repeats),
+        "version": info["version"],
+        "trainable": info["trainable"],
+        "infer": _timed(work["infer"], args.warmup, args.repeats),
+        "logmel": _timed(work["logmel"], args.warmup, args.logmel_repeats),
     }
-    if keep_memory:
+    if info["keep_memory"]:
         keep_freed_memory()
-    out["train"] = _timed(train_step, args.warmup, args.repeats)
-    features = log_mel()
+    out["train"] = _timed(work["train"], args.warmup, args.repeats)
+    features = work["logmel"]()
     out.update(
-        loss=losses[0],
-        embed_shape=list(infer().shape),
+        loss=info["losses"][0],
+        embed_shape=list(work["infer"]().shape),
         logmel_shape=list(features.shape),
         logmel_mean=float(features.mean()),
     )
     return out
+
+
+def profile_ours(args: argparse.Namespace, figure: str, top: int = 15) -> str:
+    """Where our side's time goes for one figure: the torch profiler's operators by self CPU
+    time over ``--repeats`` calls after ``--warmup`` ones, in this process."""
+    from torch.profiler import ProfilerActivity, profile
+
+    work, info = _torch_work(args)
+    if figure == "train" and info["keep_memory"]:
+        from modeling_mscl.memory import keep_freed_memory
+
+        keep_freed_memory()
+    calls = args.logmel_repeats if figure == "logmel" else args.repeats
+    seconds = _timed(work[figure], args.warmup, calls)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            work[figure]()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops) or 1
+    lines = [
+        f"{figure}: median {statistics.median(seconds):.4f} s per call unprofiled "
+        f"({info['version']}, {args.threads} threads); self CPU time over {calls} calls:",
+        "",
+        "| operator | share |",
+        "|---|---:|",
+    ]
+    lines += [f"| {e.key} | {100 * e.self_cpu_time_total / total:.1f} % |" for e in ops[:top]]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the machine
@@ -394,6 +438,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="1 round, batch 16, 1 repeat")
     parser.add_argument("--tf-python", default=None, help="defaults to .venv-tf/bin/python")
     parser.add_argument("--torch-python", default=None, help="defaults to .venv/bin/python")
+    parser.add_argument(
+        "--profile",
+        choices=FIGURES,
+        help="instead of timing both sides, profile ours on this figure (torch profiler)",
+    )
     parser.add_argument("--worker", choices=("tf", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -407,6 +456,10 @@ def main(argv: list[str] | None = None) -> str:
     if args.batch < 4:
         parser.error("--batch must be >= 4 (a contrastive batch with an absent positive)")
 
+    if args.profile:
+        text = profile_ours(args, args.profile)
+        print(text)
+        return text
     if args.worker:
         worker = _tf_worker if args.worker == "tf" else _torch_worker
         Path(args.out).write_text(json.dumps(worker(args)))

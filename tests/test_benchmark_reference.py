@@ -104,3 +104,22 @@ def test_quick_run_prints_the_table_and_the_ratios_line():
     match = RATIOS.fullmatch(lines[-1])
     assert match, lines[-1]
     assert all(float(value) > 0 for value in match.groups())
+
+
+def test_profile_names_where_our_log_mel_time_goes():
+    # Our side only, no TensorFlow needed; a process of its own, since the work sets
+    # torch's thread count.
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--profile", "logmel", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith("USDT")]
+    assert lines[0].startswith("logmel: median ") and "s per call unprofiled" in lines[0]
+    rows = [line for line in lines if line.startswith("| aten::")]
+    assert any("aten::_fft_r2c" in row for row in rows), rows
+    shares = [float(row.split("|")[2].strip().rstrip(" %")) for row in rows]
+    assert shares == sorted(shares, reverse=True)
+    assert 0 < sum(shares) <= 100.05
