@@ -11,6 +11,15 @@ dies, not against the machine losing power.
 - :func:`replace_folder`: a finished folder renamed over an older one, for writers that
   fill the temporary folder themselves (the checkpoints of several processes).
 - :func:`atomic_folder`: the same for one process, as a context manager.
+
+And what the package may touch at all:
+
+- :func:`path_inside`: a path read from a file (a split named in ``dataset_dict.json``,
+  a file listed in a manifest) resolved, and refused unless it stays inside its folder.
+- :func:`claim_folder`: an output folder the package writes into is new, empty, or one
+  it created before (it holds the package's marker, :data:`MARKER_FILE`); a non-empty
+  folder without it is refused, so the package never deletes or replaces what it did not
+  write.
 """
 
 from __future__ import annotations
@@ -25,10 +34,16 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "MARKER_FILE",
     "TEMP_FOLDER_PREFIX",
+    "ForeignFolderError",
+    "UnsafePathError",
     "atomic_folder",
     "atomic_path",
     "atomic_write",
+    "claim_folder",
+    "folder_kind",
+    "path_inside",
     "replace_folder",
     "write_json_atomic",
 ]
@@ -132,3 +147,100 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_folder(tmp, final)
+
+
+# ------------------------------------------------------------------ what may be touched
+
+
+class UnsafePathError(ValueError):
+    """A path read from a file leaves the folder it must stay in."""
+
+
+def path_inside(folder: str | os.PathLike, name: object, source: str | os.PathLike) -> Path:
+    """``folder / name`` for a ``name`` read from the file ``source``, checked to stay inside.
+
+    Refused (:class:`UnsafePathError`, naming ``source``, the name and the reason): a name
+    that is not a non-empty string, an absolute path, a ``..`` component, and a path
+    whose resolved form (symbolic links followed) lies outside ``folder``'s. A file can
+    then neither make the package read nor delete anything outside its folder.
+    """
+    where = f"{source}: the path {name!r}"
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise UnsafePathError(f"{where} is not a file name inside {folder}")
+    pure = Path(name)
+    if pure.is_absolute() or name.startswith(("/", "\\")) or pure.drive:
+        raise UnsafePathError(f"{where} is absolute; only paths inside {folder} are allowed")
+    if ".." in pure.parts or ".." in name.replace("\\", "/").split("/"):
+        raise UnsafePathError(f"{where} goes up with '..'; only paths inside {folder} are allowed")
+    root = Path(folder).resolve()
+    target = (root / pure).resolve()
+    if target != root and root not in target.parents:
+        raise UnsafePathError(
+            f"{where} leads through a symbolic link to {target}, outside {folder}"
+        )
+    return Path(folder) / pure
+
+
+class ForeignFolderError(ValueError):
+    """An output folder holds content the package did not write."""
+
+
+# Written into every output folder the package creates (a chunk set's folder, a
+# pre-training run's output_dir): the proof that the folder is the package's to manage.
+MARKER_FILE = ".modeling_mscl.json"
+# Names of the package's own bookkeeping, which do not make a folder "not empty".
+_BOOKKEEPING = (MARKER_FILE, ".mscl.lock", ".mscl.lock.json")
+
+
+def folder_kind(folder: str | os.PathLike) -> str | None:
+    """The kind recorded in ``folder``'s marker ('chunk set', 'pretraining run'), or None
+    when it has no readable marker."""
+    path = Path(folder) / MARKER_FILE
+    try:
+        kind = json.loads(path.read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def claim_folder(folder: str | os.PathLike, kind: str, adopt: bool = False) -> Path:
+    """Make sure the package may write (and later delete its own files) in ``folder``.
+
+    A missing or empty folder is created and marked (:data:`MARKER_FILE`, recording
+    ``kind``); a folder with this marker is the package's already. A folder marked as
+    another kind, or not empty and not marked, is refused with a
+    :class:`ForeignFolderError` naming it and some of what it holds; ``adopt`` marks such
+    an unmarked folder instead (for callers that recognised it as an output of an older
+    version of the package, made before folders were marked).
+    """
+    folder = Path(folder).expanduser()
+    found = folder_kind(folder)
+    if found == kind:
+        return folder
+    if found is not None:
+        raise ForeignFolderError(
+            f"{folder} is a {found} folder of modeling_mscl, not a {kind} one; pick another folder"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise ForeignFolderError(f"{folder} exists and is not a folder")
+    held = (
+        sorted(p.name for p in folder.iterdir() if p.name not in _BOOKKEEPING)
+        if (folder.is_dir())
+        else []
+    )
+    if held and not adopt:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise ForeignFolderError(
+            f"{folder} is not empty ({shown}) and was not created by modeling_mscl (it has no "
+            f"{MARKER_FILE}); the package writes {kind}s only into folders it created, so it "
+            "never deletes or replaces what it did not write: pick a new or empty folder"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    from . import __version__
+
+    write_json_atomic(
+        folder / MARKER_FILE,
+        {"kind": kind, "created_by": f"modeling_mscl {__version__}"},
+        indent=2,
+    )
+    return folder

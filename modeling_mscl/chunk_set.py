@@ -7,8 +7,12 @@ A chunk set is a folder holding
 - ``preprocessor_config.json``: the :class:`~modeling_mscl.MSCLFeatureExtractor` that
   computed the rows' log-mels. Readers take the front end from it (pre-training exports
   it with the encoder), never from defaults;
-- ``chunk_set.json``: the format version, written last and checked on read. A folder
-  without it is a chunk set of an older version or an unfinished save.
+- ``chunk_set.json``: the format version and the manifest (every file with its size and
+  SHA-256, and the content fingerprint: :mod:`~modeling_mscl.chunk_manifest`), written
+  last and checked on read. A folder without it is a chunk set of an older version or an
+  unfinished save;
+- ``.modeling_mscl.json``: the marker of a folder the package created
+  (:func:`~modeling_mscl._files.claim_folder`).
 
 A row is one chunk of one track: ``track_id`` (string), ``chunk_index`` (int32),
 ``mixture`` and each of :data:`~modeling_mscl.stems.SOURCES` (``Array2D((frames, bins),
@@ -24,6 +28,7 @@ windows of the front end (392 frames, about 4 s, with the default one): see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,7 +42,20 @@ import pyarrow as pa
 from datasets import Array2D, Dataset, DatasetDict, Features, Value
 from datasets import Sequence as ListFeature
 
-from ._files import write_json_atomic
+from ._files import (
+    TEMP_FOLDER_PREFIX,
+    ForeignFolderError,
+    claim_folder,
+    write_json_atomic,
+)
+from .chunk_manifest import (
+    ChunkSetDamagedError,
+    build_manifest,
+    check_files,
+    content_fingerprint,
+    read_file_list,
+    saved_dataset_files,
+)
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .stems import SOURCES
 
@@ -51,9 +69,12 @@ __all__ = [
     "ChunkGeometry",
     "ChunkSet",
     "ChunkStore",
+    "add_manifest",
     "chunk_features",
+    "claim_chunk_folder",
     "load_chunk_set",
     "save_chunk_set",
+    "verify_chunk_set",
 ]
 
 # Bump when the rows, their computation or the folder layout change: readers refuse other
@@ -61,6 +82,8 @@ __all__ = [
 # chunk_set.json beside the rows.
 FORMAT_VERSION = 2
 INFO_FILE = "chunk_set.json"
+# The kind recorded in the folder marker of a chunk set (modeling_mscl._files).
+CHUNK_SET_KIND = "chunk set"
 FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
 # A chunk is four model windows; a crop is one.
 CHUNK_WINDOWS = 4
@@ -188,19 +211,117 @@ def _check_front_end(fe: MSCLFeatureExtractor, num_bins: int, where: str) -> Non
 # ---------------------------------------------------------------------------- writing
 
 
-def _remove_previous(folder: Path) -> None:
-    """Delete a previous chunk set in ``folder`` (not other files such as shards/)."""
-    (folder / INFO_FILE).unlink(missing_ok=True)  # first: from here on, not a chunk set
-    dict_json = folder / "dataset_dict.json"
-    if dict_json.is_file():
-        for split in json.loads(dict_json.read_text()).get("splits", []):
-            if (folder / split / "state.json").is_file():
-                shutil.rmtree(folder / split)
-        dict_json.unlink()
-    stale = [folder / "state.json", folder / "dataset_info.json", folder / FEATURE_EXTRACTOR_FILE]
-    for path in [*stale, *folder.glob("data-*.arrow")]:
-        if path.is_file():
+# The folder a save is built in, inside the chunk set's own folder (same file system, so
+# each finished file is renamed into place); a leftover of a killed save is removed.
+_STAGING = f"{TEMP_FOLDER_PREFIX}save"
+REPORT_FILE = "report.json"
+# What save_pretrained writes beside preprocessor_config.json (the Hub code of the front end).
+_FRONT_END_CODE = ("feature_extraction_mscl.py",)
+_ADD_MANIFEST = "mscl verify {folder} --add-manifest"
+
+
+def claim_chunk_folder(folder: str | os.PathLike) -> Path:
+    """:func:`~modeling_mscl._files.claim_folder` for a chunk set (new, empty or marked),
+    with advice for the folder of a chunk set made before folders were marked."""
+    folder = Path(folder).expanduser()
+    try:
+        return claim_folder(folder, CHUNK_SET_KIND)
+    except ForeignFolderError as err:
+        if (folder / INFO_FILE).is_file() or (folder / REPORT_FILE).is_file():
+            raise ForeignFolderError(
+                f"{err}. If an earlier version of modeling_mscl made this chunk set, "
+                f"`{_ADD_MANIFEST.format(folder=folder)}` records its files and marks the "
+                "folder as the package's"
+            ) from None
+        raise
+
+
+def _previous_files(folder: Path) -> dict[str, Any]:
+    """The files of the chunk set (complete or half-installed) in ``folder``, from its
+    ``chunk_set.json``: the only files a new save may delete."""
+    info_path = folder / INFO_FILE
+    if not info_path.is_file():
+        return {}
+    try:
+        info = json.loads(info_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{info_path}: unreadable ({err}); move the folder aside") from err
+    if not isinstance(info, dict) or "files" not in info:
+        raise ForeignFolderError(
+            f"{folder} holds a chunk set without a list of its files (made by an earlier "
+            "version of modeling_mscl), which a new save would have to delete unproven: "
+            f"`{_ADD_MANIFEST.format(folder=folder)}` records them, or remove it yourself"
+        )
+    return read_file_list(folder, info, info_path)
+
+
+def _conflicts(folder: Path, staging: Path, ours: dict[str, Any]) -> list[Path]:
+    """Paths a new save would overwrite that are not files of the previous chunk set."""
+    found = []
+    for new in staging.rglob("*"):
+        if new.is_dir():
+            continue
+        name = new.relative_to(staging).as_posix()
+        target = folder / name
+        if os.path.lexists(target) and name not in ours:
+            found.append(target)
+    # A folder of the new set must not hold other files than the previous set's.
+    for entry in staging.iterdir():
+        target = folder / entry.name
+        if entry.is_dir() and target.is_dir() and not target.is_symlink():
+            for old in target.rglob("*"):
+                if old.is_file() and old.relative_to(folder).as_posix() not in ours:
+                    found.append(old)
+        elif entry.is_dir() and os.path.lexists(target):
+            found.append(target)
+    return sorted(set(found))
+
+
+def _install(folder: Path, staging: Path, manifest: dict[str, Any]) -> None:
+    """Replace the previous chunk set of ``folder`` with the one built in ``staging``.
+
+    Deletes only the previous set's listed files (and the split folders they leave
+    empty); refuses, before touching anything, when a new file would overwrite one it did
+    not list. ``chunk_set.json`` says "incomplete" (listing old and new files) until the
+    last rename, so a killed save is refused by readers and cleaned up by the next save.
+    """
+    ours = _previous_files(folder)
+    conflicts = _conflicts(folder, staging, ours)
+    if conflicts:
+        shown = ", ".join(str(p) for p in conflicts[:5])
+        raise ForeignFolderError(
+            f"{folder}: saving the chunk set would overwrite {len(conflicts)} file(s) it did "
+            f"not write ({shown}); move them away or pick another folder"
+        )
+    everything = {**ours, **manifest["files"]}
+    write_json_atomic(
+        folder / INFO_FILE,
+        {"format_version": FORMAT_VERSION, "incomplete": True, "files": everything},
+        indent=2,
+    )
+    for name in ours:
+        path = folder / name
+        if path.is_file() or path.is_symlink():
             path.unlink()
+    for name in sorted(ours, key=lambda n: -n.count("/")):  # deepest first
+        for parent in Path(name).parents[:-1]:
+            with contextlib.suppress(OSError):  # not empty: it holds other files
+                (folder / parent).rmdir()
+    for entry in sorted(staging.iterdir()):
+        os.replace(entry, folder / entry.name)
+    from . import __version__
+
+    write_json_atomic(
+        folder / INFO_FILE,
+        {
+            "format_version": FORMAT_VERSION,
+            "created_by": f"modeling_mscl {__version__}",
+            "fingerprint": manifest["fingerprint"],
+            "files": manifest["files"],
+        },
+        indent=2,
+    )
+    staging.rmdir()
 
 
 def save_chunk_set(
@@ -210,12 +331,16 @@ def save_chunk_set(
     num_shards: int | dict[str, int] | None = None,
 ) -> None:
     """Write ``data`` (chunk rows) as the chunk set in ``folder``, with the feature
-    extractor that computed its log-mels.
+    extractor that computed its log-mels and the manifest of its files.
 
-    A previous chunk set in ``folder`` is replaced; other files (``shards/``,
-    ``report.json``) are kept. ``chunk_set.json`` is written last, so an interrupted save
-    leaves a folder that readers refuse. ``num_shards`` goes to ``save_to_disk`` (a dict
-    of split name -> shards for a DatasetDict).
+    ``folder`` must be new, empty, or a chunk-set folder of the package
+    (:func:`claim_chunk_folder`). The set is written into a temporary folder inside it,
+    hashed (:mod:`~modeling_mscl.chunk_manifest`), and renamed into place: a previous
+    chunk set there is replaced (its listed files only); other files (``shards/``,
+    ``report.json``, anything a user put there) are kept, and a new file that would
+    overwrite one of them is refused. ``chunk_set.json`` is written last, so an
+    interrupted save leaves a folder that readers refuse. ``num_shards`` goes to
+    ``save_to_disk`` (a dict of split name -> shards for a DatasetDict).
     """
     folder = Path(folder).expanduser()
     splits = dict(data) if isinstance(data, DatasetDict) else {"": data}
@@ -223,25 +348,66 @@ def save_chunk_set(
         where = f"chunk split {name!r}" if name else "the chunk dataset"
         _, bins, _ = _spectrogram_shape(ds.features, SPECTROGRAM_COLUMNS, where)
         _check_front_end(feature_extractor, bins, where)
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_previous(folder)
-    # datasets writes no data file for an empty dataset, and then cannot load it back.
-    if isinstance(data, DatasetDict):
-        if isinstance(num_shards, int):
-            raise TypeError("num_shards of a DatasetDict is a dict: split name -> shards")
-        shards = {**(num_shards or {}), **{n: 1 for n, ds in data.items() if len(ds) == 0}}
-        data.save_to_disk(str(folder), num_shards=shards or None)
-    else:
-        data.save_to_disk(str(folder), num_shards=1 if len(data) == 0 else num_shards)
-    feature_extractor.save_pretrained(str(folder))
-    write_json_atomic(folder / INFO_FILE, {"format_version": FORMAT_VERSION}, indent=2)
+    if isinstance(data, DatasetDict) and isinstance(num_shards, int):
+        raise TypeError("num_shards of a DatasetDict is a dict: split name -> shards")
+    claim_chunk_folder(folder)
+    staging = folder / _STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # a killed save's, in a folder of ours
+    staging.mkdir()
+    try:
+        # datasets writes no data file for an empty dataset, and then cannot load it back.
+        if isinstance(data, DatasetDict):
+            shards = {**(num_shards or {}), **{n: 1 for n, ds in data.items() if len(ds) == 0}}
+            data.save_to_disk(str(staging), num_shards=shards or None)
+        else:
+            data.save_to_disk(str(staging), num_shards=1 if len(data) == 0 else num_shards)
+        feature_extractor.save_pretrained(str(staging))
+        saved_dataset_files(staging)  # the paths datasets wrote are inside
+        # Every file the save wrote (save_pretrained adds the front end's code file).
+        names = [p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()]
+        manifest = build_manifest(staging, names)
+        _install(folder, staging, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def add_manifest(folder: str | os.PathLike) -> str:
+    """Record the files, checksums and fingerprint of a chunk set made before chunk sets
+    had them, and mark its folder as the package's; returns the fingerprint.
+
+    Whoever runs it vouches that the files are as they were built: the checksums are
+    those of the files now.
+    """
+    folder = Path(folder).expanduser()
+    info_path = folder / INFO_FILE
+    _read_front_end(folder, need_manifest=False)
+    info = json.loads(info_path.read_text())
+    if "files" in info and not info.get("incomplete"):
+        raise ValueError(f"{info_path} already lists its files; `mscl verify {folder}` checks them")
+    names = [*saved_dataset_files(folder), FEATURE_EXTRACTOR_FILE]
+    names += [n for n in _FRONT_END_CODE if (folder / n).is_file()]
+    manifest = build_manifest(folder, names)
+    from . import __version__
+
+    claim_folder(folder, CHUNK_SET_KIND, adopt=True)
+    write_json_atomic(
+        info_path,
+        {
+            "format_version": FORMAT_VERSION,
+            "created_by": f"modeling_mscl {__version__} (--add-manifest)",
+            "fingerprint": manifest["fingerprint"],
+            "files": manifest["files"],
+        },
+        indent=2,
+    )
+    return manifest["fingerprint"]
 
 
 # ---------------------------------------------------------------------------- reading
 
 
-def _read_front_end(folder: Path) -> MSCLFeatureExtractor:
-    """Check ``folder``'s format version and load its feature extractor."""
+def _read_info(folder: Path) -> dict[str, Any]:
+    """``chunk_set.json`` of ``folder``, its format version checked."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such chunk set folder")
     info_path = folder / INFO_FILE
@@ -255,7 +421,8 @@ def _read_front_end(folder: Path) -> MSCLFeatureExtractor:
             )
         raise ValueError(f"{folder} is not a chunk set (no {INFO_FILE})")
     try:
-        version = json.loads(info_path.read_text())["format_version"]
+        info = json.loads(info_path.read_text())
+        version = info["format_version"]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{info_path}: unreadable ({type(err).__name__}: {err})") from err
     if version != FORMAT_VERSION:
@@ -264,6 +431,22 @@ def _read_front_end(folder: Path) -> MSCLFeatureExtractor:
             f"{folder} is a chunk set of format version {version}; this version of "
             f"modeling_mscl reads format version {FORMAT_VERSION}: "
             + ("upgrade modeling_mscl" if newer else _REMAKE)
+        )
+    if info.get("incomplete"):
+        raise ValueError(f"{folder} holds an unfinished save (killed while writing): {_REMAKE}")
+    return info
+
+
+def _read_front_end(folder: Path, need_manifest: bool = True) -> MSCLFeatureExtractor:
+    """Check ``folder``'s format version (and that it lists its files) and load its
+    feature extractor."""
+    info = _read_info(folder)
+    if need_manifest and "files" not in info:
+        raise ValueError(
+            f"{folder} is a chunk set without checksums and fingerprint (made by an "
+            "earlier version of modeling_mscl); runs record the fingerprint of the data "
+            f"they train on. `{_ADD_MANIFEST.format(folder=folder)}` records them once "
+            "(it reads every file), or re-make it"
         )
     if not (folder / FEATURE_EXTRACTOR_FILE).is_file():
         raise ValueError(
@@ -276,6 +459,24 @@ def _read_front_end(folder: Path) -> MSCLFeatureExtractor:
         raise ValueError(f"{folder / FEATURE_EXTRACTOR_FILE}: {err}") from err
 
 
+def verify_chunk_set(folder: str | os.PathLike, full: bool = True) -> list[str]:
+    """What is wrong with the chunk set in ``folder``, one line per problem naming the
+    file (empty: every file is as built).
+
+    Checks the format, that every file its manifest lists is there with its recorded size
+    and that no file outside the list is read; with ``full``, every file's SHA-256 too.
+    """
+    folder = Path(folder).expanduser()
+    info = _read_info(folder)
+    if "files" not in info:
+        _read_front_end(folder)  # raises the advice for a set without a manifest
+    files = read_file_list(folder, info, folder / INFO_FILE)
+    problems = check_files(folder, files, full=full)
+    if not problems and info.get("fingerprint") != content_fingerprint(files):
+        problems.append(f"{folder / INFO_FILE}: the fingerprint does not match the file list")
+    return problems
+
+
 class ChunkSet:
     """An opened chunk set: its rows (memory-mapped) and the front end that made them.
 
@@ -284,14 +485,21 @@ class ChunkSet:
         data: the ``Dataset``, or the ``DatasetDict`` of splits.
         feature_extractor: the :class:`~modeling_mscl.MSCLFeatureExtractor` of its
             ``preprocessor_config.json``.
+        fingerprint: the content fingerprint of its manifest
+            (:mod:`~modeling_mscl.chunk_manifest`).
     """
 
     def __init__(
-        self, path: Path, data: Dataset | DatasetDict, feature_extractor: MSCLFeatureExtractor
+        self,
+        path: Path,
+        data: Dataset | DatasetDict,
+        feature_extractor: MSCLFeatureExtractor,
+        fingerprint: str | None = None,
     ) -> None:
         self.path = path
         self.data = data
         self.feature_extractor = feature_extractor
+        self.fingerprint = fingerprint
 
     @property
     def splits(self) -> list[str]:
@@ -314,20 +522,36 @@ class ChunkSet:
         return f"ChunkSet({str(self.path)!r}, splits={self.splits or None})"
 
 
-def load_chunk_set(path: str | os.PathLike) -> ChunkSet:
+def load_chunk_set(path: str | os.PathLike, verify: str = "sizes") -> ChunkSet:
     """Open the chunk set in ``path``: format version checked, feature extractor loaded,
-    every split's spectrogram columns checked against it."""
+    every split's spectrogram columns checked against it.
+
+    ``verify``: ``"sizes"`` (the default, cheap) checks every file of the manifest is
+    there with its recorded size and nothing else is read; ``"full"`` checks every
+    checksum too (reads every byte); :class:`~modeling_mscl.chunk_manifest.ChunkSetDamagedError`
+    names the bad files. Every path the saved files name is checked to stay in ``path``.
+    """
     from datasets import load_from_disk
 
+    if verify not in ("sizes", "full"):
+        raise ValueError(f"verify must be 'sizes' or 'full', got {verify!r}")
     folder = Path(path).expanduser()
     fe = _read_front_end(folder)
+    problems = verify_chunk_set(folder, full=verify == "full")
+    if problems:
+        raise ChunkSetDamagedError(
+            f"the chunk set {folder} is damaged: "
+            + "; ".join(problems)
+            + f" (`mscl verify {folder}` checks every file)"
+        )
+    info = json.loads((folder / INFO_FILE).read_text())
     data = load_from_disk(str(folder))
     splits = dict(data) if isinstance(data, DatasetDict) else {"": data}
     for name, ds in splits.items():
         where = f"{folder}" + (f" (split {name!r})" if name else "")
         _, bins, _ = _spectrogram_shape(ds.features, SPECTROGRAM_COLUMNS, where)
         _check_front_end(fe, bins, where)
-    return ChunkSet(folder, data, fe)
+    return ChunkSet(folder, data, fe, info.get("fingerprint"))
 
 
 # ------------------------------------------------------------------------------ crops

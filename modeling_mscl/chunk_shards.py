@@ -25,8 +25,9 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, concatenate_datasets
 
-from ._files import atomic_folder, write_json_atomic
-from .chunk_set import load_chunk_set, save_chunk_set
+from ._files import write_json_atomic
+from .chunk_set import claim_chunk_folder, load_chunk_set, save_chunk_set
+from .run_lock import RunLock, RunLockedError
 
 __all__ = ["check_sharding", "merge_chunk_sets", "shard_dir", "shard_tracks"]
 
@@ -188,10 +189,14 @@ def merge_chunk_sets(
     Checks that ``folders`` (in any order) are all ``N`` shards of one job, each once
     (their ``report.json`` shard records), with the same format version, feature extractor
     (its ``to_dict()`` without metadata keys), splits and features; then writes, as one
-    atomic replacement of ``output_dir``, the chunk set whose splits concatenate the
+    chunk set of ``output_dir``, the one whose splits concatenate the
     shards' in shard order, its feature extractor, and a ``report.json`` with the summed
     counts, the skipped tracks of every shard and the shards it came from. Re-running
-    replaces the previous merge. ``output_dir`` must not hold or lie in a shard folder.
+    replaces the previous merge. ``output_dir`` must not hold or lie in a shard folder,
+    and must be new, empty or a chunk-set folder of the package: it is written like any
+    chunk set (:func:`~modeling_mscl.chunk_set.save_chunk_set`: built in a temporary
+    folder, renamed into place, replacing only the files of the previous merge), under
+    its run lock; a shard whose run still holds its lock is refused.
 
     Returns:
         The merged chunk ``Dataset`` or ``DatasetDict``, loaded back from ``output_dir``.
@@ -210,14 +215,33 @@ def merge_chunk_sets(
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such shard folder")
         if output_dir == path or output_dir in path.parents or path in output_dir.parents:
-            # The output is replaced as a whole: a shard inside it would be deleted.
+            # One folder inside the other would mix a shard's files with the merge's.
             raise ValueError(
                 f"the merge output {output_dir} must lie outside the shard folder {path} "
                 "(and not contain it)"
             )
     reports = {path: _read_report(path) for path in paths}
     ordered = _check_complete_job(reports)
+    for path in ordered:  # a shard still being written is not merged
+        try:
+            RunLock(path, "merge_chunk_sets (reading a shard)").acquire().release()
+        except RunLockedError as err:
+            raise RunLockedError(f"shard {path} is still being written: {err}") from None
+    data, feature_extractor = _merged_rows(ordered)
+    # Refused before anything is written when it holds files of someone else's.
+    claim_chunk_folder(output_dir)
+    with RunLock(output_dir, "merge_chunk_sets (mscl separate --merge)"):
+        # No report means "not complete" until the new set is in place; the set replaces
+        # only the files of a previous merge (its manifest), whatever else the folder holds.
+        (output_dir / REPORT_FILE).unlink(missing_ok=True)
+        save_chunk_set(data, output_dir, feature_extractor)
+        write_json_atomic(output_dir / REPORT_FILE, _merged_report(ordered, reports), indent=2)
+    return load_chunk_set(output_dir).data
 
+
+def _merged_rows(ordered: list[Path]) -> tuple[Dataset | DatasetDict, Any]:
+    """The shards' chunk sets checked against each other and concatenated in order, and
+    their feature extractor."""
     # load_chunk_set reads only this version's format: the shards share their version.
     sets = [load_chunk_set(folder) for folder in ordered]
     ref, ref_fe, ref_splits = sets[0], _front_end(sets[0].feature_extractor), _splits(sets[0].data)
@@ -245,7 +269,4 @@ def merge_chunk_sets(
         name: concatenate_datasets([_splits(s.data)[name] for s in sets]) for name in ref_splits
     }
     data = merged[""] if "" in merged else DatasetDict(merged)
-    with atomic_folder(output_dir) as tmp:
-        save_chunk_set(data, tmp, ref.feature_extractor)
-        write_json_atomic(tmp / REPORT_FILE, _merged_report(ordered, reports), indent=2)
-    return load_chunk_set(output_dir).data
+    return data, ref.feature_extractor

@@ -36,11 +36,13 @@ from .chunk_set import (
     FORMAT_VERSION,
     ChunkGeometry,
     chunk_features,
+    claim_chunk_folder,
     load_chunk_set,
     save_chunk_set,
 )
 from .chunk_shards import check_sharding, shard_tracks
 from .feature_extraction_mscl import MSCLFeatureExtractor, decode_audio, resample_audio
+from .run_lock import RunLock
 from .stems import SAMPLING_RATE, SOURCES, Separator, check_separator
 
 __all__ = [
@@ -518,117 +520,124 @@ def prepare_chunks(
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     check_sharding(num_shards, shard_index)
     output_dir = Path(output_dir).expanduser()
-    whole = dict(tracks) if isinstance(tracks, DatasetDict) else {"": tracks}
-    whole = {name: _undecoded(ds) for name, ds in whole.items()}
-    for name, ds in whole.items():  # whole splits: the ids of two shards must not meet
-        ids = ds["track_id"] if "track_id" in ds.column_names else []
-        if len(set(ids)) != len(ids):
-            twice = sorted(i for i, n in Counter(ids).items() if n > 1)
-            raise ValueError(
-                f"split {name or 'data'!r}: track_id must be unique (chunks and the report "
-                f"are keyed on it); repeated: {twice[:5]}{' ...' if len(twice) > 5 else ''}"
-            )
-    fe = feature_extractor or MSCLFeatureExtractor()
-    chunker = StemChunker(
-        separator, threshold=threshold, device=device, records=True, feature_extractor=fe
-    )
-    report_path = output_dir / "report.json"
+    # New, empty or ours (never a folder of someone else's files), and one run at a time.
+    output_dir = claim_chunk_folder(output_dir)
+    with RunLock(output_dir, "prepare_chunks (mscl separate)"):
+        whole = dict(tracks) if isinstance(tracks, DatasetDict) else {"": tracks}
+        whole = {name: _undecoded(ds) for name, ds in whole.items()}
+        for name, ds in whole.items():  # whole splits: the ids of two shards must not meet
+            ids = ds["track_id"] if "track_id" in ds.column_names else []
+            if len(set(ids)) != len(ids):
+                twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+                raise ValueError(
+                    f"split {name or 'data'!r}: track_id must be unique (chunks and the report "
+                    f"are keyed on it); repeated: {twice[:5]}{' ...' if len(twice) > 5 else ''}"
+                )
+        fe = feature_extractor or MSCLFeatureExtractor()
+        chunker = StemChunker(
+            separator, threshold=threshold, device=device, records=True, feature_extractor=fe
+        )
+        report_path = output_dir / "report.json"
 
-    chunker_hash = chunker.fingerprint()  # once: it may read every weight of a model
-    # The job: what every shard of it shares (not file stamps, so that machines with their
-    # own copies of the corpus make mergeable shards), and this run's place in it.
-    job = Hasher.hash(
-        [FORMAT_VERSION, chunker_hash, batch_size]
-        + [(name, ds._fingerprint) for name, ds in whole.items()]
-    )
-    shard_record = {"job": job, "num_shards": num_shards, "shard_index": shard_index}
-    splits = {name: shard_tracks(ds, num_shards, shard_index) for name, ds in whole.items()}
-    stamps = {name: _file_stamps(ds) for name, ds in splits.items()}
-    fingerprint = Hasher.hash(
-        [FORMAT_VERSION, chunker_hash, batch_size, shard_size]
-        + [(name, ds._fingerprint, stamps[name]) for name, ds in splits.items()]
-    )
-    if report_path.is_file():
-        previous = json.loads(report_path.read_text())
-        if (
-            previous.get("complete")
-            and previous.get("fingerprint") == fingerprint
-            and previous.get("shard") == shard_record
-        ):
-            try:
-                return load_chunk_set(output_dir).data
-            except (FileNotFoundError, ValueError):
-                pass  # the report outlived its chunk set: rebuild below
-        report_path.unlink()  # from here on, no report means "not complete"
-    if num_proc and num_proc > 1 and torch.cuda.is_available():
-        # CUDA cannot be initialised in forked children, and datasets' worker pool uses
-        # multiprocess' default start method: make it spawn (it stays so afterwards;
-        # switching back under a live pool would be worse).
-        import multiprocess
+        chunker_hash = chunker.fingerprint()  # once: it may read every weight of a model
+        # The job: what every shard of it shares (not file stamps, so that machines with their
+        # own copies of the corpus make mergeable shards), and this run's place in it.
+        job = Hasher.hash(
+            [FORMAT_VERSION, chunker_hash, batch_size]
+            + [(name, ds._fingerprint) for name, ds in whole.items()]
+        )
+        shard_record = {"job": job, "num_shards": num_shards, "shard_index": shard_index}
+        splits = {name: shard_tracks(ds, num_shards, shard_index) for name, ds in whole.items()}
+        stamps = {name: _file_stamps(ds) for name, ds in splits.items()}
+        fingerprint = Hasher.hash(
+            [FORMAT_VERSION, chunker_hash, batch_size, shard_size]
+            + [(name, ds._fingerprint, stamps[name]) for name, ds in splits.items()]
+        )
+        if report_path.is_file():
+            previous = json.loads(report_path.read_text())
+            if (
+                previous.get("complete")
+                and previous.get("fingerprint") == fingerprint
+                and previous.get("shard") == shard_record
+            ):
+                try:
+                    return load_chunk_set(output_dir).data
+                except (FileNotFoundError, ValueError):
+                    pass  # the report outlived its chunk set: rebuild below
+            report_path.unlink()  # from here on, no report means "not complete"
+        if num_proc and num_proc > 1 and torch.cuda.is_available():
+            # CUDA cannot be initialised in forked children, and datasets' worker pool uses
+            # multiprocess' default start method: make it spawn (it stays so afterwards;
+            # switching back under a live pool would be worse).
+            import multiprocess
 
-        multiprocess.set_start_method("spawn", force=True)
+            multiprocess.set_start_method("spawn", force=True)
 
-    from datasets.utils import (
-        disable_progress_bars,
-        enable_progress_bars,
-        is_progress_bar_enabled,
-    )
+        from datasets.utils import (
+            disable_progress_bars,
+            enable_progress_bars,
+            is_progress_bar_enabled,
+        )
 
-    bars_were_enabled = is_progress_bar_enabled()
-    disable_progress_bars()  # one bar of ours instead of one per shard
-    bar = _Progress(sum(len(ds) for ds in splits.values()), progress)
-    outputs, report_splits, in_use = {}, {}, set()
-    try:
-        for name, ds in splits.items():
-            mapped, summaries, files = _run_split(
-                ds,
-                stamps[name],
-                chunker,
-                chunker_hash,
-                output_dir / "shards" / (name or "data"),
-                batch_size,
-                num_proc,
-                shard_size,
-                bar,
-            )
-            in_use |= files
-            report_splits[name or "data"] = {
-                "tracks": len(ds),
-                "chunks": sum(s["chunks"] for s in summaries),
-                "audio_seconds": round(sum(s["seconds"] for s in summaries), 3),
-                "skipped": [item for s in summaries for item in s["skipped"]],
-            }
-            features = chunker.features(ds.features)
-            del features[_STATUS], features[_SECONDS]
-            if mapped is None:
-                outputs[name] = Dataset.from_dict({k: [] for k in features}, features=features)
-            else:
-                keep = np.flatnonzero(np.asarray(mapped["chunk_index"]) >= 0)
-                outputs[name] = mapped.select(keep).remove_columns([_STATUS, _SECONDS])
-        bar.close()
-        data = outputs[""] if "" in outputs else DatasetDict(outputs)
-        save_chunk_set(data, output_dir, fe)
-    finally:
-        bar.close()
-        if bars_were_enabled:
-            enable_progress_bars()
-    if not keep_shards:
-        shutil.rmtree(output_dir / "shards", ignore_errors=True)
-    else:
-        # Shards of earlier settings (other fingerprints) and temp files of killed runs.
-        for path in (output_dir / "shards").glob("*/*"):
-            if os.path.realpath(path) not in in_use and path.is_file():
-                path.unlink()
-    write_json_atomic(
-        report_path,
-        {
-            "complete": True,
-            "fingerprint": fingerprint,
-            "separator": repr(separator),
-            "threshold": threshold,
-            "shard": shard_record,
-            "splits": report_splits,
-        },
-        indent=2,
-    )
-    return load_chunk_set(output_dir).data
+        bars_were_enabled = is_progress_bar_enabled()
+        disable_progress_bars()  # one bar of ours instead of one per shard
+        bar = _Progress(sum(len(ds) for ds in splits.values()), progress)
+        outputs, report_splits, in_use = {}, {}, set()
+        try:
+            for name, ds in splits.items():
+                mapped, summaries, files = _run_split(
+                    ds,
+                    stamps[name],
+                    chunker,
+                    chunker_hash,
+                    output_dir / "shards" / (name or "data"),
+                    batch_size,
+                    num_proc,
+                    shard_size,
+                    bar,
+                )
+                in_use |= files
+                report_splits[name or "data"] = {
+                    "tracks": len(ds),
+                    "chunks": sum(s["chunks"] for s in summaries),
+                    "audio_seconds": round(sum(s["seconds"] for s in summaries), 3),
+                    "skipped": [item for s in summaries for item in s["skipped"]],
+                }
+                features = chunker.features(ds.features)
+                del features[_STATUS], features[_SECONDS]
+                if mapped is None:
+                    outputs[name] = Dataset.from_dict({k: [] for k in features}, features=features)
+                else:
+                    keep = np.flatnonzero(np.asarray(mapped["chunk_index"]) >= 0)
+                    outputs[name] = mapped.select(keep).remove_columns([_STATUS, _SECONDS])
+            bar.close()
+            data = outputs[""] if "" in outputs else DatasetDict(outputs)
+            save_chunk_set(data, output_dir, fe)
+        finally:
+            bar.close()
+            if bars_were_enabled:
+                enable_progress_bars()
+        if not keep_shards:
+            shutil.rmtree(output_dir / "shards", ignore_errors=True)
+        else:
+            # Shards of earlier settings (other fingerprints) and temp files of killed runs.
+            shards_root = os.path.realpath(output_dir / "shards")
+            for path in (output_dir / "shards").glob("*/*"):
+                real = os.path.realpath(path)
+                # Never through a symbolic link to files outside the shards folder.
+                inside = real.startswith(shards_root + os.sep)
+                if inside and real not in in_use and path.is_file() and not path.is_symlink():
+                    path.unlink()
+        write_json_atomic(
+            report_path,
+            {
+                "complete": True,
+                "fingerprint": fingerprint,
+                "separator": repr(separator),
+                "threshold": threshold,
+                "shard": shard_record,
+                "splits": report_splits,
+            },
+            indent=2,
+        )
+        return load_chunk_set(output_dir).data

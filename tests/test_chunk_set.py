@@ -46,9 +46,17 @@ def test_version_is_written_and_checked(tmp_path):
     folder = tmp_path / "set"
     save_chunk_set(small(), folder, MSCLFeatureExtractor())
     info = folder / "chunk_set.json"
-    assert json.loads(info.read_text()) == {"format_version": FORMAT_VERSION}
+    written = json.loads(info.read_text())
+    assert written["format_version"] == FORMAT_VERSION
+    assert sorted(written["files"]) == [
+        "data-00000-of-00001.arrow",
+        "dataset_info.json",
+        "feature_extraction_mscl.py",
+        "preprocessor_config.json",
+        "state.json",
+    ]
     for version, advice in ((1, "re-make it with"), (FORMAT_VERSION + 1, "upgrade modeling_mscl")):
-        info.write_text(json.dumps({"format_version": version}))
+        info.write_text(json.dumps({**written, "format_version": version}))
         message = (
             f"{folder} is a chunk set of format version {version}; this version of "
             f"modeling_mscl reads format version {FORMAT_VERSION}: {advice}"
@@ -67,7 +75,7 @@ def test_version_is_written_and_checked(tmp_path):
         load_chunk_set(tmp_path)
     with pytest.raises(FileNotFoundError, match="no such chunk set folder"):
         load_chunk_set(tmp_path / "nope")
-    info.write_text(json.dumps({"format_version": FORMAT_VERSION}))
+    info.write_text(json.dumps(written))
     (folder / "preprocessor_config.json").unlink()
     with pytest.raises(ValueError, match="no preprocessor_config.json"):
         load_chunk_set(folder)

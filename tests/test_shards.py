@@ -11,7 +11,8 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict, Value
 
-from modeling_mscl.chunk_set import SPECTROGRAM_COLUMNS, load_chunk_set
+from modeling_mscl.chunk_manifest import ChunkSetDamagedError
+from modeling_mscl.chunk_set import SPECTROGRAM_COLUMNS, add_manifest, load_chunk_set
 from modeling_mscl.chunk_shards import merge_chunk_sets, shard_dir, shard_tracks
 from modeling_mscl.chunks import prepare_chunks
 from modeling_mscl.stems import SOURCES, OracleSeparator
@@ -150,6 +151,11 @@ def test_merge_refuses_missing_duplicated_and_foreign_shards(runs):
     config = json.loads((copy / "preprocessor_config.json").read_text())
     config["lower_edge_hertz"] = 125.0
     (copy / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(ChunkSetDamagedError, match="preprocessor_config.json: .* bytes, the"):
+        merge_chunk_sets([copy, s1], out)  # an edited file is caught by its manifest
+    info = json.loads((copy / "chunk_set.json").read_text())
+    (copy / "chunk_set.json").write_text(json.dumps({"format_version": info["format_version"]}))
+    add_manifest(copy)  # re-recorded: the edit is now the shard's content
     with pytest.raises(ValueError, match="different feature extractors"):
         merge_chunk_sets([copy, s1], out)
 
