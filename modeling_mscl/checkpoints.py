@@ -17,14 +17,25 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ._files import TEMP_FOLDER_PREFIX, replace_folder
+from ._files import (
+    MARKER_FILE,
+    TEMP_FOLDER_PREFIX,
+    ForeignFolderError,
+    claim_folder,
+    folder_kind,
+    replace_folder,
+)
 from .training_args import PretrainingArguments
 
 __all__ = [
     "ARGS_FILE",
     "CHECKPOINT_DIR",
+    "DATA_FILE",
+    "RUN_KIND",
     "TRAINER_STATE",
     "RUN_OUTPUTS",
+    "check_data",
+    "claim_output_dir",
     "complete_checkpoints",
     "latest_checkpoint",
     "prepare_output_dir",
@@ -40,6 +51,10 @@ CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
 ARGS_FILE = "training_args.json"
+# The chunk set a run trained on: its folder, content fingerprint and every change of it.
+DATA_FILE = "training_data.json"
+# The kind in the folder marker of a pre-training output_dir (modeling_mscl._files).
+RUN_KIND = "pretraining run"
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -134,10 +149,34 @@ def prepare_output_dir(
     except OSError as err:
         raise ValueError(f"output_dir {out} cannot be written: {err}") from err
     if used and not resume:
+        if folder_kind(out) != RUN_KIND:  # delete only what a run of the package wrote
+            raise ForeignFolderError(
+                f"output_dir {out} was not created by a modeling_mscl run (no "
+                f"{MARKER_FILE}); --overwrite_output_dir deletes only a run's own outputs: "
+                f"remove {', '.join(used)} yourself or pick another output_dir"
+            )
         logger.warning("overwrite_output_dir: deleting %s in %s", used, out)
         for name in used:
             shutil.rmtree(out / name, ignore_errors=True)
     return out
+
+
+def claim_output_dir(output_dir: str | os.PathLike, resume: bool) -> Path:
+    """Make ``output_dir`` a run folder of the package before anything is written there.
+
+    New, empty, or marked by an earlier run: fine (:func:`~modeling_mscl._files.claim_folder`).
+    A non-empty folder without the marker is refused, except to resume a run whose
+    checkpoints it holds (a run of an earlier version of the package, made before output
+    folders were marked). Errors of the file system become a ValueError naming the folder.
+    """
+    out = Path(output_dir).expanduser()
+    legacy = resume and (out / CHECKPOINT_DIR).is_dir() and folder_kind(out) is None
+    try:
+        return claim_folder(out, RUN_KIND, adopt=legacy)
+    except ForeignFolderError:
+        raise
+    except OSError as err:
+        raise ValueError(f"output_dir {out} cannot be written: {err}") from err
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
@@ -150,7 +189,7 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     ignore = {"resume", "max_steps", "progress_bar", "log_every", "log_with", "num_workers"}
     ignore |= {"prefetch_factor", "checkpoint_every", "keep_checkpoints", "eval_every"}
     ignore |= {"probe_every", "probe_hook", "max_bad_steps", "output_dir", "data_dir"}
-    ignore |= {"overwrite_output_dir"}
+    ignore |= {"overwrite_output_dir", "allow_data_change", "verify_data"}
     keys = sorted((set(saved) | set(current)) - ignore)
     return [k for k in keys if saved.get(k) != current.get(k)]
 
@@ -177,19 +216,71 @@ def schedule_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     ]
 
 
-def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tuple[int, int, int]:
+def check_data(
+    checkpoint: Path, state: dict[str, Any], data: dict[str, Any], allow_change: bool
+) -> list[dict[str, Any]]:
+    """The data history a resumed run continues: the checkpoint's, plus this resume when
+    it changes the data.
+
+    ``data`` is this run's ``{"data_dir", "fingerprint"}``; ``state`` the checkpoint's
+    trainer state. Another chunk-set fingerprint than the checkpoint's is refused
+    (ValueError naming both folders and fingerprints) unless ``allow_change``
+    (``--allow_data_change``), which records the change.
+    """
+    saved = state.get("data")
+    history = list(state.get("data_history") or [])
+    if not isinstance(saved, dict) or not saved.get("fingerprint"):
+        logger.warning(
+            "resume: %s does not record the fingerprint of its training data (made by an "
+            "earlier version of modeling_mscl): the data cannot be checked",
+            checkpoint,
+        )
+        return history or [{"step": int(state.get("step", 0)), **data, "unrecorded_before": True}]
+    if saved["fingerprint"] == data["fingerprint"]:
+        return history
+    change = (
+        f"the checkpoint {checkpoint} was trained on the chunk set {saved.get('data_dir')} "
+        f"(fingerprint {saved['fingerprint']}); data_dir {data['data_dir']} holds other "
+        f"content (fingerprint {data['fingerprint']})"
+    )
+    if not allow_change:
+        raise ValueError(
+            f"resume: {change}. The resumed run would not continue the one it resumes. "
+            "Resume with the original chunk set, start a new run in another output_dir, or "
+            "pass --allow_data_change true to continue on this data (recorded in the run)"
+        )
+    logger.warning("resume: %s; continuing as --allow_data_change asks (recorded)", change)
+    return [
+        *history,
+        {
+            "step": int(state.get("step", 0)),
+            **data,
+            "previous_fingerprint": saved["fingerprint"],
+            "previous_data_dir": saved.get("data_dir"),
+            "allowed_by": "allow_data_change",
+        },
+    ]
+
+
+def resume(
+    accelerator: Any,
+    args: PretrainingArguments,
+    fingerprint: str,
+    data: dict[str, Any] | None = None,
+) -> tuple[int, int, int, list[dict[str, Any]]]:
     """Load the newest checkpoint into ``accelerator``'s prepared objects.
 
-    Returns (step, skipped steps, skipped steps in a row); (0, 0, 0) without a checkpoint.
-    Raises ValueError when an argument that defines the learning-rate schedule changed
-    (see :data:`SCHEDULE_KEYS`); warns when the sampler's fingerprint or other arguments
-    that shape the run changed.
+    Returns (step, skipped steps, skipped steps in a row, data history); (0, 0, 0, [])
+    without a checkpoint. Raises ValueError when an argument that defines the
+    learning-rate schedule changed (see :data:`SCHEDULE_KEYS`) or when ``data`` (this
+    run's ``{"data_dir", "fingerprint"}``) is not the checkpoint's (:func:`check_data`);
+    warns when the sampler's fingerprint or other arguments that shape the run changed.
     """
     out_dir = Path(args.training.output_dir).expanduser()
     checkpoints = complete_checkpoints(out_dir)
     if not checkpoints:
         logger.warning("resume: no checkpoint in %s, starting from scratch", out_dir)
-        return 0, 0, 0
+        return 0, 0, 0, []
     # Newest first; an unreadable one (a truncated file, a full disk at save time) is
     # reported and the previous one is tried, rather than failing the whole run.
     for checkpoint in reversed(checkpoints):
@@ -199,6 +290,11 @@ def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tu
         except (OSError, ValueError) as err:
             logger.warning("resume: %s is unreadable (%s); trying an older one", checkpoint, err)
             continue
+        history = (
+            check_data(checkpoint, state, data, args.training.allow_data_change)
+            if (data is not None)
+            else []
+        )
         changed_schedule = schedule_changes(saved_args, args.to_dict())
         if changed_schedule:
             raise ValueError(
@@ -239,4 +335,5 @@ def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tu
     if changed:
         logger.warning("resume: arguments changed since the checkpoint: %s", changed)
     accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
-    return int(state["step"]), int(state["skipped_steps"]), int(state["bad_steps_in_row"])
+    step, skipped = int(state["step"]), int(state["skipped_steps"])
+    return step, skipped, int(state["bad_steps_in_row"]), history

@@ -515,8 +515,11 @@ class ChunkSet:
         return self.data[split]
 
     def store(self, split: str | None = None, **kwargs: Any) -> ChunkStore:
-        """A :class:`ChunkStore` over ``split`` (see :meth:`dataset`) with this front end."""
-        return ChunkStore(self.dataset(split), self.feature_extractor, **kwargs)
+        """A :class:`ChunkStore` over ``split`` (see :meth:`dataset`) with this front end
+        (its ``fingerprint`` is the chunk set's)."""
+        store = ChunkStore(self.dataset(split), self.feature_extractor, **kwargs)
+        store.fingerprint = self.fingerprint
+        return store
 
     def __repr__(self) -> str:
         return f"ChunkSet({str(self.path)!r}, splits={self.splits or None})"
@@ -631,6 +634,8 @@ class ChunkStore:
             raise IndexError(f"rows must lie in [0, {len(dataset)})")
         self._opened: dict[str, Any] | None = None
         self._present: np.ndarray | None = None
+        # The content fingerprint of the chunk set it reads (set by ChunkSet.store).
+        self.fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.dataset)
@@ -650,7 +655,9 @@ class ChunkStore:
         """A store over some of this store's rows (indices into this store)."""
         base = np.arange(len(self)) if self.rows is None else self.rows
         picked = base[np.asarray(rows, dtype=np.int64)]
-        return ChunkStore(self.dataset, self.feature_extractor, self.columns, picked)
+        store = ChunkStore(self.dataset, self.feature_extractor, self.columns, picked)
+        store.fingerprint = self.fingerprint
+        return store
 
     def _open(self) -> dict[str, Any]:
         """The dataset's rows as Arrow (in place when it has no indices mapping) and the

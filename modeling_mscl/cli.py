@@ -19,6 +19,7 @@ __all__ = ["COMMANDS", "main", "summary", "usage"]
 COMMANDS = {
     "corpus": "build_corpus",
     "separate": "separate",
+    "verify": "verify",
     "pretrain": "pretrain",
     "probe": "probe",
     "retrieval": "stem_retrieval",

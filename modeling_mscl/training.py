@@ -42,9 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._files import atomic_folder
+from ._files import atomic_folder, write_json_atomic
 from .checkpoints import (
     ARGS_FILE,
+    DATA_FILE,
+    claim_output_dir,
     latest_checkpoint,
     prepare_output_dir,
     remove_partial_checkpoints,
@@ -66,6 +68,7 @@ from .pairs import (
     SourceBatchSampler,
     holdout_mask,
 )
+from .run_lock import RunLock
 from .training_args import PretrainingArguments
 from .training_metrics import (
     Meter,
@@ -128,9 +131,12 @@ def load_chunk_stores(args: PretrainingArguments) -> tuple[ChunkStore, ChunkStor
 
     A DatasetDict gives ``train_split`` and, if present, ``validation_split``; otherwise
     ``validation_fraction`` of the tracks (chosen by a hash of ``track_id``) are held out.
+    The files are checked against the chunk set's manifest first (their sizes; every
+    checksum with ``verify_data``). The stores' ``fingerprint`` is the chunk set's.
     """
     d = args.data
-    chunk_set = load_chunk_set(d.data_dir)
+    # Every file of the manifest present with its size (cheap), or every checksum.
+    chunk_set = load_chunk_set(d.data_dir, verify="full" if d.verify_data else "sizes")
     num_mel_bins = MSCLConfig(**asdict(args.model)).num_mel_bins
     if chunk_set.feature_extractor.feature_size != num_mel_bins:
         raise ValueError(
@@ -235,9 +241,11 @@ def _save_final(
     fe: MSCLFeatureExtractor,
     encoder_dir: Path,
     full_dir: Path,
+    data: dict[str, Any] | None = None,
 ) -> None:
     """The encoder + the chunk set's feature extractor for AutoModel, and the full
-    pre-training model.
+    pre-training model, each with ``training_args.json`` and the record of its training
+    data (``data``, written as ``training_data.json``).
 
     Each folder is written under a temporary name and renamed into place, so a run killed
     while saving leaves the old folder or the new one, never half of one.
@@ -248,6 +256,8 @@ def _save_final(
             if extractor is not None:
                 extractor.save_pretrained(str(tmp))
             args.save(tmp / ARGS_FILE)
+            if data is not None:
+                write_json_atomic(tmp / DATA_FILE, data, indent=2)
 
 
 @dataclass
@@ -268,6 +278,9 @@ class _Run:
     optimizer: Any = None
     scheduler: Any = None
     fingerprint: str = ""
+    # The chunk set trained on ({"data_dir", "fingerprint"}) and every change of it.
+    data: dict[str, Any] = field(default_factory=dict)
+    data_history: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
     start_step: int = 0
     skipped: int = 0
@@ -340,6 +353,10 @@ def prepare_data(run: _Run) -> None:
     """The training and validation stores and the training sampler."""
     d = run.args.data
     run.store, run.val_store = load_chunk_stores(run.args)
+    run.data = {
+        "data_dir": str(Path(d.data_dir).expanduser().resolve()),
+        "fingerprint": run.store.fingerprint,
+    }
     run.sampler = build_sampler(run.args, run.store, TRAIN_STREAM)
     on_cpu = run.accelerator.device.type == "cpu"
     run.in_loader = d.augment_on == "loader" or (d.augment_on == "auto" and on_cpu)
@@ -369,11 +386,21 @@ def prepare_model(run: _Run) -> None:
         remove_partial_checkpoints(run.out_dir)
     accelerator.wait_for_everyone()
     run.fingerprint = run.sampler.fingerprint()
+    history: list[dict[str, Any]] = []
     if t.resume:
-        run.start_step, run.skipped, run.bad_in_row = resume(accelerator, args, run.fingerprint)
+        run.start_step, run.skipped, run.bad_in_row, history = resume(
+            accelerator, args, run.fingerprint, run.data
+        )
+    run.data_history = history or [{"step": run.start_step, **run.data}]
     run.step = run.start_step
     if accelerator.is_main_process:
         args.save(run.out_dir / ARGS_FILE)
+        write_json_atomic(run.out_dir / DATA_FILE, _data_record(run), indent=2)
+
+
+def _data_record(run: _Run) -> dict[str, Any]:
+    """What ``training_data.json`` holds: the chunk set now and the run's data history."""
+    return {**run.data, "history": run.data_history}
 
 
 def make_batches(run: _Run) -> tuple[PairDataset, torch.utils.data.DataLoader]:
@@ -509,6 +536,8 @@ def _after_step(run: _Run, state: _Interval, meter: Meter, bar: Any) -> None:
             "num_processes": accelerator.num_processes,
             "sampler": run.sampler.state_dict(),
             "sampler_fingerprint": run.fingerprint,
+            "data": run.data,
+            "data_history": run.data_history,
         }
         save_checkpoint(accelerator, run.args, step, trainer_state)
 
@@ -581,7 +610,7 @@ def finish(run: _Run) -> PretrainingResult:
     if accelerator.is_main_process:
         # The front end that computed the training log-mels is the encoder's front end.
         fe = run.store.feature_extractor
-        _save_final(unwrapped, run.args, fe, encoder_dir, pretraining_dir)
+        _save_final(unwrapped, run.args, fe, encoder_dir, pretraining_dir, _data_record(run))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return PretrainingResult(
@@ -622,16 +651,26 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
     hook = probe_hook or resolve_probe_hook(t.probe_hook)
     accelerator, precision = setup_accelerator(args)
     run = _Run(args, accelerator, precision, Path(t.output_dir).expanduser(), hook)
-    _check_run(run)
-    prepare_data(run)
-    prepare_model(run)
-    dataset, loader = make_batches(run)
-    accelerator.print(
-        f"pretraining {args.data.objective} on {len(run.store)} chunks "
-        f"({len(run.val_store or [])} for validation): {accelerator.num_processes} process(es) "
-        f"on {accelerator.device}, mixed precision {precision}, {t.batch_size} pairs per "
-        f"minibatch, steps {run.start_step} -> {t.max_steps}"
-    )
-    accelerator.init_trackers("pretrain", config=_tracker_config(args))
-    train_loop(run, dataset, loader)
-    return finish(run)
+    lock = None
+    if accelerator.is_main_process:
+        # The folder must be new, empty or a run's of the package; then one run at a time
+        # for the whole run (a second one refuses, naming this one).
+        claim_output_dir(run.out_dir, t.resume)
+        lock = RunLock(run.out_dir, "mscl pretrain").acquire()
+    try:
+        _check_run(run)
+        prepare_data(run)
+        prepare_model(run)
+        dataset, loader = make_batches(run)
+        accelerator.print(
+            f"pretraining {args.data.objective} on {len(run.store)} chunks "
+            f"({len(run.val_store or [])} for validation): {accelerator.num_processes} "
+            f"process(es) on {accelerator.device}, mixed precision {precision}, "
+            f"{t.batch_size} pairs per minibatch, steps {run.start_step} -> {t.max_steps}"
+        )
+        accelerator.init_trackers("pretrain", config=_tracker_config(args))
+        train_loop(run, dataset, loader)
+        return finish(run)
+    finally:
+        if lock is not None:
+            lock.release()

@@ -85,6 +85,11 @@ class DataArguments:
         "CPU, device on GPU)",
         "auto",
     )
+    verify_data: bool = _help(
+        "check every file of the chunk set against its SHA-256 at start (reads every byte; "
+        "without it only the files' presence and sizes are checked)",
+        False,
+    )
 
 
 @dataclass
@@ -180,6 +185,11 @@ class TrainingArguments:
     resume: bool = _help("continue from the newest checkpoint in output_dir", False)
     overwrite_output_dir: bool = _help(
         "a fresh run into an output_dir that holds a run: delete that run first (default: refuse)",
+        False,
+    )
+    allow_data_change: bool = _help(
+        "resume onto a chunk set whose content fingerprint differs from the checkpoint's "
+        "(default: refuse); the change is recorded in the run's training_data.json",
         False,
     )
     eval_every: int = _help("steps between validations (0 = never)", 500)

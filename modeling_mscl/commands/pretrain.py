@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+from modeling_mscl._files import ForeignFolderError
+from modeling_mscl.run_lock import RunLockedError
 from modeling_mscl.training import pretrain
 from modeling_mscl.training_args import parse_args
 
@@ -31,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         program = Path(sys.argv[0]).name if sys.argv else "pretrain"
         print(f"{program}: error: {err}", file=sys.stderr)
         return 2
-    result = pretrain(args)
+    try:
+        result = pretrain(args)
+    except (RunLockedError, ForeignFolderError) as err:
+        # Another run holds the folder, or it is not the package's: nothing was written.
+        print(f"pretrain: error: {err}", file=sys.stderr)
+        return 1
     print(f"done: step {result.step}, encoder saved to {result.encoder_dir}")
     return 0
 

@@ -21,8 +21,10 @@ import json
 import sys
 from pathlib import Path
 
+from modeling_mscl._files import ForeignFolderError
 from modeling_mscl.chunk_shards import merge_chunk_sets, shard_dir
 from modeling_mscl.chunks import DEFAULT_THRESHOLD, prepare_chunks
+from modeling_mscl.run_lock import RunLockedError
 from modeling_mscl.stems import DemucsSeparator, OracleSeparator
 
 
@@ -80,7 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         help="merge these finished shard folders into OUTPUT_DIR (no INPUT, no separation)",
     )
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except (RunLockedError, ForeignFolderError) as err:
+        # Another run holds the output, or it holds files not the package's: untouched.
+        print(f"separate: error: {err}", file=sys.stderr)
+        return 1
 
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Separate or merge as ``args`` say."""
     if args.merge or args.input is None:
         if not args.merge or args.input is not None:
             parser.error("give INPUT OUTPUT_DIR to separate, or OUTPUT_DIR --merge SHARD_DIR ...")
