@@ -17,6 +17,12 @@ How the pieces fit:
   skipped (no update), counted and logged; the run stops after ``max_bad_steps`` in a row.
 - checkpoints are written by ``accelerator.save_state`` into a temporary folder renamed
   into ``checkpoints/step-XXXXXXX`` (a killed run never leaves a half checkpoint behind).
+- the ``output_dir`` must be new, empty or a run folder of the package
+  (:func:`~modeling_mscl.checkpoints.claim_output_dir`), and the main process holds its
+  :class:`~modeling_mscl.run_lock.RunLock` for the whole run: a second run into it refuses.
+- the chunk set's files are checked against its manifest at start (sizes; checksums with
+  ``verify_data``), and its content fingerprint is recorded (``training_data.json``, each
+  checkpoint): a resume onto other data is refused unless ``allow_data_change``.
 - at the end: ``encoder/`` (an :class:`~modeling_mscl.MSCLModel` + feature extractor +
   ``training_args.json``, ready for ``AutoModel.from_pretrained``) and ``pretraining/``
   (the full :class:`~modeling_mscl.MSCLForPreTraining`).

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from modeling_mscl._files import ForeignFolderError
+from modeling_mscl.chunk_manifest import saved_dataset_files
 from modeling_mscl.chunk_shards import merge_chunk_sets, shard_dir
 from modeling_mscl.chunks import DEFAULT_THRESHOLD, prepare_chunks
 from modeling_mscl.run_lock import RunLockedError
@@ -35,6 +36,7 @@ def _load_tracks(path: Path, separator: str):
     from modeling_mscl.corpora import load_audio_folder, load_stems_folder
 
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        saved_dataset_files(path)  # the paths its files name stay inside it, or a named error
         return load_from_disk(str(path))
     if separator == "oracle":
         return load_stems_folder(path)

@@ -210,6 +210,9 @@ def load_probe_dataset(
 
     path = Path(name_or_path)
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+        from ..chunk_manifest import saved_dataset_files
+
+        saved_dataset_files(path)  # the paths its files name stay inside it, or a named error
         data = datasets.load_from_disk(str(path))
     else:
         data = datasets.load_dataset(str(name_or_path), **load_kwargs)
