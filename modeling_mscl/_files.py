@@ -188,7 +188,8 @@ class ForeignFolderError(ValueError):
 # Written into every output folder the package creates (a chunk set's folder, a
 # pre-training run's output_dir): the proof that the folder is the package's to manage.
 MARKER_FILE = ".modeling_mscl.json"
-# Names of the package's own bookkeeping, which do not make a folder "not empty".
+# Names of the package's own bookkeeping (the marker, run_lock's files), which do not make
+# a folder "not empty".
 _BOOKKEEPING = (MARKER_FILE, ".mscl.lock", ".mscl.lock.json")
 
 
@@ -223,11 +224,8 @@ def claim_folder(folder: str | os.PathLike, kind: str, adopt: bool = False) -> P
         )
     if folder.exists() and not folder.is_dir():
         raise ForeignFolderError(f"{folder} exists and is not a folder")
-    held = (
-        sorted(p.name for p in folder.iterdir() if p.name not in _BOOKKEEPING)
-        if (folder.is_dir())
-        else []
-    )
+    entries = folder.iterdir() if folder.is_dir() else []
+    held = sorted(p.name for p in entries if p.name not in _BOOKKEEPING)
     if held and not adopt:
         shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
         raise ForeignFolderError(
