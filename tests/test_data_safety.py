@@ -387,3 +387,18 @@ def test_pretraining_checks_the_files_at_start(tmp_path):
     arrow.write_bytes(arrow.read_bytes()[:-100])
     with pytest.raises(ChunkSetDamagedError, match=f"{arrow}: .* bytes, the manifest records"):
         pretrain(data, tmp_path / "run2", "--max_steps", "1")
+
+
+def test_stem_retrieval_checks_the_files_at_start(tmp_path, capsys):
+    from modeling_mscl.chunk_manifest import ChunkSetDamagedError
+    from modeling_mscl.commands.stem_retrieval import main
+
+    data = chunk_set(tmp_path / "set")
+    arrow = next(data.glob("*.arrow"))
+    _flip_a_byte(arrow)
+    argv = ["--random-init", "--data", str(data), "--draws", "1", "--device", "cpu"]
+    assert main([*argv, "--verify-data"]) == 1
+    assert f"BAD {arrow}: its SHA-256 differs" in capsys.readouterr().err
+    arrow.write_bytes(arrow.read_bytes()[:-100])
+    with pytest.raises(ChunkSetDamagedError, match=f"{arrow}: .* bytes, the manifest records"):
+        main(argv)

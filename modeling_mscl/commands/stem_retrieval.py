@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from modeling_mscl import MSCLConfig
+from modeling_mscl.chunk_set import verify_chunk_set
 from modeling_mscl.probing.retrieval import (
     BN_REGIMES,
     load_pretraining_model,
@@ -71,6 +72,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tracks", type=int, help="evaluate at most this many tracks")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--verify-data",
+        action="store_true",
+        help="check every file of the chunk set against its checksum first (reads every "
+        "byte; without it only presence and sizes are checked)",
+    )
     p.add_argument("--output", help="JSON file of the results")
     p.add_argument("--markdown", help="markdown table file")
     return p.parse_args(argv)  # fmt: skip
@@ -99,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = named_paths(args.model)
     if not models and not args.random_init:
         raise SystemExit("give --model and/or --random-init")
+    if args.verify_data:
+        problems = verify_chunk_set(args.data, full=True)
+        if problems:
+            print("\n".join(f"BAD {problem}" for problem in problems), file=sys.stderr)
+            return 1
     results, timings = {}, {}
     first_config = None
     runs: list[tuple[str, Any]] = [(name, path) for name, path in models]
