@@ -1452,13 +1452,17 @@ def _build_pipeline_classes() -> dict[str, type]:
         `decode_audio`: a path, the bytes of a file, an `{"array", "sampling_rate"}` dict at
         any rate, a datasets audio item or an array at the extractor's rate; no FFmpeg or
         torchaudio needed. A long clip is classified window by window, as the probe was
-        evaluated."""
+        evaluated. Other models' inputs go through transformers' own preprocessing."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             _redeclare(self.model)
 
         def preprocess(self, inputs: Any) -> Any:
+            if type(self.model).__name__ not in _PIPELINES:
+                # Registered for the task as a whole (see `modeling_mscl.hub`): any other
+                # model runs exactly as in transformers' own pipeline.
+                return super().preprocess(inputs)
             fe = self.feature_extractor
             processed = fe(
                 _waveform(inputs, fe), sampling_rate=fe.sampling_rate, return_tensors="pt"
