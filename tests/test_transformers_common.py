@@ -157,6 +157,7 @@ class MSCLModelTester:
         self.batch_size = batch_size
         self.num_hidden_layers = _STAGES  # hidden states: the stem, then each stage
         self.seq_length = _FRAMES
+        self.is_training = True
 
     def get_config(self) -> MSCLConfig:
         return MSCLConfig(**_TINY)
@@ -182,7 +183,8 @@ class MSCLModelCommonTest(ModelTesterMixin, unittest.TestCase):
             config_class=MSCLConfig,
             has_text_modality=False,
             common_properties=["num_mel_bins", "projection_dim"],
-            **_TINY,
+            # num_labels is saved as id2label, not under its own name.
+            **{k: v for k, v in _TINY.items() if k != "num_labels"},
         )
 
     def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
@@ -199,3 +201,80 @@ class MSCLModelCommonTest(ModelTesterMixin, unittest.TestCase):
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+    def test_hidden_states_output(self):
+        # A CNN's hidden states are feature maps (batch, channels, time, mel), not
+        # (batch, seq, hidden): checked here the way transformers' ResNet test does.
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        for model_class in (MSCLModel, MSCLForAudioClassification):
+            model = model_class(config).eval()
+            for flag in ("argument", "config"):
+                with torch.no_grad():
+                    if flag == "argument":
+                        out = model(**inputs, output_hidden_states=True)
+                    else:
+                        model.config.output_hidden_states = True
+                        out = model(**inputs)
+                self.assertEqual(len(out.hidden_states), _STAGES + 1)
+                self.assertEqual(out.hidden_states[0].shape[0], self.model_tester.batch_size)
+                self.assertEqual(out.hidden_states[0].shape[2], _FRAMES // 2)  # the stem halves
+            model.config.output_hidden_states = False
+
+    @unittest.skip(
+        reason="pre-training contrasts a batch's rows with each other: a row's loss and logits depend on the batch"
+    )
+    def test_batching_equivalence(self):
+        pass
+
+    @unittest.skip(
+        reason="checkpointing runs over the encoder's blocks (MSCLEncoder._checkpointed), not transformers' GradientCheckpointingLayer"
+    )
+    def test_gradient_checkpointing_enable_disable(self):
+        pass
+
+    @unittest.skip(reason="no input embeddings: a CNN over log-mel features")
+    def test_model_get_set_embeddings(self):
+        pass
+
+    @unittest.skip(
+        reason="the seven-stage layout is kept whole in the tiny config (one block per stage)"
+    )
+    def test_num_layers_is_small(self):
+        pass
+
+    def _heads_only(self, name: str) -> None:
+        # transformers skips its base models in training tests by its own model mapping,
+        # which does not list MSCLModel: train the two heads, which return a loss.
+        self.all_model_classes = (MSCLForAudioClassification, MSCLForPreTraining)
+        getattr(ModelTesterMixin, name)(self)
+
+    def test_training(self):
+        self._heads_only("test_training")
+
+    _NO_CHECKPOINTING_LAYER = (
+        "these look for transformers' GradientCheckpointingLayer; the encoder checkpoints its "
+        "blocks itself (same gradients: tests/test_transformers_conventions.py)"
+    )
+
+    @unittest.skip(reason=_NO_CHECKPOINTING_LAYER)
+    def test_training_gradient_checkpointing(self):
+        pass
+
+    @unittest.skip(reason=_NO_CHECKPOINTING_LAYER)
+    def test_training_gradient_checkpointing_use_reentrant_false(self):
+        pass
+
+    @unittest.skip(reason=_NO_CHECKPOINTING_LAYER)
+    def test_training_gradient_checkpointing_use_reentrant_true(self):
+        pass
+
+
+class MSCLFeatureExtractionCommonTest(FeatureExtractionSavingTestMixin, unittest.TestCase):
+    """transformers' feature-extractor saving tests. The sequence mixin (padding raw
+    feature sequences) is not run: this extractor takes waveforms and makes log-mels."""
+
+    feature_extraction_class = MSCLFeatureExtractor
+
+    @property
+    def feat_extract_dict(self) -> dict:
+        return {"feature_size": 40, "sampling_rate": 22050, "hop_length": 220, "fft_length": 512}
