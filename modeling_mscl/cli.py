@@ -26,6 +26,7 @@ COMMANDS = {
     "plot": "plot_convergence",
     "push": "push_to_hub",
     "convert": "convert_reference_checkpoint",
+    "export-onnx": "export_onnx",
     "demo": "demo",
     "study": "study",
 }

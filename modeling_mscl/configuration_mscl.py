@@ -7,6 +7,8 @@ loading with ``trust_remote_code=True`` where this package is not installed.
 from __future__ import annotations
 
 import math
+import sys
+from typing import Any
 
 from transformers import PretrainedConfig
 
@@ -35,6 +37,45 @@ def round_filters(filters: int, width_coefficient: float, divisor: int = 8) -> i
 def round_repeats(repeats: int, depth_coefficient: float) -> int:
     """Scale a stage's block count by ``depth_coefficient`` (ceil, as Keras does)."""
     return int(math.ceil(depth_coefficient * repeats))
+
+
+# The module the package's pipeline classes live in (see `_PipelineDeclarations`).
+_PACKAGE_MODELING_MODULE = "modeling_mscl.modeling_mscl"
+
+
+class _PipelineDeclarations(dict):
+    """A folder's `custom_pipelines` (task -> its pipeline class in the folder's code), as
+    the config holds it in memory.
+
+    transformers' `pipeline()` runs a task a folder declares from the folder's code, so
+    only with `trust_remote_code=True`. Where this package is imported, its pipeline
+    classes are registered with transformers' own pipeline registry (see
+    `modeling_mscl.hub.register_pipelines`): for such a task the declaration answers "not
+    declared here" to `in`, and `pipeline()` takes the registered, installed class, without
+    running downloaded code. Listing, indexing and saving see every declaration (a folder
+    still names its task, so `pipeline(model=folder)` infers it, and keeps declaring it for
+    users without the package).
+    """
+
+    def __contains__(self, task: object) -> bool:
+        return super().__contains__(task) and not _registered_by_package(task, self[task])
+
+
+def _registered_by_package(task: Any, declaration: Any) -> bool:
+    """Whether transformers' pipeline registry maps ``task`` to the installed package's class
+    of the name ``declaration`` gives (registration imports transformers' pipelines; until
+    then nothing is registered)."""
+    pipelines = sys.modules.get("transformers.pipelines")
+    if pipelines is None or not isinstance(declaration, dict):
+        return False
+    registered = pipelines.PIPELINE_REGISTRY.supported_tasks.get(task) or {}
+    impl = registered.get("impl")
+    name = str(declaration.get("impl", "")).rsplit(".", 1)[-1]
+    return (
+        isinstance(impl, type)
+        and impl.__name__ == name
+        and impl.__module__ == _PACKAGE_MODELING_MODULE
+    )
 
 
 class MSCLConfig(PretrainedConfig):
@@ -241,6 +282,11 @@ class MSCLConfig(PretrainedConfig):
             fail("similarity", "choose 'bilinear' (the paper) or 'cosine'")
         if self.classifier_head not in ("linear", "mlp"):
             fail("classifier_head", "choose 'linear' or 'mlp'")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key == "custom_pipelines" and type(value) is dict:
+            value = _PipelineDeclarations(value)
+        super().__setattr__(key, value)
 
     @property
     def stem_channels(self) -> int:

@@ -51,6 +51,7 @@ __all__ = [
     "read_probe_results",
     "read_training_args",
     "register_auto_classes",
+    "register_pipelines",
     "render_model_card",
 ]
 
@@ -91,6 +92,37 @@ def register_auto_classes() -> None:
     MSCLModel.register_for_auto_class("AutoModel")
     MSCLForPreTraining.register_for_auto_class("AutoModelForPreTraining")
     MSCLForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
+    register_pipelines()
+
+
+def register_pipelines() -> None:
+    """Register the MSCL pipelines with transformers' pipeline registry (idempotent).
+
+    With this package imported, `pipeline(model=folder)` and
+    `pipeline("audio-classification", model=folder)` run the installed classes, without
+    `trust_remote_code=True` (see `configuration_mscl._PipelineDeclarations`): the
+    `mscl-embedding` task is added, and the `audio-classification` task gets
+    `MSCLAudioClassificationPipeline`, a subclass of transformers' class that decodes
+    through `decode_audio` for MSCL models and leaves every other model's inputs to
+    transformers' own code. The task's default model and model classes stay.
+    """
+    from transformers import AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from . import modeling_mscl as modeling
+
+    tasks = PIPELINE_REGISTRY.supported_tasks
+    tasks[modeling.EMBEDDING_TASK] = {
+        "impl": modeling.MSCLEmbeddingPipeline,
+        "pt": (AutoModel,),
+        "type": "audio",
+    }
+    # Only the class changes; assigning the entry directly avoids the registry's warning
+    # about overwriting a built-in task at every import.
+    tasks["audio-classification"] = {
+        **tasks["audio-classification"],
+        "impl": modeling.MSCLAudioClassificationPipeline,
+    }
 
 
 # ---------------------------------------------------------------------- run information

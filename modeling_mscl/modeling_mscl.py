@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,9 @@ class MSCLForPreTrainingOutput(ModelOutput):
             Embeddings of the anchors (mixture crops).
         positive_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`):
             Embeddings of the positives (source crops; zero input where absent).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The encoder's hidden states (see [`MSCLModelOutput`]) for anchors then
+            positives (`2 * batch` rows), when `output_hidden_states=True`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -108,6 +112,7 @@ class MSCLForPreTrainingOutput(ModelOutput):
     accuracy: torch.FloatTensor | None = None
     anchor_embeds: torch.FloatTensor | None = None
     positive_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -171,6 +176,32 @@ _INFERENCE_CHUNK_ELEMENTS = 128 * 98 * 64
 # oneDNN post-ops for the activations it can fuse; other activations run after the conv.
 _FUSED_ACTIVATIONS = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Identity: "none"}
 _onednn_conv: list[bool] = []  # [False] once oneDNN's fused convolution failed here
+
+
+def _is_tracing(x: torch.Tensor) -> bool:
+    """Whether ``x`` goes through a tracer or compiler rather than eager execution:
+    ``torch.jit`` tracing or scripting, ``torch.compile`` / ``torch.export`` (dynamo), ONNX
+    export, FX symbolic tracing, or fake / functional tensors (non-strict export, AOT
+    tracing). The fused path is eager-only: its weight cache holds real tensors, read by
+    identity and data pointer, and its oneDNN calls have no tracing rules."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling():
+        return True
+    if torch.onnx.is_in_onnx_export():
+        return True
+    try:
+        from torch.fx._symbolic_trace import is_fx_tracing
+
+        if is_fx_tracing():
+            return True
+    except ImportError:  # pragma: no cover - every supported torch has it
+        pass
+    if type(x) not in (torch.Tensor, nn.Parameter):  # fake, proxy and other subclasses
+        return True
+    is_functional = getattr(torch._C, "_is_functional_tensor", None)
+    return bool(is_functional is not None and is_functional(x))
 
 
 def _use_onednn(x: torch.Tensor) -> bool:
@@ -245,11 +276,18 @@ class MSCLConvBN(nn.Module):
         """
         conv, bn = self.conv, self.bn
         tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        # A tensor's version counts its in-place changes (optimizer steps, load_state_dict,
-        # init), its data pointer catches replacement (.to(), reassignment).
+        # The cache holds for the very same tensors (weak references: a freed tensor whose
+        # memory a new one reuses never matches), at the same address (`.data` / `.to()`
+        # swaps) and version (in-place changes: optimizer steps, load_state_dict, init).
+        # Callers never come here while tracing (see `_is_tracing`): a traced or fake
+        # tensor neither fills nor reads it.
         key = (bn.eps, *((t.data_ptr(), t._version) for t in tensors))
         cache = self.__dict__.get("_folded")
-        if cache is None or cache[0] != key:
+        if (
+            cache is None
+            or cache[0] != key
+            or any(ref() is not t for ref, t in zip(cache[4], tensors, strict=True))
+        ):
             with torch.inference_mode(False), torch.no_grad():
                 scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
                 weight = conv.weight.float() * scale[:, None, None, None]
@@ -257,9 +295,10 @@ class MSCLConvBN(nn.Module):
                 if self.stride == 2:
                     weight = F.pad(weight, (1, 0, 1, 0))
                 weight = weight.to(conv.weight.dtype).contiguous(memory_format=torch.channels_last)
-                cache = (key, weight, bias.to(conv.weight.dtype), self.kernel_size // 2)
+                refs = tuple(weakref.ref(t) for t in tensors)
+                cache = (key, weight, bias.to(conv.weight.dtype), self.kernel_size // 2, refs)
             self.__dict__["_folded"] = cache  # a plain attribute: never in the state dict
-        return cache[1:]
+        return cache[1:4]
 
     def fused(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The eval-mode output (plus ``residual``) from the folded weights, without grad."""
@@ -295,6 +334,14 @@ class MSCLSqueezeExcitation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = x.mean(dim=(2, 3), keepdim=True)
+        scale = torch.sigmoid(self.expand(self.act(self.reduce(scale))))
+        return x * scale
+
+    def masked(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the mean taken over the real time steps only: ``valid``
+        `(batch, 1, time, 1)` is 1 there and 0 over padding."""
+        scale = (x * valid).sum(dim=(2, 3), keepdim=True)
+        scale = scale / (valid.sum(dim=(2, 3), keepdim=True) * x.shape[3]).clamp_min(1)
         scale = torch.sigmoid(self.expand(self.act(self.reduce(scale))))
         return x * scale
 
@@ -349,7 +396,23 @@ class MSCLBlock(nn.Module):
         return self.project.fused(out, residual=x if self.residual else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.project(self.se(self.depthwise(self.expand(x))))
+        return self._residual(self.project(self.se(self.depthwise(self.expand(x)))), x)
+
+    def masked(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` of a padded batch whose rows hold ``lengths`` real time steps,
+        as each row alone cropped to its length: the padding is zeroed before the one
+        layer that mixes time steps (the depthwise convolution, whose own zero padding a
+        crop would see there) and left out of the squeeze-excitation mean. Returns the
+        output and the rows' lengths after this block's stride."""
+        out = self.expand(x)
+        out = self.depthwise(out * _time_mask(lengths, out))
+        if self.depthwise.stride == 2:
+            lengths = _strided_lengths(lengths)
+        if isinstance(self.se, MSCLSqueezeExcitation):
+            out = self.se.masked(out, _time_mask(lengths, out))
+        return self._residual(self.project(out), x), lengths
+
+    def _residual(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if not self.residual:
             return out
         if self.training and self.drop_rate > 0:
@@ -357,6 +420,40 @@ class MSCLBlock(nn.Module):
             mask = torch.empty(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype)
             out = out * mask.bernoulli_(keep) / keep
         return out + x
+
+
+def _strided_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """Time steps of each row after a stride-2 layer: floor(length / 2), what Keras'
+    padding (k - 2 in all, see `_keras_pad`) leaves of a crop of that length."""
+    return torch.div(lengths, 2, rounding_mode="floor")
+
+
+def _time_mask(lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`(batch, 1, time, 1)` in ``x``'s dtype: 1 over each row's first ``lengths`` time
+    steps of ``x`` `(batch, channels, time, mel)`, 0 over the padding after them."""
+    steps = torch.arange(x.shape[2], device=x.device)
+    return (steps[None, :] < lengths[:, None]).to(x.dtype)[:, None, :, None]
+
+
+@contextlib.contextmanager
+def _running_stats_frozen(module: nn.Module):
+    """Batch norms in ``module`` normalise with batch statistics (training mode) without
+    moving their running statistics: for the recomputation of a checkpointed block, whose
+    first pass already moved them. The same operations run (checkpointing checks that the
+    recomputation saves what the first pass saved), with momentum 0: the running
+    statistics are kept exactly (1 * old + 0 * batch), and the batch count is put back."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked) for m in norms]
+    counts = [None if n is None else n.clone() for _, n in saved]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked), count in zip(norms, saved, counts, strict=True):
+            m.momentum = momentum
+            if tracked is not None:
+                tracked.copy_(count)
 
 
 class MSCLEncoder(nn.Module):
@@ -393,21 +490,65 @@ class MSCLEncoder(nn.Module):
             in_channels = out_channels
         self.stages = nn.ModuleList(stages)
         self.top = MSCLConvBN(config, in_channels, config.encoder_hidden_size)
-        # Stem plus every stage that starts with stride 2: used to shrink attention masks.
+        # Set by `PreTrainedModel.gradient_checkpointing_enable` (with the checkpoint
+        # function): in training, each block's activations are recomputed in backward.
+        self.gradient_checkpointing = False
 
     def forward(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool = False,
+        lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        if self._can_fuse():
+        """The last feature map (and the map after the stem and after each stage).
+
+        ``lengths`` `(batch,)`: real time steps of each row of a batch padded at the end;
+        each row then gets the features of its crop, with the padding zeroed (see
+        :meth:`MSCLBlock.masked`), in a single pass without data-dependent control flow.
+        """
+        if lengths is None and not _is_tracing(pixel_values) and self._can_fuse():
             return self._inference(pixel_values, output_hidden_states)
-        x = self.stem(self.normalization(pixel_values))
-        hidden_states = [x] if output_hidden_states else None
+        x = self.normalization(pixel_values)
+        if lengths is not None:
+            lengths = lengths.clamp_min(1)  # an empty row is encoded as one frame
+            x = x * _time_mask(lengths, x)
+        x = self.stem(x)
+        if lengths is not None:
+            lengths = _strided_lengths(lengths)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = [x if lengths is None else x * _time_mask(lengths, x)]
         for stage in self.stages:
-            x = stage(x)
+            for block in stage:
+                if lengths is not None:
+                    x, lengths = block.masked(x, lengths)
+                elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    x = self._checkpointed(block, x)
+                else:
+                    x = block(x)
             if hidden_states is not None:
-                hidden_states.append(x)
+                hidden_states.append(x if lengths is None else x * _time_mask(lengths, x))
         x = self.top(x)
+        if lengths is not None:
+            x = x * _time_mask(lengths, x)
         return x, (tuple(hidden_states) if hidden_states is not None else None)
+
+    def _checkpointed(self, block: MSCLBlock, x: torch.Tensor) -> torch.Tensor:
+        """``block(x)`` with its activations recomputed in backward. The recomputation
+        normalises with the same batch statistics but leaves the running statistics alone:
+        run twice as it is, every checkpointed step would move them twice (and count two
+        batches). The random state is restored for it, so stochastic depth drops the same
+        samples."""
+        calls = []
+
+        def run(inputs: torch.Tensor) -> torch.Tensor:
+            if calls:
+                with _running_stats_frozen(block):
+                    return block(inputs)
+            calls.append(True)
+            return block(inputs)
+
+        return self._gradient_checkpointing_func(run, x)
 
     def _can_fuse(self) -> bool:
         """Eval without gradients, and nothing that needs the layers one by one: no layer in
@@ -457,20 +598,51 @@ class MSCLEncoder(nn.Module):
         )
 
 
+def _final_lengths(lengths: torch.Tensor, encoder: MSCLEncoder) -> torch.Tensor:
+    """Time steps of each row in the encoder's last feature map, for ``lengths`` input frames:
+    halved (rounding down) by the stem and by each stage's strided first block."""
+    lengths = _strided_lengths(lengths)
+    for stage in encoder.stages:
+        if stage[0].depthwise.stride == 2:
+            lengths = _strided_lengths(lengths)
+    return lengths
+
+
+def _auto_map() -> dict[str, str]:
+    """`config.json`'s `auto_map`: each Auto class to the MSCL class it loads, as
+    `module.Class` of the Hub code files (whatever package the classes were imported from)."""
+
+    def ref(cls: type) -> str:
+        return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+    return {
+        "AutoConfig": ref(MSCLConfig),
+        "AutoModel": ref(MSCLModel),
+        "AutoModelForPreTraining": ref(MSCLForPreTraining),
+        "AutoModelForAudioClassification": ref(MSCLForAudioClassification),
+    }
+
+
 class MSCLPreTrainedModel(PreTrainedModel):
     """Weight initialisation and loading for the MSCL models."""
 
     config_class = MSCLConfig
     base_model_prefix = "mscl"
     main_input_name = "input_features"
-    supports_gradient_checkpointing = False
+    # Over the encoder's blocks (`MSCLEncoder._checkpointed`).
+    supports_gradient_checkpointing = True
+    # A block's residual sum needs its input and output on one device.
+    _no_split_modules = ["MSCLBlock", "MSCLConvBN"]
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         """`PreTrainedModel.save_pretrained`; a folder that carries the Hub code files (the
         class is registered for an Auto class) also declares its pipeline in
-        `config.custom_pipelines` (see [`custom_pipelines`])."""
+        `config.custom_pipelines` (see [`custom_pipelines`]) and maps every Auto class to
+        its MSCL class in `auto_map` (transformers maps only the class saved), so that
+        any folder loads as an encoder, a pre-training model or a classifier."""
         if getattr(self, "_auto_class", None) is not None:
             self.config.custom_pipelines = custom_pipelines(type(self).__name__)
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **_auto_map()}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
@@ -531,7 +703,15 @@ class MSCLModel(MSCLPreTrainedModel):
             attention_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*):
                 1 for real frames, 0 for padding at the end of a row. A padded batch is
                 encoded row group by row group at each row's real length, so every clip
-                gets exactly the features it gets alone.
+                gets exactly the features it gets alone. Under `torch.compile`,
+                `torch.export`, `torch.jit` or ONNX export, and for hidden states, the
+                batch goes through once with the padding masked out layer by layer
+                instead (the same features, without data-dependent control flow; the
+                feature maps then keep the padded length, zero past each row's end, and
+                training-mode batch norm counts the padding in its statistics).
+            output_hidden_states (`bool`, *optional*):
+                Return the feature map after the stem and after each stage; defaults to
+                `config.output_hidden_states`.
         """
         if input_features.dim() != 3 or input_features.shape[-1] != self.config.num_mel_bins:
             raise ValueError(
@@ -539,12 +719,21 @@ class MSCLModel(MSCLPreTrainedModel):
                 f"got {tuple(input_features.shape)}"
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if attention_mask is not None and not bool(attention_mask.all()):
-            if output_hidden_states:
-                raise ValueError(
-                    "output_hidden_states is not available for a padded batch (an attention "
-                    "mask with padding); encode clips of equal length, or one at a time"
-                )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        tracing = _is_tracing(input_features)
+        # Under a tracer, no branch on the mask's values: the graph must hold for any mask.
+        padded = attention_mask is not None and (tracing or not bool(attention_mask.all()))
+        if padded and (tracing or output_hidden_states):
+            lengths = attention_mask.long().sum(-1)
+            pixel_values = input_features.unsqueeze(1) * self.config.input_rescale
+            feature_map, hidden_states = self.encoder(
+                pixel_values, bool(output_hidden_states), lengths=lengths
+            )
+            steps = torch.arange(feature_map.shape[2], device=feature_map.device)
+            real = steps[None, :] < _final_lengths(lengths.clamp_min(1), self.encoder)[:, None]
+            pooled = self._pool(feature_map, real)
+        elif padded:
             feature_map, pooled = self._encode_by_length(input_features, attention_mask)
             hidden_states = None
         else:
@@ -561,10 +750,18 @@ class MSCLModel(MSCLPreTrainedModel):
             hidden_states=hidden_states,
         )
 
-    def _pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+    def _pool(self, feature_map: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """Global pooling; ``real`` `(batch, time)` leaves out the time steps past each
+        row's end."""
+        if real is None:
+            if self.config.pooling == "max":
+                return feature_map.amax(dim=(2, 3))
+            return feature_map.mean(dim=(2, 3))
+        real = real[:, None, :, None]
         if self.config.pooling == "max":
-            return feature_map.amax(dim=(2, 3))
-        return feature_map.mean(dim=(2, 3))
+            return feature_map.masked_fill(~real, float("-inf")).amax(dim=(2, 3))
+        count = real.sum(dim=(2, 3)) * feature_map.shape[3]
+        return (feature_map * real).sum(dim=(2, 3)) / count.clamp_min(1)
 
     def _encode_by_length(
         self, input_features: torch.Tensor, attention_mask: torch.Tensor
@@ -962,6 +1159,8 @@ class MSCLSimilarity(nn.Module):
 class MSCLForPreTraining(MSCLPreTrainedModel):
     """The encoder plus the similarity and the contrastive loss of COLA / MSCL."""
 
+    main_input_name = "anchor_features"
+
     def __init__(self, config: MSCLConfig) -> None:
         super().__init__(config)
         self.mscl = MSCLModel(config)
@@ -975,6 +1174,7 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
         source_present: torch.Tensor | None = None,
         gather: ProcessGather | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> MSCLForPreTrainingOutput | tuple:
         r"""Contrast anchors with positives.
 
@@ -991,6 +1191,8 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
                 In a data-parallel run, the other processes' rows: the loss is then one
                 loss over the global batch (the trainer passes
                 `modeling_mscl.losses.process_gather()`). `None`: this batch only.
+            output_hidden_states (`bool`, *optional*):
+                Return the encoder's hidden states; defaults to `config.output_hidden_states`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if anchor_features.shape != positive_features.shape:
@@ -1014,7 +1216,12 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
         # normalises the 2B inputs with one set of statistics and updates its running
         # statistics once per step (two passes would blend two different input
         # distributions into the running statistics, and skew every eval-mode feature).
-        embeds = self.mscl(torch.cat([anchor_features, positives])).audio_embeds
+        encoded = self.mscl(
+            torch.cat([anchor_features, positives]),
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        embeds = encoded.audio_embeds
         anchor_embeds, positive_embeds = embeds[:batch], embeds[batch:]
         if present is None:
             out = info_nce_loss(anchor_embeds, positive_embeds, self.similarity, gather=gather)
@@ -1029,6 +1236,7 @@ class MSCLForPreTraining(MSCLPreTrainedModel):
             accuracy=out.accuracy,
             anchor_embeds=anchor_embeds,
             positive_embeds=positive_embeds,
+            hidden_states=encoded.hidden_states,
         )
         return result if return_dict else result.to_tuple()
 
@@ -1082,13 +1290,28 @@ class MSCLForAudioClassification(MSCLPreTrainedModel):
             config.classifier_hidden_size,
             config.dropout_rate,
         )
+        # Set by `freeze_feature_encoder()`: frozen for this session, not saved in the config.
+        self._encoder_frozen = False
         if config.freeze_encoder:
             self.mscl.requires_grad_(False)
         self.post_init()
 
+    @property
+    def _frozen(self) -> bool:
+        return bool(self.config.freeze_encoder or self._encoder_frozen)
+
+    def freeze_feature_encoder(self) -> None:
+        """Freeze the whole encoder, as transformers' audio models do before fine-tuning
+        their head (the `freeze_feature_encoder` step of its audio-classification example):
+        no gradients, and batch norm in eval mode, so its running statistics stay too. For
+        this object only; `config.freeze_encoder` is what makes a saved head frozen."""
+        self._encoder_frozen = True
+        self.mscl.requires_grad_(False)
+        self.mscl.eval()
+
     def train(self, mode: bool = True) -> MSCLForAudioClassification:
         super().train(mode)
-        if self.config.freeze_encoder:
+        if self._frozen:
             self.mscl.eval()
         return self
 
@@ -1098,6 +1321,7 @@ class MSCLForAudioClassification(MSCLPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> SequenceClassifierOutput | tuple:
         r"""Classify log-mel features; the loss is computed only when `labels` are given.
 
@@ -1107,21 +1331,42 @@ class MSCLForAudioClassification(MSCLPreTrainedModel):
             labels (`torch.Tensor`, *optional*):
                 `(batch,)` class indices (single-label), `(batch, num_labels)` multi-hot
                 (multi-label) or `(batch,)` / `(batch, num_labels)` floats (regression).
+            output_hidden_states (`bool`, *optional*):
+                Return the encoder's hidden states; defaults to `config.output_hidden_states`.
+                Not for inputs that `classifier_window_frames` cuts into windows.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         window = self.config.classifier_window_frames
+        hidden_states = None
         if window is not None and input_features.shape[1] > window:
+            if output_hidden_states:
+                raise ValueError(
+                    f"output_hidden_states is not available for inputs longer than "
+                    f"config.classifier_window_frames={window} (they are classified window "
+                    "by window); pass one window at a time"
+                )
             logits = self._windowed_logits(input_features, attention_mask, window)
         else:
-            logits = self.classifier(self._pooled(input_features, attention_mask))
+            pooled, hidden_states = self._pooled(
+                input_features, attention_mask, bool(output_hidden_states)
+            )
+            logits = self.classifier(pooled)
         loss = self._loss(logits, labels) if labels is not None else None
         if not return_dict:
-            return (loss, logits) if loss is not None else (logits,)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+            out = (logits,) if hidden_states is None else (logits, hidden_states)
+            return (loss, *out) if loss is not None else out
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 
-    def _pooled(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
-            return self.mscl(features, attention_mask=mask).pooler_output
+    def _pooled(
+        self, features: torch.Tensor, mask: torch.Tensor | None, hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._frozen):
+            out = self.mscl(
+                features, attention_mask=mask, output_hidden_states=hidden_states, return_dict=True
+            )
+        return out.pooler_output, out.hidden_states
 
     def _windowed_logits(
         self, features: torch.Tensor, mask: torch.Tensor | None, window: int
@@ -1131,7 +1376,7 @@ class MSCLForAudioClassification(MSCLPreTrainedModel):
         # In training every window goes through at once (batch statistics over all of them);
         # otherwise in batches, so memory stays bounded whatever the track's length.
         step = max(1, len(windows)) if self.training else _WINDOW_BATCH
-        logits = self.classifier(map_windows(lambda w: self._pooled(w, None), windows, step))
+        logits = self.classifier(map_windows(lambda w: self._pooled(w, None)[0], windows, step))
         if real is not None:
             logits, clip_index = logits[real], clip_index[real]
         multi_label = self.config.problem_type == "multi_label_classification"
@@ -1207,13 +1452,17 @@ def _build_pipeline_classes() -> dict[str, type]:
         `decode_audio`: a path, the bytes of a file, an `{"array", "sampling_rate"}` dict at
         any rate, a datasets audio item or an array at the extractor's rate; no FFmpeg or
         torchaudio needed. A long clip is classified window by window, as the probe was
-        evaluated."""
+        evaluated. Other models' inputs go through transformers' own preprocessing."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             _redeclare(self.model)
 
         def preprocess(self, inputs: Any) -> Any:
+            if type(self.model).__name__ not in _PIPELINES:
+                # Registered for the task as a whole (see `modeling_mscl.hub`): any other
+                # model runs exactly as in transformers' own pipeline.
+                return super().preprocess(inputs)
             fe = self.feature_extractor
             processed = fe(
                 _waveform(inputs, fe), sampling_rate=fe.sampling_rate, return_tensors="pt"

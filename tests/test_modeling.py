@@ -110,8 +110,10 @@ def test_a_padded_batch_gives_each_clip_its_own_features():
         steps = alone.last_hidden_state.shape[2]
         torch.testing.assert_close(out.last_hidden_state[i, :, :steps], alone.last_hidden_state[0])
     assert out.last_hidden_state[0, :, steps:].abs().sum() == 0  # zero-padded along time
-    with pytest.raises(ValueError, match="output_hidden_states"):
-        model(batch["input_features"], batch["attention_mask"], output_hidden_states=True)
+    # With hidden states, one pass with the padding masked layer by layer: the same features.
+    masked = model(batch["input_features"], batch["attention_mask"], output_hidden_states=True)
+    torch.testing.assert_close(masked.pooler_output, out.pooler_output, rtol=1e-4, atol=1e-6)
+    assert len(masked.hidden_states) == len(model.config.kernel_sizes) + 1
     holes = batch["attention_mask"].clone()
     holes[1, 5] = 0
     with pytest.raises(ValueError, match="prefix"):
