@@ -27,6 +27,7 @@ COMMANDS = {
     "convert": "convert_reference_checkpoint",
     "demo": "demo",
     "study": "study",
+    "budget-curve": "budget_curve",
 }
 
 
