@@ -27,6 +27,7 @@ import numpy as np
 
 from ._files import write_json_atomic
 from .demo import _CONFIG, _done, _step, offline_tasks, prepare_offline_data, probe_encoders
+from .demo_check import EXPECTED_FILE, expected_from_scores
 
 __all__ = ["BudgetCurveSettings", "checkpoint_model", "run_budget_curve"]
 
@@ -220,6 +221,17 @@ def run_budget_curve(settings: BudgetCurveSettings | None = None) -> dict[str, A
                 _done(t)
 
     summary = summarise(scores)
+    demo_settings = {
+        "config": Path(s.config).name,
+        "num_songs": s.num_songs,
+        "seconds": s.seconds,
+        "max_steps": s.max_steps,
+        "probe_windows": s.probe_windows,
+        "probe_seeds": s.probe_seeds,
+    }
+    expected = expected_from_scores(scores, demo_settings, s.max_steps)
+    expected["source"] = f"mscl budget-curve, seeds {', '.join(map(str, s.seeds))}"
+    write_json_atomic(work / EXPECTED_FILE, expected, indent=1)
     md = report(s, summary, scores, time.perf_counter() - total)
     (work / "budget_curve.md").write_text(md)
     figure = work / "budget_curve.png"

@@ -249,6 +249,7 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
     }
     table = results_table(results)
     retrieval_md = retrieval_table(retrieval)
+    check_md, outside = _check_against_study(s, results, retrieval)
     # Small test sets: one clip is several points of accuracy; the table says how many.
     sizes = ", ".join(f"{k} {v['num_clips']['test']}" for k, v in results["random init"].items())
     losses = {name: _final_loss(out) for name, out in runs.items()}
@@ -264,12 +265,14 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
         f"similarity; batch-norm statistics recomputed on training chunks; mean ± std over "
         f"draws of the crops):\n\n{retrieval_md}\n\n"
         f"Final training contrastive loss (chance: ln batch = "
-        f"{math.log(_batch_size(s.config)):.2f}): {loss_line}.\n"
+        f"{math.log(_batch_size(s.config)):.2f}): {loss_line}.\n\n"
+        f"Against the seeded study:\n\n{check_md}"
     )
     payload = {
         "probes": results,
         "retrieval": {k: v.to_dict() for k, v in retrieval.items()},
         "final_train_loss": losses,
+        "cells_outside_study_range": outside,
     }
     (work / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
     logs = {name: read_probe_log(out / "probes.jsonl") for name, out in runs.items()}
@@ -278,6 +281,7 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
     print(table)
     print(retrieval_md)
     print(f"final training loss: {loss_line}")
+    print(check_md)
     _done(t)
 
     t = _step("6/6 reload the MSCL encoder with AutoModel and embed one clip")
@@ -296,6 +300,22 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
     print(f"\nAll done in {minutes:.1f} min. Results: {work / 'results.md'}, figure: {figure}, "
           f"encoder: {folder}")  # fmt: skip
     return {"results": results, "table": table, "figure": str(figure), "encoder": str(folder)}
+
+
+def _check_against_study(s: DemoSettings, results: dict, retrieval: dict) -> tuple[str, int]:
+    """The demo's cells beside the study's ranges for its settings (see demo_check)."""
+    from .demo_check import check_against_study, load_expected
+
+    settings = {
+        "config": Path(s.config).name,
+        "num_songs": s.num_songs,
+        "seconds": s.seconds,
+        "max_steps": s.max_steps,
+        "probe_windows": s.probe_windows,
+        "probe_seeds": s.probe_seeds,
+    }
+    rows = {name: result.to_dict() for name, result in retrieval.items()}
+    return check_against_study(results, rows, settings, load_expected())
 
 
 def _model_fields(config: Any) -> dict[str, Any]:
