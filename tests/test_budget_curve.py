@@ -59,6 +59,8 @@ def test_summary_over_seeds_and_table_by_hand(tmp_path):
 def test_budgets_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="budgets must be positive"):
         run_budget_curve(BudgetCurveSettings(workdir=str(tmp_path), budgets=[0, 4]))
+    with pytest.raises(FileNotFoundError, match="no scores to report"):
+        run_budget_curve(BudgetCurveSettings(workdir=str(tmp_path), report_only=True))
     with pytest.raises(ValueError, match="at most max_steps"):
         run_budget_curve(BudgetCurveSettings(workdir=str(tmp_path), max_steps=4, budgets=[8]))
 
@@ -120,3 +122,12 @@ def test_tiny_budget_curve_end_to_end(tmp_path):
     # A second run reuses every run and every score.
     again = run_budget_curve(settings)
     assert again["summary"] == payload["summary"]
+    settings.report_only = True
+    assert (
+        run_budget_curve(settings)["markdown"].split("\n")[2:]
+        == payload["markdown"].split("\n")[2:]
+    )
+    # The demo's ranges come from the final checkpoints of the demo-length runs.
+    expected = json.loads((work / "demo_expected.json").read_text())
+    assert expected["settings"]["max_steps"] == 4 and expected["num_seeds"]["COLA"] == 1
+    assert set(expected["retrieval_recall_at_1"]) == {"COLA", "MSCL", "random init"}
