@@ -5,7 +5,8 @@ seed on the same minibatches for ``--steps`` steps (Adam, the config's learning 
 prints, per step: the contrastive loss, the spread of the logits (std and the largest
 absolute value), how saturated the softmax is (mean of each row's largest probability),
 the gradient norms of W and of the encoder, the norm of the tanh embeddings, and how far
-one update moves the logits of a fixed batch.
+one update moves the logits of the step's own batch (mean absolute change, training mode,
+the same stochastic-depth draws before and after).
 
 Variants (all keep the bilinear form):
 - ``reference``: W ~ N(0, 0.05^2), logits = u^T W v (the paper, ``paper.yaml``);
@@ -49,8 +50,13 @@ def parse_variant(text: str) -> dict[str, float]:
     return out
 
 
-def _embeds(model: Any, features: torch.Tensor) -> torch.Tensor:
-    return model.mscl(features).audio_embeds
+@torch.no_grad()
+def _logits(model: Any, anchor: torch.Tensor, positive: torch.Tensor, present: Any) -> torch.Tensor:
+    """The batch's logits in training mode with fixed stochastic-depth draws, so that two
+    calls differ only by the weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        return model(anchor, positive, source_present=present).logits.float()
 
 
 def run_variant(args: PretrainingArguments, variant: dict[str, float], steps: int) -> list[dict]:
@@ -74,7 +80,6 @@ def run_variant(args: PretrainingArguments, variant: dict[str, float], steps: in
     store, _ = load_chunk_stores(args)
     sampler = build_sampler(args, store)
     dataset = PairDataset(store, sampler, steps + 1)
-    fixed = batch_inputs(dataset[steps], torch.device("cpu"), d.objective, None)
     records = []
     weight = model.similarity.weight
     for step in range(steps):
@@ -90,20 +95,14 @@ def run_variant(args: PretrainingArguments, variant: dict[str, float], steps: in
         w_grad = float(weight.grad.norm())
         rest = [p.grad.norm() ** 2 for p in model.parameters() if p.grad is not None]
         total = float(torch.stack(rest).sum().sqrt())
-        with torch.no_grad():
-            model.eval()
-            before = model.similarity(_embeds(model, fixed[0]), _embeds(model, fixed[1]))
-        model.train()
+        before = _logits(model, anchor, positive, present)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.eval()
-            after = model.similarity(_embeds(model, fixed[0]), _embeds(model, fixed[1]))
-        model.train()
+        after = _logits(model, anchor, positive, present)
         records.append(
             {
                 "step": step,
-                "loss": float(out.loss),
+                "loss": float(out.loss.detach()),
                 "logit_std": float(logits.std()),
                 "logit_absmax": float(logits.abs().max()),
                 "max_prob": float(probs.max(-1).values.mean()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,3 +54,41 @@ def test_shipped_configs_keep_the_papers_bilinear_form():
     assert ModelArguments().bilinear_logit_scale == 1.0
     config = MSCLConfig(**asdict(ModelArguments(bilinear_logit_scale=0.5)))
     assert config.bilinear_logit_scale == 0.5
+
+
+def _diagnostics_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_bilinear_diagnostics", REPO / "scripts" / "bilinear_diagnostics.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_diagnostics_variants_parse_and_bad_ones_are_named():
+    module = _diagnostics_module()
+    assert module.parse_variant("reference") == {}
+    assert module.parse_variant("scale=0.5,warmup=10") == {"scale": 0.5, "warmup": 10.0}
+    with pytest.raises(ValueError, match="variant 'temp=2'"):
+        module.parse_variant("temp=2")
+
+
+def test_diagnostics_run_on_a_small_chunk_set(tmp_path, capsys):
+    from modeling_mscl import MSCLFeatureExtractor
+    from modeling_mscl.chunk_set import save_chunk_set
+    from modeling_mscl.pairs import synthetic_chunk_dataset
+
+    save_chunk_set(synthetic_chunk_dataset(num_tracks=8, seed=0), tmp_path / "set",
+                   MSCLFeatureExtractor())  # fmt: skip
+    module = _diagnostics_module()
+    out = tmp_path / "diag.json"
+    argv = ["--data_dir", str(tmp_path / "set"), "--config", "tiny", "--steps", "3"]
+    assert module.main([*argv, "--variants", "reference", "scale=0.03125", "--out", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert set(records) == {"reference", "scale=0.03125"} and len(records["reference"]) == 3
+    # Same seed, same batches: the scaled logits at step 0 are the reference's / 32.
+    ref, scaled = records["reference"][0], records["scale=0.03125"][0]
+    assert scaled["logit_std"] == pytest.approx(ref["logit_std"] / 32, rel=1e-4)
+    assert "last 10 steps" in capsys.readouterr().out
