@@ -168,62 +168,83 @@ def run_budget_curve(settings: BudgetCurveSettings | None = None) -> dict[str, A
         scores[key] = entry
         write_json_atomic(path, {"settings": asdict(s), "scores": scores}, indent=1)
 
-    # (run length, seeds, budgets probed): the demo's runs, then the longer ones.
-    plans = [(s.max_steps, s.seeds, sorted(s.budgets))]
+    calibration = None
+
+    def train(name: str, seed: int, steps: int, every: int) -> Path:
+        """Pre-train (or reuse) one run; sets the batch-norm calibration windows."""
+        nonlocal calibration
+        out = _run_dir(work, name, seed, steps)
+        t = _step(f"seed {seed}: pre-train {name} for {steps} steps")
+        run = dict(
+            data_dir=str(chunks),
+            max_steps=steps,
+            seed=seed,
+            checkpoint_every=every,
+            # Every budget's checkpoint, and one spare for the final step's save.
+            keep_checkpoints=steps // every + 1,
+            **s.objectives[name],
+        )
+        # The demo's own pre-training (with its convergence probes): the hook's training
+        # windows are also every network's batch-norm calibration set.
+        hook = pretrain_run(out, s.config, run, songs, notes, s.probe_every)
+        calibration = hook.calibration_windows()
+        _done(t)
+        return out
+
+    def score(name: str, seed: int, steps: int, budget: int) -> None:
+        key = f"{name}|{seed}|{budget}|{steps}"
+        if key in scores:
+            return
+        out = _run_dir(work, name, seed, steps)
+        t = _step(f"seed {seed}: {name} at step {budget} of {steps}")
+        model = checkpoint_model(_checkpoint_dir(out, budget), out / "pretraining")
+        keep(key, _score(name, model, calibration, tasks, chunks, s, work, seed))
+        _done(t)
+
+    def baselines(seed: int, out: Path) -> None:
+        """The demo's baselines of this seed, built as the demo builds them."""
+        config = MSCLConfig.from_pretrained(str(out / "pretraining"))
+        key = f"random init|{seed}|0|0"
+        if key not in scores:
+            t = _step(f"seed {seed}: random init")
+            torch.manual_seed(seed)
+            encoder = MSCLModel(MSCLConfig(**_model_fields(config))).eval()
+            encoder = recalibrate_batch_norm(encoder, calibration)
+            model = random_init_model(out / "pretraining", seed=seed)
+            keep(key, _score("random init", model, None, tasks, chunks, s, work, seed, encoder))
+            _done(t)
+        key = f"log-mel statistics|{seed}|0|0"
+        if key not in scores:
+            t = _step(f"seed {seed}: log-mel statistics")
+            encoder = LogMelStatistics(config.num_mel_bins)
+            entry = _score("log-mel statistics", None, None, tasks, chunks, s, work, seed, encoder)
+            keep(key, entry)
+            _done(t)
+
+    # What a cut-short job most needs comes first: the first seed's whole curve, then the
+    # other seeds' final checkpoints (the demo's ranges), then their intermediate budgets,
+    # then the longer runs. The outputs are rewritten after each stage.
+    budgets = sorted(s.budgets)
+    every = math.gcd(*budgets)
+    for i, seed in enumerate(s.seeds):
+        for name in s.objectives:
+            out = train(name, seed, s.max_steps, every)
+            for budget in budgets if i == 0 else [s.max_steps]:
+                score(name, seed, s.max_steps, budget)
+        baselines(seed, out)
+        _write_outputs(s, work, scores, time.perf_counter() - total)
+    for seed in s.seeds[1:]:
+        for name in s.objectives:
+            train(name, seed, s.max_steps, every)
+            for budget in budgets:
+                score(name, seed, s.max_steps, budget)
     if s.long_steps and s.long_seeds:
-        plans.append((s.long_steps, s.long_seeds, [s.long_steps]))
-    for steps, seeds, budgets in plans:
-        every = math.gcd(*budgets)
-        for seed in seeds:
-            runs = {}
-            for name, overrides in s.objectives.items():
-                out = _run_dir(work, name, seed, steps)
-                runs[name] = out
-                t = _step(f"seed {seed}: pre-train {name} for {steps} steps")
-                run = dict(
-                    data_dir=str(chunks),
-                    max_steps=steps,
-                    seed=seed,
-                    checkpoint_every=every,
-                    # Every budget's checkpoint, and one spare for the final step's save.
-                    keep_checkpoints=steps // every + 1,
-                    **overrides,
-                )
-                # The demo's own pre-training (with its convergence probes): the hook's
-                # training windows are also every network's batch-norm calibration set.
-                hook = pretrain_run(out, s.config, run, songs, notes, s.probe_every)
-                calibration = hook.calibration_windows()
-                _done(t)
-                for budget in budgets:
-                    key = f"{name}|{seed}|{budget}|{steps}"
-                    if key in scores:
-                        continue
-                    t = _step(f"seed {seed}: {name} at step {budget} of {steps}")
-                    model = checkpoint_model(_checkpoint_dir(out, budget), out / "pretraining")
-                    keep(key, _score(name, model, calibration, tasks, chunks, s, work, seed))
-                    _done(t)
-            if steps != s.max_steps:
-                continue
-            # The demo's baselines of this seed, built as the demo builds them.
-            config = MSCLConfig.from_pretrained(str(out / "pretraining"))
-            key = f"random init|{seed}|0|0"
-            if key not in scores:
-                t = _step(f"seed {seed}: random init")
-                torch.manual_seed(seed)
-                encoder = MSCLModel(MSCLConfig(**_model_fields(config))).eval()
-                encoder = recalibrate_batch_norm(encoder, calibration)
-                model = random_init_model(out / "pretraining", seed=seed)
-                keep(key, _score("random init", model, None, tasks, chunks, s, work, seed, encoder))
-                _done(t)
-            key = f"log-mel statistics|{seed}|0|0"
-            if key not in scores:
-                t = _step(f"seed {seed}: log-mel statistics")
-                encoder = LogMelStatistics(config.num_mel_bins)
-                entry = _score(
-                    "log-mel statistics", None, None, tasks, chunks, s, work, seed, encoder
-                )
-                keep(key, entry)
-                _done(t)
+        _write_outputs(s, work, scores, time.perf_counter() - total)
+        for seed in s.long_seeds:
+            for name in s.objectives:
+                train(name, seed, s.long_steps, s.long_steps)
+                score(name, seed, s.long_steps, s.long_steps)
+            _write_outputs(s, work, scores, time.perf_counter() - total)
 
     return _write_outputs(s, work, scores, time.perf_counter() - total)
 
