@@ -82,3 +82,30 @@ def test_ranges_for_other_settings_are_not_applied(tmp_path):
         load_expected(tmp_path / "bad.json")
     (tmp_path / "ok.json").write_text(json.dumps(expected))
     assert load_expected(tmp_path / "ok.json") == json.loads(json.dumps(expected))
+
+
+def test_approximate_ranges_are_checked_and_say_so():
+    expected = _expected()
+    expected["settings"]["num_songs"] = 300
+    expected["approximate"] = "from a 300-song study."
+    expected["retrieval_recall_at_1"] = {}
+    probes = {"MSCL": {"notes_family": {"metrics": {"accuracy": 0.10}}}}
+    retrieval = {"MSCL": {"sources": {"drums": {"recall": {"1": 0.60}}}}}
+    md, outside = check_against_study(probes, retrieval, SETTINGS, expected)
+    assert outside == 1 and "**outside**" in md
+    assert "approximate: from a 300-song study." in md
+    assert "num_songs 200 (ranges for 300)" in md and "| model |" not in md
+
+
+def test_the_shipped_ranges_fit_the_demo():
+    from modeling_mscl.demo import DemoSettings
+
+    expected = load_expected()
+    assert expected is not None
+    demo = DemoSettings()
+    settings = {k: getattr(demo, k) for k in SETTINGS}
+    md, _ = check_against_study({}, {}, {**settings, "config": "demo.yaml"}, expected)
+    # Either the study ran with the demo's settings, or the file says why it is close.
+    assert "not checked" not in md
+    for name in ("log-mel statistics", "random init", "COLA", "MSCL"):
+        assert "notes_family/accuracy" in expected["probes"][name]
