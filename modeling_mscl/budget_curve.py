@@ -65,6 +65,8 @@ class BudgetCurveSettings:
     max_clips: int | None = None
     # Only rebuild the table, the figure and the ranges from results.json (no training).
     report_only: bool = False
+    # Score the checkpoints the runs have saved so far, without training (a job cut short).
+    score_only: bool = False
     objectives: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
             "COLA": {"objective": "cola"},
@@ -73,21 +75,35 @@ class BudgetCurveSettings:
     )
 
 
-def checkpoint_model(checkpoint: Path, config_dir: Path) -> Any:
+def checkpoint_config(checkpoint: Path, config_dir: Path | None = None) -> Any:
+    """The model config of a checkpoint: ``config_dir``'s ``config.json`` (the run's
+    ``pretraining/`` folder) when there is one, else the model arguments the checkpoint's
+    ``training_args.json`` holds (a run still under way has no final folder yet)."""
+    from .checkpoints import ARGS_FILE
+    from .configuration_mscl import MSCLConfig
+    from .training_args import ModelArguments
+
+    if config_dir is not None and (config_dir / "config.json").is_file():
+        return MSCLConfig.from_pretrained(str(config_dir))
+    saved = json.loads((checkpoint / ARGS_FILE).read_text())
+    fields = {k: saved[k] for k in ModelArguments.__dataclass_fields__ if k in saved}
+    return MSCLConfig(**fields)
+
+
+def checkpoint_model(checkpoint: Path, config_dir: Path | None = None) -> Any:
     """The :class:`~modeling_mscl.MSCLForPreTraining` of a training checkpoint folder.
 
-    ``config_dir`` holds the run's model ``config.json`` (its ``pretraining/`` folder);
-    the weights are the checkpoint's ``model.safetensors``, loaded strictly.
+    The config comes from :func:`checkpoint_config`; the weights are the checkpoint's
+    ``model.safetensors``, loaded strictly.
     """
     from safetensors.torch import load_file
 
-    from .configuration_mscl import MSCLConfig
     from .modeling_mscl import MSCLForPreTraining
 
     weights = checkpoint / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{checkpoint}: no model.safetensors (not a training checkpoint)")
-    model = MSCLForPreTraining(MSCLConfig.from_pretrained(str(config_dir)))
+    model = MSCLForPreTraining(checkpoint_config(checkpoint, config_dir))
     model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval()
 
@@ -203,14 +219,15 @@ def run_budget_curve(settings: BudgetCurveSettings | None = None) -> dict[str, A
 
     def baselines(seed: int, out: Path) -> None:
         """The demo's baselines of this seed, built as the demo builds them."""
-        config = MSCLConfig.from_pretrained(str(out / "pretraining"))
+        checkpoint = _checkpoint_dir(out, min(s.budgets))
+        config = checkpoint_config(checkpoint, out / "pretraining")
         key = f"random init|{seed}|0|0"
         if key not in scores:
             t = _step(f"seed {seed}: random init")
             torch.manual_seed(seed)
             encoder = MSCLModel(MSCLConfig(**_model_fields(config))).eval()
             encoder = recalibrate_batch_norm(encoder, calibration)
-            model = random_init_model(out / "pretraining", seed=seed)
+            model = random_init_model(config, seed=seed)
             keep(key, _score("random init", model, None, tasks, chunks, s, work, seed, encoder))
             _done(t)
         key = f"log-mel statistics|{seed}|0|0"
@@ -220,6 +237,20 @@ def run_budget_curve(settings: BudgetCurveSettings | None = None) -> dict[str, A
             entry = _score("log-mel statistics", None, None, tasks, chunks, s, work, seed, encoder)
             keep(key, entry)
             _done(t)
+
+    if s.score_only:
+        from .demo import _calibration_hook
+
+        calibration = _calibration_hook(songs, notes).calibration_windows()
+        for seed in s.seeds:
+            for name in s.objectives:
+                out = _run_dir(work, name, seed, s.max_steps)
+                for budget in sorted(s.budgets):
+                    if (_checkpoint_dir(out, budget) / "model.safetensors").is_file():
+                        score(name, seed, s.max_steps, budget)
+                if (_checkpoint_dir(out, min(s.budgets)) / "model.safetensors").is_file():
+                    baselines(seed, out)
+        return _write_outputs(s, work, scores, time.perf_counter() - total)
 
     # What a cut-short job most needs comes first: the first seed's whole curve, then the
     # other seeds' final checkpoints (the demo's ranges), then their intermediate budgets,

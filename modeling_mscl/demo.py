@@ -108,23 +108,10 @@ def pretrain_run(
     """Pre-train (or resume) one run of ``config`` + ``overrides`` into ``out`` with the
     convergence probes; returns the probe hook, whose training windows also calibrate
     batch norm for the final probes."""
-    from .probing import make_probe_hook
     from .training import pretrain
     from .training_args import PretrainingArguments
 
-    hook = make_probe_hook(
-        ["notes_family", "corpus_genre"],
-        {"notes_family": notes, "corpus_genre": songs},
-        # Every training song (and as many notes), 4 windows each: a few seconds a
-        # call, and a curve less noisy than a handful of clips would give.
-        max_clips=max_clips,
-        max_windows=4,
-        epochs=20,
-        log_path=out / "probes.jsonl",
-        # A few hundred steps is too short for batch-norm running statistics to catch up
-        # (momentum 0.01): probe what the encoder computes, not how stale they are.
-        recalibrate_bn=True,
-    )
+    hook = _calibration_hook(songs, notes, max_clips, log_path=out / "probes.jsonl")
     args = PretrainingArguments.from_config(
         config, **overrides, output_dir=str(out), probe_every=probe_every, resume=True
     )
@@ -132,6 +119,26 @@ def pretrain_run(
     if result.history:  # a fresh (not an already finished) run: keep its curves
         (out / "history.json").write_text(json.dumps(result.history) + "\n")
     return hook
+
+
+def _calibration_hook(songs: Any, notes: Any, max_clips: int = 160, log_path: Any = None) -> Any:
+    """The convergence probes of a run; their training windows also recompute every
+    network's batch-norm statistics for the final probes."""
+    from .probing import make_probe_hook
+
+    return make_probe_hook(
+        ["notes_family", "corpus_genre"],
+        {"notes_family": notes, "corpus_genre": songs},
+        # Every training song (and as many notes), 4 windows each: a few seconds a
+        # call, and a curve less noisy than a handful of clips would give.
+        max_clips=max_clips,
+        max_windows=4,
+        epochs=20,
+        log_path=log_path,
+        # A few hundred steps is too short for batch-norm running statistics to catch up
+        # (momentum 0.01): probe what the encoder computes, not how stale they are.
+        recalibrate_bn=True,
+    )
 
 
 def probe_encoders(
