@@ -122,6 +122,15 @@ def test_tiny_budget_curve_end_to_end(tmp_path):
     # A second run reuses every run and every score.
     again = run_budget_curve(settings)
     assert again["summary"] == payload["summary"]
+    # --score_only scores what the runs saved, without training.
+    path = work / "results.json"
+    saved_all = json.loads(path.read_text())
+    del saved_all["scores"]["MSCL|0|2|4"]
+    path.write_text(json.dumps(saved_all))
+    settings.score_only = True
+    run_budget_curve(settings)
+    assert "MSCL|0|2|4" in json.loads(path.read_text())["scores"]
+    settings.score_only = False
     settings.report_only = True
     assert (
         run_budget_curve(settings)["markdown"].split("\n")[2:]
