@@ -29,6 +29,7 @@ COMMANDS = {
     "export-onnx": "export_onnx",
     "demo": "demo",
     "study": "study",
+    "budget-curve": "budget_curve",
 }
 
 

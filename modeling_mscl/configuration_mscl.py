@@ -136,6 +136,13 @@ class MSCLConfig(PretrainedConfig):
             temperature; the paper) or `"cosine"` (cosine divided by `similarity_temperature`).
         similarity_temperature (`float`, *optional*, defaults to 0.1):
             Temperature of the cosine similarity (unused for `"bilinear"`).
+        bilinear_logit_scale (`float`, *optional*, defaults to 1.0):
+            Factor on the bilinear logits, `s * u^T W v` (unused for `"cosine"`). 1.0 is the
+            paper's. Under Adam every entry of the D x D matrix W moves by about the
+            learning rate per step, which moves the logits of D-d tanh embeddings by up to
+            ~lr * D^2 / 2: tens at D = 512, lr 1e-3. `1 / projection_dim` keeps the
+            bilinear form with updates of a fraction of a logit (a named departure for
+            small runs; see docs/results.md).
         classifier_head (`str`, *optional*, defaults to `"linear"`):
             Head of [`MSCLForAudioClassification`]: `"linear"` or `"mlp"` (one hidden layer).
         classifier_hidden_size (`int`, *optional*, defaults to 512):
@@ -176,6 +183,7 @@ class MSCLConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-3,
         similarity: str = "bilinear",
         similarity_temperature: float = 0.1,
+        bilinear_logit_scale: float = 1.0,
         classifier_head: str = "linear",
         classifier_hidden_size: int = 512,
         freeze_encoder: bool = False,
@@ -205,6 +213,7 @@ class MSCLConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.similarity = similarity
         self.similarity_temperature = similarity_temperature
+        self.bilinear_logit_scale = bilinear_logit_scale
         self.classifier_head = classifier_head
         self.classifier_hidden_size = classifier_hidden_size
         self.freeze_encoder = freeze_encoder
@@ -238,6 +247,7 @@ class MSCLConfig(PretrainedConfig):
             "depth_coefficient",
             "input_rescale",
             "similarity_temperature",
+            "bilinear_logit_scale",
         ):
             if not getattr(self, name) > 0:
                 fail(name, "must be > 0")

@@ -108,23 +108,10 @@ def pretrain_run(
     """Pre-train (or resume) one run of ``config`` + ``overrides`` into ``out`` with the
     convergence probes; returns the probe hook, whose training windows also calibrate
     batch norm for the final probes."""
-    from .probing import make_probe_hook
     from .training import pretrain
     from .training_args import PretrainingArguments
 
-    hook = make_probe_hook(
-        ["notes_family", "corpus_genre"],
-        {"notes_family": notes, "corpus_genre": songs},
-        # Every training song (and as many notes), 4 windows each: a few seconds a
-        # call, and a curve less noisy than a handful of clips would give.
-        max_clips=max_clips,
-        max_windows=4,
-        epochs=20,
-        log_path=out / "probes.jsonl",
-        # A few hundred steps is too short for batch-norm running statistics to catch up
-        # (momentum 0.01): probe what the encoder computes, not how stale they are.
-        recalibrate_bn=True,
-    )
+    hook = _calibration_hook(songs, notes, max_clips, log_path=out / "probes.jsonl")
     args = PretrainingArguments.from_config(
         config, **overrides, output_dir=str(out), probe_every=probe_every, resume=True
     )
@@ -132,6 +119,26 @@ def pretrain_run(
     if result.history:  # a fresh (not an already finished) run: keep its curves
         (out / "history.json").write_text(json.dumps(result.history) + "\n")
     return hook
+
+
+def _calibration_hook(songs: Any, notes: Any, max_clips: int = 160, log_path: Any = None) -> Any:
+    """The convergence probes of a run; their training windows also recompute every
+    network's batch-norm statistics for the final probes."""
+    from .probing import make_probe_hook
+
+    return make_probe_hook(
+        ["notes_family", "corpus_genre"],
+        {"notes_family": notes, "corpus_genre": songs},
+        # Every training song (and as many notes), 4 windows each: a few seconds a
+        # call, and a curve less noisy than a handful of clips would give.
+        max_clips=max_clips,
+        max_windows=4,
+        epochs=20,
+        log_path=log_path,
+        # A few hundred steps is too short for batch-norm running statistics to catch up
+        # (momentum 0.01): probe what the encoder computes, not how stale they are.
+        recalibrate_bn=True,
+    )
 
 
 def probe_encoders(
@@ -249,6 +256,7 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
     }
     table = results_table(results)
     retrieval_md = retrieval_table(retrieval)
+    check_md, outside = _check_against_study(s, results, retrieval)
     # Small test sets: one clip is several points of accuracy; the table says how many.
     sizes = ", ".join(f"{k} {v['num_clips']['test']}" for k, v in results["random init"].items())
     losses = {name: _final_loss(out) for name, out in runs.items()}
@@ -264,12 +272,14 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
         f"similarity; batch-norm statistics recomputed on training chunks; mean ± std over "
         f"draws of the crops):\n\n{retrieval_md}\n\n"
         f"Final training contrastive loss (chance: ln batch = "
-        f"{math.log(_batch_size(s.config)):.2f}): {loss_line}.\n"
+        f"{math.log(_batch_size(s.config)):.2f}): {loss_line}.\n\n"
+        f"Against the seeded study:\n\n{check_md}"
     )
     payload = {
         "probes": results,
         "retrieval": {k: v.to_dict() for k, v in retrieval.items()},
         "final_train_loss": losses,
+        "cells_outside_study_range": outside,
     }
     (work / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
     logs = {name: read_probe_log(out / "probes.jsonl") for name, out in runs.items()}
@@ -278,6 +288,7 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
     print(table)
     print(retrieval_md)
     print(f"final training loss: {loss_line}")
+    print(check_md)
     _done(t)
 
     t = _step("6/6 reload the MSCL encoder with AutoModel and embed one clip")
@@ -296,6 +307,22 @@ def run_demo(settings: DemoSettings | None = None) -> dict[str, Any]:
     print(f"\nAll done in {minutes:.1f} min. Results: {work / 'results.md'}, figure: {figure}, "
           f"encoder: {folder}")  # fmt: skip
     return {"results": results, "table": table, "figure": str(figure), "encoder": str(folder)}
+
+
+def _check_against_study(s: DemoSettings, results: dict, retrieval: dict) -> tuple[str, int]:
+    """The demo's cells beside the study's ranges for its settings (see demo_check)."""
+    from .demo_check import check_against_study, load_expected
+
+    settings = {
+        "config": Path(s.config).name,
+        "num_songs": s.num_songs,
+        "seconds": s.seconds,
+        "max_steps": s.max_steps,
+        "probe_windows": s.probe_windows,
+        "probe_seeds": s.probe_seeds,
+    }
+    rows = {name: result.to_dict() for name, result in retrieval.items()}
+    return check_against_study(results, rows, settings, load_expected())
 
 
 def _model_fields(config: Any) -> dict[str, Any]:

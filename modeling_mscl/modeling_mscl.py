@@ -1139,7 +1139,8 @@ def null_source_contrastive_loss(
 class MSCLSimilarity(nn.Module):
     """Similarity of anchors (B, D) to columns (C, D): logits (B, C).
 
-    ``bilinear``: u^T W v with a trainable D x D matrix and no temperature (COLA, MSCL).
+    ``bilinear``: u^T W v with a trainable D x D matrix and no temperature (COLA, MSCL),
+    times ``config.bilinear_logit_scale`` where that is not 1 (a named departure).
     ``cosine``: cos(u, v) / temperature.
     """
 
@@ -1147,12 +1148,15 @@ class MSCLSimilarity(nn.Module):
         super().__init__()
         self.kind = config.similarity
         self.temperature = config.similarity_temperature
+        self.logit_scale = float(config.bilinear_logit_scale)
         dim = config.projection_dim
         self.weight = nn.Parameter(torch.empty(dim, dim)) if self.kind == "bilinear" else None
 
     def forward(self, anchors: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         if self.kind == "bilinear":
-            return anchors @ self.weight.to(anchors.dtype) @ columns.T
+            logits = anchors @ self.weight.to(anchors.dtype) @ columns.T
+            # The paper's form is left untouched (no multiply) at the default scale.
+            return logits if self.logit_scale == 1.0 else logits * self.logit_scale
         return F.normalize(anchors, dim=-1) @ F.normalize(columns, dim=-1).T / self.temperature
 
 

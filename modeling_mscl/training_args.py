@@ -60,6 +60,9 @@ class ModelArguments:
     projection_dim: int = _help("size of the contrastive embedding", 512)
     similarity: str = _help("'bilinear' (the paper) or 'cosine'", "bilinear")
     similarity_temperature: float = _help("temperature of the cosine similarity", 0.1)
+    bilinear_logit_scale: float = _help(
+        "factor on the bilinear logits (1.0: the paper; 1/projection_dim: small-run option)", 1.0
+    )
     pooling: str = _help("global pooling: 'max' (the paper) or 'mean'", "max")
     drop_connect_rate: float = _help("stochastic depth rate of the last block", 0.2)
 

@@ -41,6 +41,8 @@ _CHECK = textwrap.dedent(
 
     from modeling_mscl.demo import DemoSettings
     assert Path(DemoSettings().config).is_file(), DemoSettings().config
+    from modeling_mscl.demo_check import load_expected
+    assert load_expected() is not None  # the demo's study ranges ship with the configs
     from modeling_mscl.training_args import _config_file
     assert _config_file("paper").resolve().is_relative_to(target)
 
