@@ -173,7 +173,12 @@ def claim_output_dir(output_dir: str | os.PathLike, resume: bool) -> Path:
     legacy = resume and (out / CHECKPOINT_DIR).is_dir() and folder_kind(out) is None
     try:
         return claim_folder(out, RUN_KIND, adopt=legacy)
-    except ForeignFolderError:
+    except ForeignFolderError as err:
+        if (out / CHECKPOINT_DIR).is_dir() and folder_kind(out) is None:
+            raise ForeignFolderError(
+                f"{err}. If it is a run of an earlier version of modeling_mscl, "
+                "--resume true continues it"
+            ) from None
         raise
     except OSError as err:
         raise ValueError(f"output_dir {out} cannot be written: {err}") from err

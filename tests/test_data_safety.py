@@ -133,6 +133,19 @@ def test_overwrite_output_dir_deletes_only_a_run_of_the_package(tmp_path):
     assert (out / "encoder" / "my_model.bin").read_text() == "not ours"
 
 
+def test_a_run_of_an_earlier_version_is_resumed_not_overwritten(tmp_path):
+    data = chunk_set(tmp_path / "set")
+    out = tmp_path / "run"
+    common = ("--lr_schedule", "constant")
+    pretrain(data, out, "--max_steps", "1", *common)
+    (out / ".modeling_mscl.json").unlink()  # as a run made before folders were marked
+    with pytest.raises(ValueError, match="not created by.*--resume true continues it"):
+        pretrain(data, out, "--max_steps", "2", "--overwrite_output_dir", "true", *common)
+    assert (out / "checkpoints").is_dir()
+    assert pretrain(data, out, "--max_steps", "2", "--resume", "true", *common).step == 2
+    assert (out / ".modeling_mscl.json").is_file()
+
+
 # ------------------------------------------ 2. paths read from files stay in their folder
 
 
@@ -187,10 +200,19 @@ def test_a_data_file_outside_its_split_is_refused(tmp_path):
 
 # ----------------------------------------------------- 3. one run at a time per folder
 
+# Another process holding a folder's run lock as modeling_mscl.run_lock.RunLock does (the
+# flock on .mscl.lock, the holder record beside it), without the package's import time;
+# the slow test below runs two real pre-training processes.
 HOLD = """
-import sys, time
-from modeling_mscl.run_lock import RunLock
-lock = RunLock(sys.argv[1], "a test holder").acquire()
+import json, os, socket, sys, time
+from filelock import FileLock
+folder = sys.argv[1]
+lock = FileLock(os.path.join(folder, ".mscl.lock"))
+lock.acquire(timeout=0)
+record = {"pid": os.getpid(), "host": socket.gethostname(), "command": "a test holder",
+          "started": time.time()}
+with open(os.path.join(folder, ".mscl.lock.json"), "w") as handle:
+    json.dump(record, handle)
 print("held", flush=True)
 time.sleep(120)
 """
