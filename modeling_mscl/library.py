@@ -133,7 +133,7 @@ def list_inputs(
     ``datasets`` Dataset. Datasets give their ``audio_column`` items, keyed by ``id_column``
     (default: the row number, zero-padded so that keys sort in row order)."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
+        path = Path(source).expanduser().absolute()  # keys that do not depend on the cwd
         if path.is_dir() and not _is_saved_dataset(path):
             files = _folder_files(path)
             return LibraryInput(files, files, "path")
