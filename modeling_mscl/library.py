@@ -545,6 +545,28 @@ def _finish(
 ) -> Any:
     """Assemble the library from ``folder``'s shards (replacing an older one) and write the
     report, then ``library.json``."""
+    from datasets.utils.logging import (
+        disable_progress_bar,
+        enable_progress_bar,
+        is_progress_bar_enabled,
+    )
+
+    bars = is_progress_bar_enabled()
+    disable_progress_bar()  # the job has its own bar; saving is a moment
+    try:
+        return _assemble(folder, job, parquet, extra, total_inputs)
+    finally:
+        if bars:
+            enable_progress_bar()
+
+
+def _assemble(
+    folder: Path,
+    job: dict[str, Any],
+    parquet: bool,
+    extra: dict[str, Any],
+    total_inputs: int | None,
+) -> Any:
     from datasets import Dataset
 
     data, skipped = _library_table(folder, job["key"])

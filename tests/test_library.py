@@ -310,7 +310,7 @@ def test_two_gloo_processes_merge_to_the_rows_of_one(tmp_path, model_dir):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "5 files" in outs[0] and "1 skipped" in outs[0]
     shards = list((tmp_path / "two" / "shards").glob("*.arrow"))
-    assert len(shards) == 5  # one file per shard, written by both processes
+    assert len(shards) == 2  # each process's files fill less than a batch: one shard each
     _same(load_library(tmp_path / "two"), one)
 
 
