@@ -655,9 +655,9 @@ def embed_library(
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     check_sharding(num_shards, shard_index)
     if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-            dtype
-        ]
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        dtype = getattr(torch, dtype)
     dtype = dtype or torch.float32
     if num_workers is None:
         num_workers = min(8, max(1, (os.cpu_count() or 2) // 2))
