@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e ".[audio,corpus,train,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[audio,corpus,train,dev,search]"
 	touch $@
 
 setup: system-deps $(BIN)/.installed

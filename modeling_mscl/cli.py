@@ -23,6 +23,8 @@ COMMANDS = {
     "pretrain": "pretrain",
     "probe": "probe",
     "retrieval": "stem_retrieval",
+    "embed": "embed",
+    "search": "search",
     "plot": "plot_convergence",
     "push": "push_to_hub",
     "convert": "convert_reference_checkpoint",
