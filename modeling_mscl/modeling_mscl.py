@@ -538,6 +538,11 @@ class MSCLModel(MSCLPreTrainedModel):
                 f"input_features must have shape (batch, frames, {self.config.num_mel_bins}); "
                 f"got {tuple(input_features.shape)}"
             )
+        if input_features.shape[1] < self.config.min_input_size:
+            raise ValueError(
+                f"input_features has {input_features.shape[1]} frames; this encoder's stride-2 "
+                f"layers need at least {self.config.min_input_size} (pad to a whole window)"
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if attention_mask is not None and not bool(attention_mask.all()):
             if output_hidden_states:
