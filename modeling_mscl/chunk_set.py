@@ -38,6 +38,7 @@ from datasets import Array2D, Dataset, DatasetDict, Features, Value
 from datasets import Sequence as ListFeature
 
 from ._files import write_json_atomic
+from .data_checks import check_crops, load_from_disk_checked, log_mel_range
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .stems import SOURCES
 
@@ -308,6 +309,7 @@ class ChunkSet:
 
     def store(self, split: str | None = None, **kwargs: Any) -> ChunkStore:
         """A :class:`ChunkStore` over ``split`` (see :meth:`dataset`) with this front end."""
+        kwargs.setdefault("name", f"{self.path}" + (f" (split {split!r})" if self.splits else ""))
         return ChunkStore(self.dataset(split), self.feature_extractor, **kwargs)
 
     def __repr__(self) -> str:
@@ -317,11 +319,9 @@ class ChunkSet:
 def load_chunk_set(path: str | os.PathLike) -> ChunkSet:
     """Open the chunk set in ``path``: format version checked, feature extractor loaded,
     every split's spectrogram columns checked against it."""
-    from datasets import load_from_disk
-
     folder = Path(path).expanduser()
     fe = _read_front_end(folder)
-    data = load_from_disk(str(folder))
+    data = load_from_disk_checked(folder)  # a damaged Arrow file is named
     splits = dict(data) if isinstance(data, DatasetDict) else {"": data}
     for name, ds in splits.items():
         where = f"{folder}" + (f" (split {name!r})" if name else "")
@@ -380,6 +380,7 @@ class ChunkStore:
         columns: the spectrogram columns to read (all must share dtype and shape).
         rows: optional subset of the dataset's rows (e.g. a held-out split); the store's
             row i is dataset row ``rows[i]``.
+        name: how errors name the rows (the chunk set folder and split).
     """
 
     def __init__(
@@ -388,8 +389,10 @@ class ChunkStore:
         feature_extractor: MSCLFeatureExtractor | None = None,
         columns: Sequence[str] = SPECTROGRAM_COLUMNS,
         rows: np.ndarray | None = None,
+        name: str = "the chunk dataset",
     ) -> None:
         self.dataset = dataset
+        self.name = name
         self.columns = tuple(columns)
         frames, bins, dtype = _spectrogram_shape(
             dataset.features, self.columns, "the chunk dataset"
@@ -407,6 +410,7 @@ class ChunkStore:
             raise IndexError(f"rows must lie in [0, {len(dataset)})")
         self._opened: dict[str, Any] | None = None
         self._present: np.ndarray | None = None
+        self.value_range = log_mel_range(fe)
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.dataset)
@@ -426,7 +430,7 @@ class ChunkStore:
         """A store over some of this store's rows (indices into this store)."""
         base = np.arange(len(self)) if self.rows is None else self.rows
         picked = base[np.asarray(rows, dtype=np.int64)]
-        return ChunkStore(self.dataset, self.feature_extractor, self.columns, picked)
+        return ChunkStore(self.dataset, self.feature_extractor, self.columns, picked, self.name)
 
     def _open(self) -> dict[str, Any]:
         """The dataset's rows as Arrow (in place when it has no indices mapping) and the
@@ -495,4 +499,23 @@ class ChunkStore:
         picks = zip(batch.tolist(), local.tolist(), offsets.tolist(), strict=True)
         for i, (b, r, o) in enumerate(picks):
             out[i] = views[b][r, o]
+        return out
+
+    def describe_row(self, row: int) -> str:
+        """How errors name store row ``row``: the chunk set, split, ``track_id`` and chunk."""
+        index = int(self._rows(np.asarray([row]))[0])
+        try:
+            item = self.dataset.select_columns(["track_id", "chunk_index"])[index]
+            which = f"track_id {item['track_id']!r}, chunk {item['chunk_index']}"
+        except Exception as err:  # noqa: BLE001 - the row itself may be unreadable
+            which = f"row {index} (unreadable: {type(err).__name__})"
+        return f"{self.name}: {which}"
+
+    def checked_crops(self, column: str, rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """:meth:`crops`, refused (:class:`~modeling_mscl.data_checks.BadChunkError`,
+        naming the split, ``track_id`` and chunk) when a crop holds values that the store's
+        front end cannot produce: NaN, infinities or values beyond its log range."""
+        out = self.crops(column, rows, offsets)
+        rows = np.asarray(rows, dtype=np.int64)
+        check_crops(out, self.value_range, lambda i: self.describe_row(int(rows[i])), column)
         return out

@@ -78,9 +78,9 @@ def load_data(args: argparse.Namespace, tasks: Sequence[ProbeTask]) -> Any:
         labels = sorted({task.label_column for task in tasks})
         return load_probe_dataset(args.dataset, audio.pop(), labels, **options)
     if args.data:
-        from datasets import load_from_disk
+        from modeling_mscl.data_checks import load_from_disk_checked
 
-        return load_from_disk(args.data)
+        return load_from_disk_checked(args.data)  # a damaged Arrow file is named
     from modeling_mscl import corpora
 
     return getattr(corpora, f"load_{args.loader}")(args.root)

@@ -210,7 +210,9 @@ def load_probe_dataset(
 
     path = Path(name_or_path)
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
-        data = datasets.load_from_disk(str(path))
+        from ..data_checks import load_from_disk_checked
+
+        data = load_from_disk_checked(path)  # a damaged Arrow file is named
     else:
         data = datasets.load_dataset(str(name_or_path), **load_kwargs)
     if isinstance(data, datasets.Dataset):

@@ -1,0 +1,156 @@
+"""Checks of data read from disk: Arrow files that cannot be read, log-mels that no front
+end computed.
+
+- :func:`load_from_disk_checked`: ``datasets.load_from_disk`` whose Arrow errors (a
+  truncated file, a damaged header, offsets that point nowhere) name the file, found by
+  opening and validating each of the folder's Arrow files. Validation covers the
+  structure (offsets, string bytes), not the float values: those are checked per batch.
+- :func:`log_mel_range`: the values a front end can produce, and :func:`check_crops`,
+  which refuses a batch of crops outside it (NaN, infinities, bit flips in the exponent),
+  naming the rows' ``track_id`` and chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BadChunkError",
+    "DataFileError",
+    "check_crops",
+    "check_arrow_files",
+    "load_from_disk_checked",
+    "log_mel_range",
+]
+
+# float16 storage rounds a log-mel by up to 2**-8 of its magnitude (0.008 at the floor,
+# -11.5); the front end's own float32 rounding is far below that.
+_STORAGE_MARGIN = 0.05
+
+
+class DataFileError(ValueError):
+    """A data file cannot be read; the message names the file and the reader's error."""
+
+
+class BadChunkError(ValueError):
+    """A chunk holds values its front end cannot produce; the message names the chunk."""
+
+
+# ------------------------------------------------------------------------- Arrow files
+
+# What pyarrow raises on a damaged file: ArrowInvalid (a ValueError) and ArrowIOError
+# (an OSError) among others, and SystemError from its string conversions.
+_ARROW_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SystemError, IndexError)
+
+
+def _arrow_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.arrow") if p.is_file())
+
+
+def check_arrow_files(files: Iterable[str | os.PathLike]) -> None:
+    """Open every Arrow stream file of ``files`` and validate its structure.
+
+    Raises :class:`DataFileError` naming the first file that cannot be read or whose
+    offsets, sizes or strings are inconsistent (what a truncated or damaged file gives).
+    Reads the offsets and strings, memory-mapped; never the numeric values.
+    """
+    import pyarrow as pa
+
+    for file in files:
+        try:
+            with pa.memory_map(os.fspath(file)) as source:
+                table = pa.ipc.open_stream(source).read_all()
+                table.validate(full=True)
+        except _ARROW_ERRORS as err:
+            raise DataFileError(
+                f"{file}: unreadable Arrow file ({type(err).__name__}: {err}); the dataset "
+                "is damaged or was cut short: write it again"
+            ) from err
+
+
+def load_from_disk_checked(path: str | os.PathLike, validate: bool = True) -> Any:
+    """``datasets.load_from_disk(path)``, its Arrow files checked (:func:`check_arrow_files`).
+
+    Any reading error names the file it comes from (:class:`DataFileError`), never only
+    pyarrow's message. ``validate=False`` skips the structural check of loaded files.
+    """
+    import datasets
+
+    folder = Path(path).expanduser()
+    try:
+        data = datasets.load_from_disk(str(folder))
+    except _ARROW_ERRORS as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        check_arrow_files(_arrow_files(folder))  # names the damaged file, if one is
+        raise DataFileError(f"{folder}: cannot be loaded ({type(err).__name__}: {err})") from err
+    if validate:
+        parts = data.values() if isinstance(data, datasets.DatasetDict) else [data]
+        check_arrow_files(f["filename"] for part in parts for f in part.cache_files)
+    return data
+
+
+# ----------------------------------------------------------------------------- log-mels
+
+
+def log_mel_range(feature_extractor: Any) -> tuple[float, float]:
+    """The interval of log-mel values ``feature_extractor`` can produce, widened by the
+    rounding of float16 storage.
+
+    Below: the log of its floor. Above: the log of its ceiling, or, for a front end that
+    L2-normalises each clip, the most a unit-energy clip gives: no frame holds more than
+    the clip's energy, so a band's magnitude is at most its filter's L2 norm times
+    sqrt(fft_length) (Cauchy-Schwarz and Parseval, with a window of at most 1). 4.75 for
+    the default front end, where real music stays below about 0.
+    """
+    fe = feature_extractor
+    low, high = math.log(fe.log_floor), math.log(fe.log_ceiling)
+    if fe.normalize_waveform:
+        band_norm = float(np.sqrt((np.asarray(fe.mel_filters) ** 2).sum(axis=0)).max())
+        if band_norm > 0:
+            high = min(high, math.log(band_norm * math.sqrt(fe.fft_length)))
+    return low - _STORAGE_MARGIN, high + _STORAGE_MARGIN
+
+
+def _what_is_wrong(values: np.ndarray, low: float, high: float) -> str:
+    values = values.astype(np.float32)
+    if np.isnan(values).any():
+        return f"{int(np.isnan(values).sum())} NaN values"
+    if np.isinf(values).any():
+        return f"{int(np.isinf(values).sum())} infinite values"
+    return f"values from {float(values.min()):.4g} to {float(values.max()):.4g}"
+
+
+def check_crops(
+    crops: np.ndarray,
+    value_range: tuple[float, float],
+    describe_row: Any,
+    column: str,
+) -> None:
+    """Raise :class:`BadChunkError` if a crop of ``crops`` (rows first) holds a value
+    outside ``value_range`` (:func:`log_mel_range`), NaN or an infinity.
+
+    The common case costs two reductions over the batch (NaN fails both comparisons);
+    only a failing batch is searched for its first bad row, which ``describe_row(i)``
+    names (its split, ``track_id`` and chunk).
+    """
+    if crops.size == 0:
+        return
+    low, high = value_range
+    if low <= crops.min() and crops.max() <= high:
+        return
+    flat = crops.reshape(len(crops), -1)
+    bad = np.flatnonzero(~((flat >= low) & (flat <= high)).all(axis=1))
+    first = int(bad[0])
+    raise BadChunkError(
+        f"{describe_row(first)}, column {column!r}: {_what_is_wrong(flat[first], low, high)}, "
+        f"where its front end's log-mels lie in [{low:.2f}, {high:.2f}] "
+        f"({len(bad)} of the {len(crops)} rows of this batch are bad); the chunk set is "
+        "damaged: make it again"
+    )
