@@ -254,9 +254,9 @@ def _eval_results(metrics: Sequence[tuple[ProbeResult, str, float]]) -> list[Any
         EvalResult(
             task_type="audio-classification",
             task_name=f"{result.task.name} ({result.task.head} probe)",
-            # A result does not record its dataset's name; the task names it.
-            dataset_type=result.task.name,
-            dataset_name=result.task.name,
+            # Results written before they recorded their dataset: the task names it.
+            dataset_type=result.dataset or result.task.name,
+            dataset_name=result.dataset or result.task.name,
             dataset_split=result.split,
             metric_type=name,
             metric_name=_metric_label(name),
@@ -270,7 +270,7 @@ def _results_table(metrics: Sequence[tuple[ProbeResult, str, float]]) -> str:
     rows = [
         (
             _fmt(r.task.name),
-            _fmt(r.task.name),
+            _fmt(r.dataset or r.task.name),
             _fmt(r.split),
             _fmt(r.task.head),
             _metric_label(name),
@@ -279,6 +279,34 @@ def _results_table(metrics: Sequence[tuple[ProbeResult, str, float]]) -> str:
         for r, name, value in metrics
     ]
     return _markdown_table(("task", "dataset", "split", "probe", "metric", "value"), rows)
+
+
+def _check_results_encoder(
+    folder: Path, kind: str, results: Sequence[ProbeResult], names: Sequence[str], given: bool
+) -> None:
+    """Refuse results measured on another encoder than the folder's (their
+    ``encoder_fingerprint``). Results given explicitly must record one; the folder's own
+    ``probe_results.json`` of an older export may lack it (written with those weights)."""
+    if not results:
+        return
+    from .modeling_mscl import MSCLForAudioClassification, MSCLModel
+    from .probing.embeddings import encoder_fingerprint
+
+    cls = MSCLForAudioClassification if kind == "probe_head" else MSCLModel
+    fingerprint = encoder_fingerprint(cls.from_pretrained(folder))
+    for result, name in zip(results, names, strict=True):
+        if result.encoder_fingerprint is None and given:
+            raise ValueError(
+                f"{name}: these probe results record no encoder (written before results "
+                f"named theirs), so they cannot be shown to be {folder}'s: probe this "
+                "encoder again with mscl probe"
+            )
+        if result.encoder_fingerprint not in (None, fingerprint):
+            raise ValueError(
+                f"{name}: these probe results were measured on encoder "
+                f"{result.encoder_fingerprint}, not on {folder} ({fingerprint}); "
+                "a card shows only its own encoder's results"
+            )
 
 
 def _is_hub_name(name: str) -> bool:
@@ -335,10 +363,15 @@ def render_model_card(
     else:
         args_file = folder / (TRAINING_ARGS_FILE if kind == "encoder" else PROBE_ARGS_FILE)
         args = read_training_args(args_file) if args_file.is_file() else {}
+    given = results is not None
     if results is None:
         found = folder / PROBE_RESULTS_FILE
         results = read_probe_results([found]) if found.is_file() else []
-    results = [r if isinstance(r, ProbeResult) else read_probe_results([r])[0] for r in results]
+        names = [str(found)] * len(results)
+    else:
+        names = [str(r) if not isinstance(r, ProbeResult) else "a ProbeResult" for r in results]
+        results = [r if isinstance(r, ProbeResult) else read_probe_results([r])[0] for r in results]
+    _check_results_encoder(folder, kind, results, names, given)
     metrics = _card_metrics(results)
     preprocessor = folder / "preprocessor_config.json"
     fe = json.loads(preprocessor.read_text()) if preprocessor.is_file() else {}

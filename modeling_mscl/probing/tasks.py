@@ -159,11 +159,12 @@ PRESETS: dict[str, ProbeTask] = {
 }  # fmt: skip
 
 
-def get_task(name: str, **overrides: Any) -> ProbeTask:
-    """A preset of :data:`PRESETS` by name, with fields replaced by ``overrides``."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown probe task {name!r}; presets: {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+def get_task(preset: str, /, **overrides: Any) -> ProbeTask:
+    """A preset of :data:`PRESETS` by name, with fields replaced by ``overrides``
+    (``name=...`` gives a task of one's own, filed under that name)."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown probe task {preset!r}; presets: {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[preset], **overrides)
 
 
 def clip_labels(dataset: Any, task: ProbeTask) -> tuple[np.ndarray, list[str]]:
