@@ -15,6 +15,7 @@ dies, not against the machine losing power.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -27,6 +28,7 @@ from typing import IO, Any
 __all__ = [
     "TEMP_FOLDER_PREFIX",
     "atomic_folder",
+    "naming_full_disk",
     "atomic_path",
     "atomic_write",
     "replace_folder",
@@ -116,6 +118,23 @@ def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
 
 
 @contextmanager
+def naming_full_disk(folder: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a full disk (or exceeded quota) inside the block as an ``OSError`` that
+    names ``folder``, the folder being written: the system's message names no path, or
+    only a temporary file inside it."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(
+            err.errno,
+            f"no space left on the device while writing {folder} ({err}); free some space "
+            "and run again",
+        ) from err
+
+
+@contextmanager
 def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder to fill; it becomes ``final`` when the block ends.
 
@@ -125,10 +144,11 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     tmp = final.with_name(f"{TEMP_FOLDER_PREFIX}{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_folder(tmp, final)
+    with naming_full_disk(final):  # a full disk inside the block names `final`
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        replace_folder(tmp, final)

@@ -38,7 +38,12 @@ from datasets import Array2D, Dataset, DatasetDict, Features, Value
 from datasets import Sequence as ListFeature
 
 from ._files import write_json_atomic
-from .data_checks import check_crops, load_from_disk_checked, log_mel_range
+from .data_checks import (
+    check_crops,
+    describe_non_chunk_set,
+    load_from_disk_checked,
+    log_mel_range,
+)
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .stems import SOURCES
 
@@ -247,6 +252,9 @@ def _read_front_end(folder: Path) -> MSCLFeatureExtractor:
         raise FileNotFoundError(f"{folder}: no such chunk set folder")
     info_path = folder / INFO_FILE
     if not info_path.is_file():
+        what = describe_non_chunk_set(folder, INFO_FILE, CHUNK_COLUMNS)
+        if what:  # one split of a chunk set, rows of another kind, or no dataset at all
+            raise ValueError(what)
         if any((folder / f).is_file() for f in ("dataset_dict.json", "state.json")):
             raise ValueError(
                 f"{folder} is a chunk set of format version 1 (before chunk sets recorded "

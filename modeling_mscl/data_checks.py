@@ -154,3 +154,54 @@ def check_crops(
         f"({len(bad)} of the {len(crops)} rows of this batch are bad); the chunk set is "
         "damaged: make it again"
     )
+
+
+# ----------------------------------------------------------------- what a folder holds
+
+
+def describe_non_chunk_set(folder: Path, info_file: str, chunk_columns: Iterable[str]) -> str:
+    """Why ``folder`` (which has no ``info_file``) is not a chunk set: one split of one,
+    a datasets folder of other rows, an unfinished or old chunk set, or something else."""
+    parent = folder.parent
+    if (folder / "state.json").is_file() and (parent / info_file).is_file():
+        return (
+            f"{folder} is the split {folder.name!r} of the chunk set {parent}: pass the chunk "
+            f"set itself (--data_dir {parent}; --train_split picks the split)"
+        )
+    columns = _saved_columns(folder)
+    if columns is not None:
+        missing = [c for c in chunk_columns if c not in columns]
+        if missing:
+            return (
+                f"{folder} is a datasets folder whose rows are not chunks (columns {columns}; "
+                f"a chunk set has {list(chunk_columns)}): make a chunk set from it with "
+                "mscl separate"
+            )
+        return ""  # chunk rows without the info file: an old or unfinished chunk set
+    entries = sorted(p.name for p in folder.iterdir())[:5] if folder.is_dir() else []
+    return (
+        f"{folder} is not a chunk set: it holds no {info_file} and no datasets files "
+        f"({'e.g. ' + ', '.join(entries) if entries else 'it is empty'}); expected a folder "
+        "made by mscl separate (or modeling_mscl.chunks.prepare_chunks)"
+    )
+
+
+def _saved_columns(folder: Path) -> list[str] | None:
+    """The columns of a ``save_to_disk`` folder (the first split of a DatasetDict), read
+    from its ``dataset_info.json``; None when it is not one."""
+    import json
+
+    info = folder / "dataset_info.json"
+    dict_json = folder / "dataset_dict.json"
+    if not info.is_file() and dict_json.is_file():
+        try:
+            splits = json.loads(dict_json.read_text()).get("splits") or []
+        except ValueError:
+            return []
+        info = folder / str(splits[0]) / "dataset_info.json" if splits else info
+    if not info.is_file():
+        return None
+    try:
+        return list((json.loads(info.read_text()).get("features") or {}).keys())
+    except ValueError:
+        return []

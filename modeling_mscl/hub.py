@@ -14,7 +14,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -539,6 +540,37 @@ def _upload_files(folder: Path, kind: str) -> dict[str, bytes | Path]:
     return files
 
 
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub's HTTP clients raise when the Hub cannot be reached."""
+    errors: list[type[BaseException]] = [OSError]  # requests' and the OS's, offline mode
+    try:
+        import httpx
+
+        errors.append(httpx.TransportError)
+    except ImportError:  # pragma: no cover - an older huggingface_hub, on requests
+        pass
+    return tuple(errors)
+
+
+@contextmanager
+def _naming_endpoint(endpoint: str | None, token: str | None) -> Iterator[None]:
+    """A failed connection inside the block becomes a ``ConnectionError`` that names the
+    Hub endpoint; the token (given, or huggingface_hub's own) is blanked out of it."""
+    try:
+        yield
+    except _connection_errors() as err:
+        from huggingface_hub import constants, get_token
+
+        url = endpoint or constants.ENDPOINT
+        text = f"{type(err).__name__}: {err}"
+        for secret in {token, get_token()} - {None, ""}:
+            text = text.replace(secret, "***")
+        raise ConnectionError(
+            f"cannot reach the Hub at {url} ({text}); check the network, HF_ENDPOINT and "
+            "HF_HUB_OFFLINE"
+        ) from None
+
+
 def _push(
     kind: str,
     folder: str | os.PathLike,
@@ -561,12 +593,14 @@ def _push(
     if not dry_run:
         # The token comes from `token`, HF_TOKEN or the saved login; it is never printed.
         api = HfApi(endpoint=endpoint, token=token)
-        full_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with _naming_endpoint(endpoint, token):
+            full_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         if full_id != repo_id:  # the usage snippets need the namespace the Hub gave
             repo_id = full_id
             card = render_model_card(kind, folder, repo_id=repo_id, **card_kwargs)
         if branch != "main":
-            api.create_branch(repo_id, branch=branch, exist_ok=True)
+            with _naming_endpoint(endpoint, token):
+                api.create_branch(repo_id, branch=branch, exist_ok=True)
     contents = sorted({"README.md": card.encode("utf-8"), **files}.items())
     listing = [
         (name, len(data) if isinstance(data, bytes) else data.stat().st_size)
@@ -582,12 +616,13 @@ def _push(
         for name, data in contents
     ]
     default_message = "Upload MSCL encoder" if kind == "encoder" else "Upload MSCL probe head"
-    info = api.create_commit(
-        repo_id,
-        operations,
-        commit_message=commit_message or default_message,
-        revision=branch,
-    )
+    with _naming_endpoint(endpoint, token):
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or default_message,
+            revision=branch,
+        )
     result.uploaded = [name for name, _ in contents]
     result.commit_url = info.commit_url
     return result

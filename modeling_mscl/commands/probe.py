@@ -75,17 +75,24 @@ def load_encoder(args: argparse.Namespace) -> tuple[MSCLModel, MSCLFeatureExtrac
 
 def load_data(args: argparse.Namespace, tasks: Sequence[ProbeTask]) -> Any:
     """The ``DatasetDict`` of ``--data``, ``--dataset`` or ``--loader`` + ``--root``."""
+    audio = {task.audio_column for task in tasks} or {"audio"}
+    if len(audio) > 1:
+        raise SystemExit(f"the tasks read different audio columns {sorted(audio)}")
+    labels = sorted({task.label_column for task in tasks})
     if args.dataset:
         options = {"name": args.dataset_config} if args.dataset_config else {}
-        audio = {task.audio_column for task in tasks}
-        if len(audio) > 1:
-            raise SystemExit(f"the tasks read different audio columns {sorted(audio)}")
-        labels = sorted({task.label_column for task in tasks})
         return load_probe_dataset(args.dataset, audio.pop(), labels, **options)
     if args.data:
-        from modeling_mscl.data_checks import load_from_disk_checked
-
-        return load_from_disk_checked(args.data)  # a damaged Arrow file is named
+        # The same reader as --dataset: string labels become one ClassLabel, a missing
+        # column names those that exist, a single Dataset is refused by name.
+        folder = Path(args.data)
+        if not any((folder / name).is_file() for name in ("dataset_dict.json", "state.json")):
+            raise SystemExit(
+                f"--data {folder}: not a folder written by save_to_disk (no "
+                "dataset_dict.json); a probe reads a DatasetDict with 'train' and 'test' "
+                "splits (--dataset reads other formats)"
+            )
+        return load_probe_dataset(folder, audio.pop(), labels)
     from modeling_mscl import corpora
 
     return getattr(corpora, f"load_{args.loader}")(args.root)

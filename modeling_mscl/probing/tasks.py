@@ -217,7 +217,12 @@ def load_probe_dataset(
     else:
         data = datasets.load_dataset(str(name_or_path), **load_kwargs)
     if isinstance(data, datasets.Dataset):
-        raise ValueError(f"{name_or_path}: one split; a probe needs 'train' and 'test' splits")
+        raise ValueError(
+            f"{name_or_path} holds one Dataset (columns {data.column_names}), not splits; a "
+            "probe needs a DatasetDict with 'train' and 'test' splits (and optionally "
+            "'validation'): save one with DatasetDict({'train': ..., 'test': ...})"
+            ".save_to_disk(...)"
+        )
     data = datasets.DatasetDict({_SPLIT_NAMES.get(k, k): v for k, v in data.items()})
     if "train" not in data or "test" not in data:
         raise ValueError(
@@ -227,9 +232,10 @@ def load_probe_dataset(
     for split, part in data.items():
         for column in (audio_column, *labels):
             if column not in part.column_names:
-                raise KeyError(
+                option = "--audio-column" if column == audio_column else "--label-column"
+                raise ValueError(
                     f"{name_or_path}: split {split!r} has no column {column!r}; its columns "
-                    f"are {part.column_names}"
+                    f"are {part.column_names} (pick one with {option})"
                 )
     for column in labels:
         data = _shared_class_labels(data, column)
