@@ -181,6 +181,7 @@ def describe_non_chunk_set(folder: Path, info_file: str, chunk_columns: Iterable
     entries = sorted(p.name for p in folder.iterdir())[:5] if folder.is_dir() else []
     return (
         f"{folder} is not a chunk set: it holds no {info_file} and no datasets files "
+        "(nothing saved with save_to_disk) "
         f"({'e.g. ' + ', '.join(entries) if entries else 'it is empty'}); expected a folder "
         "made by mscl separate (or modeling_mscl.chunks.prepare_chunks)"
     )

@@ -205,7 +205,7 @@ def test_the_last_message_names_a_diverged_loss(clean_dir, tmp_path):
     NaN, which the message says, with the advice that fits."""
     argv = ("--max_steps", "4", "--optimizer", "sgd", "--max_bad_steps", "2")
     with pytest.raises(RuntimeError) as err:
-        _pretrain(clean_dir, tmp_path / "run", *argv, "--learning_rate", "1e38",
+        _pretrain(clean_dir, tmp_path / "run", *argv, "--learning_rate", "3e38",
                   "--max_grad_norm", "0")  # fmt: skip
     message = str(err.value)
     assert "loss: the contrastive loss is not finite" in message, message
