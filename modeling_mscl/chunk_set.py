@@ -43,6 +43,7 @@ from .data_checks import (
     describe_non_chunk_set,
     load_from_disk_checked,
     log_mel_range,
+    rows_in_range,
 )
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .stems import SOURCES
@@ -419,6 +420,8 @@ class ChunkStore:
         self._opened: dict[str, Any] | None = None
         self._present: np.ndarray | None = None
         self.value_range = log_mel_range(fe)
+        # Per spectrogram column, per store row: 0 not checked yet, 1 good, 2 bad.
+        self._verdicts: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.dataset)
@@ -426,6 +429,7 @@ class ChunkStore:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_opened"] = None  # views of this process's memory maps
+        state["_verdicts"] = {}  # each process checks the chunks it reads
         # Its configuration, not its derived arrays (the mel matrix alone is 260 kB).
         state["feature_extractor"] = self.feature_extractor.to_dict()
         return state
@@ -521,9 +525,28 @@ class ChunkStore:
 
     def checked_crops(self, column: str, rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """:meth:`crops`, refused (:class:`~modeling_mscl.data_checks.BadChunkError`,
-        naming the split, ``track_id`` and chunk) when a crop holds values that the store's
-        front end cannot produce: NaN, infinities or values beyond its log range."""
+        naming the split, ``track_id`` and chunk) when a crop's chunk holds values that the
+        store's front end cannot produce: NaN, infinities or values beyond its log range.
+
+        Each chunk is checked whole the first time a batch uses it and its verdict kept,
+        so a run pays for the check once per chunk (per loader process), not per batch.
+        """
         out = self.crops(column, rows, offsets)
         rows = np.asarray(rows, dtype=np.int64)
-        check_crops(out, self.value_range, lambda i: self.describe_row(int(rows[i])), column)
+        verdicts = self._verdicts.setdefault(column, np.zeros(len(self), dtype=np.int8))
+        seen = verdicts[rows]
+        if (seen == 1).all():  # the common case once the chunks have been read
+            return out
+        new = np.unique(rows[seen == 0])
+        if len(new):
+            # Crops at these offsets cover every frame of a chunk.
+            last = self.chunk_frames - CROP_FRAMES
+            starts = sorted({*range(0, last + 1, CROP_FRAMES), last})
+            good = np.ones(len(new), dtype=bool)
+            for start in starts:
+                crops = self.crops(column, new, np.full(len(new), start))
+                good &= rows_in_range(crops, self.value_range)
+            verdicts[new] = np.where(good, 1, 2)
+        ok = verdicts[rows] == 1
+        check_crops(out, self.value_range, lambda i: self.describe_row(int(rows[i])), column, ok)
         return out
