@@ -24,6 +24,7 @@ And what the package may touch at all:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -43,6 +44,7 @@ __all__ = [
     "atomic_write",
     "claim_folder",
     "folder_kind",
+    "naming_full_disk",
     "path_inside",
     "replace_folder",
     "write_json_atomic",
@@ -131,6 +133,23 @@ def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
 
 
 @contextmanager
+def naming_full_disk(folder: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a full disk (or exceeded quota) inside the block as an ``OSError`` that
+    names ``folder``, the folder being written: the system's message names no path, or
+    only a temporary file inside it."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(
+            err.errno,
+            f"no space left on the device while writing {folder} ({err}); free some space "
+            "and run again",
+        ) from err
+
+
+@contextmanager
 def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder to fill; it becomes ``final`` when the block ends.
 
@@ -140,13 +159,14 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     tmp = final.with_name(f"{TEMP_FOLDER_PREFIX}{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_folder(tmp, final)
+    with naming_full_disk(final):  # a full disk inside the block names `final`
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        replace_folder(tmp, final)
 
 
 # ------------------------------------------------------------------ what may be touched

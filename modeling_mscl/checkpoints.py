@@ -76,6 +76,20 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _rng_file_problem(rng_file: Path) -> str:
+    """Why accelerate could not have restored the random states of ``rng_file`` ("" if it
+    could): missing, empty, or unreadable by the loader accelerate uses."""
+    if not rng_file.is_file() or rng_file.stat().st_size == 0:
+        return "missing or empty"
+    from accelerate.utils import load
+
+    try:
+        load(rng_file)  # what Accelerator.load_state read (and, failing, only logged)
+    except Exception as err:  # noqa: BLE001 - unpickling raises anything
+        return f"unreadable ({type(err).__name__}: {err})"
+    return ""
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
     found = complete_checkpoints(output_dir)
@@ -322,13 +336,15 @@ def resume(
             "--overwrite_output_dir true"
         )
     rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
-    if not rng_file.is_file() or rng_file.stat().st_size == 0:
+    problem = _rng_file_problem(rng_file)
+    if problem:
         # Accelerate only logs this at INFO level; the resumed run then draws other
         # dropout masks and crops than an uninterrupted one would.
         logger.warning(
-            "resume: %s is missing or empty: the random states are not restored, so the "
+            "resume: %s is %s: the random states are not restored, so the "
             "resumed run will not match an uninterrupted one exactly",
             rng_file,
+            problem,
         )
     if state.get("sampler_fingerprint") != fingerprint:
         logger.warning(

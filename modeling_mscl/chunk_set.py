@@ -56,6 +56,13 @@ from .chunk_manifest import (
     read_file_list,
     saved_dataset_files,
 )
+from .data_checks import (
+    check_crops,
+    describe_non_chunk_set,
+    load_from_disk_checked,
+    log_mel_range,
+    rows_in_range,
+)
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .stems import SOURCES
 
@@ -412,6 +419,9 @@ def _read_info(folder: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{folder}: no such chunk set folder")
     info_path = folder / INFO_FILE
     if not info_path.is_file():
+        what = describe_non_chunk_set(folder, INFO_FILE, CHUNK_COLUMNS)
+        if what:  # one split of a chunk set, rows of another kind, or no dataset at all
+            raise ValueError(what)
         if any((folder / f).is_file() for f in ("dataset_dict.json", "state.json")):
             raise ValueError(
                 f"{folder} is a chunk set of format version 1 (before chunk sets recorded "
@@ -517,6 +527,7 @@ class ChunkSet:
     def store(self, split: str | None = None, **kwargs: Any) -> ChunkStore:
         """A :class:`ChunkStore` over ``split`` (see :meth:`dataset`) with this front end
         (its ``fingerprint`` is the chunk set's)."""
+        kwargs.setdefault("name", f"{self.path}" + (f" (split {split!r})" if self.splits else ""))
         store = ChunkStore(self.dataset(split), self.feature_extractor, **kwargs)
         store.fingerprint = self.fingerprint
         return store
@@ -534,8 +545,6 @@ def load_chunk_set(path: str | os.PathLike, verify: str = "sizes") -> ChunkSet:
     checksum too (reads every byte); :class:`~modeling_mscl.chunk_manifest.ChunkSetDamagedError`
     names the bad files. Every path the saved files name is checked to stay in ``path``.
     """
-    from datasets import load_from_disk
-
     if verify not in ("sizes", "full"):
         raise ValueError(f"verify must be 'sizes' or 'full', got {verify!r}")
     folder = Path(path).expanduser()
@@ -548,7 +557,7 @@ def load_chunk_set(path: str | os.PathLike, verify: str = "sizes") -> ChunkSet:
             + f" (`mscl verify {folder}` checks every file)"
         )
     info = json.loads((folder / INFO_FILE).read_text())
-    data = load_from_disk(str(folder))
+    data = load_from_disk_checked(folder)  # a damaged Arrow file is named
     splits = dict(data) if isinstance(data, DatasetDict) else {"": data}
     for name, ds in splits.items():
         where = f"{folder}" + (f" (split {name!r})" if name else "")
@@ -607,6 +616,7 @@ class ChunkStore:
         columns: the spectrogram columns to read (all must share dtype and shape).
         rows: optional subset of the dataset's rows (e.g. a held-out split); the store's
             row i is dataset row ``rows[i]``.
+        name: how errors name the rows (the chunk set folder and split).
     """
 
     def __init__(
@@ -615,8 +625,10 @@ class ChunkStore:
         feature_extractor: MSCLFeatureExtractor | None = None,
         columns: Sequence[str] = SPECTROGRAM_COLUMNS,
         rows: np.ndarray | None = None,
+        name: str = "the chunk dataset",
     ) -> None:
         self.dataset = dataset
+        self.name = name
         self.columns = tuple(columns)
         frames, bins, dtype = _spectrogram_shape(
             dataset.features, self.columns, "the chunk dataset"
@@ -636,6 +648,9 @@ class ChunkStore:
         self._present: np.ndarray | None = None
         # The content fingerprint of the chunk set it reads (set by ChunkSet.store).
         self.fingerprint: str | None = None
+        self.value_range = log_mel_range(fe)
+        # Per spectrogram column, per store row: 0 not checked yet, 1 good, 2 bad.
+        self._verdicts: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.dataset)
@@ -643,6 +658,7 @@ class ChunkStore:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_opened"] = None  # views of this process's memory maps
+        state["_verdicts"] = {}  # each process checks the chunks it reads
         # Its configuration, not its derived arrays (the mel matrix alone is 260 kB).
         state["feature_extractor"] = self.feature_extractor.to_dict()
         return state
@@ -655,7 +671,7 @@ class ChunkStore:
         """A store over some of this store's rows (indices into this store)."""
         base = np.arange(len(self)) if self.rows is None else self.rows
         picked = base[np.asarray(rows, dtype=np.int64)]
-        store = ChunkStore(self.dataset, self.feature_extractor, self.columns, picked)
+        store = ChunkStore(self.dataset, self.feature_extractor, self.columns, picked, self.name)
         store.fingerprint = self.fingerprint
         return store
 
@@ -726,4 +742,42 @@ class ChunkStore:
         picks = zip(batch.tolist(), local.tolist(), offsets.tolist(), strict=True)
         for i, (b, r, o) in enumerate(picks):
             out[i] = views[b][r, o]
+        return out
+
+    def describe_row(self, row: int) -> str:
+        """How errors name store row ``row``: the chunk set, split, ``track_id`` and chunk."""
+        index = int(self._rows(np.asarray([row]))[0])
+        try:
+            item = self.dataset.select_columns(["track_id", "chunk_index"])[index]
+            which = f"track_id {item['track_id']!r}, chunk {item['chunk_index']}"
+        except Exception as err:  # noqa: BLE001 - the row itself may be unreadable
+            which = f"row {index} (unreadable: {type(err).__name__})"
+        return f"{self.name}: {which}"
+
+    def checked_crops(self, column: str, rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """:meth:`crops`, refused (:class:`~modeling_mscl.data_checks.BadChunkError`,
+        naming the split, ``track_id`` and chunk) when a crop's chunk holds values that the
+        store's front end cannot produce: NaN, infinities or values beyond its log range.
+
+        Each chunk is checked whole the first time a batch uses it and its verdict kept,
+        so a run pays for the check once per chunk (per loader process), not per batch.
+        """
+        out = self.crops(column, rows, offsets)
+        rows = np.asarray(rows, dtype=np.int64)
+        verdicts = self._verdicts.setdefault(column, np.zeros(len(self), dtype=np.int8))
+        seen = verdicts[rows]
+        if (seen == 1).all():  # the common case once the chunks have been read
+            return out
+        new = np.unique(rows[seen == 0])
+        if len(new):
+            # Crops at these offsets cover every frame of a chunk.
+            last = self.chunk_frames - CROP_FRAMES
+            starts = sorted({*range(0, last + 1, CROP_FRAMES), last})
+            good = np.ones(len(new), dtype=bool)
+            for start in starts:
+                crops = self.crops(column, new, np.full(len(new), start))
+                good &= rows_in_range(crops, self.value_range)
+            verdicts[new] = np.where(good, 1, 2)
+        ok = verdicts[rows] == 1
+        check_crops(out, self.value_range, lambda i: self.describe_row(int(rows[i])), column, ok)
         return out

@@ -25,7 +25,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, concatenate_datasets
 
-from ._files import write_json_atomic
+from ._files import naming_full_disk, write_json_atomic
 from .chunk_set import claim_chunk_folder, load_chunk_set, save_chunk_set
 from .run_lock import RunLock, RunLockedError
 
@@ -234,8 +234,9 @@ def merge_chunk_sets(
         # No report means "not complete" until the new set is in place; the set replaces
         # only the files of a previous merge (its manifest), whatever else the folder holds.
         (output_dir / REPORT_FILE).unlink(missing_ok=True)
-        save_chunk_set(data, output_dir, feature_extractor)
-        write_json_atomic(output_dir / REPORT_FILE, _merged_report(ordered, reports), indent=2)
+        with naming_full_disk(output_dir):  # a full disk names the merged set's folder
+            save_chunk_set(data, output_dir, feature_extractor)
+            write_json_atomic(output_dir / REPORT_FILE, _merged_report(ordered, reports), indent=2)
     return load_chunk_set(output_dir).data
 
 

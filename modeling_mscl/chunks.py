@@ -29,7 +29,7 @@ import torch
 from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_datasets
 from datasets.fingerprint import Hasher
 
-from ._files import write_json_atomic
+from ._files import naming_full_disk, write_json_atomic
 from .audio_io import AudioDecodeError, audio_name, in_threads
 from .chunk_set import (
     CHUNK_COLUMNS,
@@ -612,7 +612,8 @@ def prepare_chunks(
                     outputs[name] = mapped.select(keep).remove_columns([_STATUS, _SECONDS])
             bar.close()
             data = outputs[""] if "" in outputs else DatasetDict(outputs)
-            save_chunk_set(data, output_dir, fe)
+            with naming_full_disk(output_dir):
+                save_chunk_set(data, output_dir, fe)
         finally:
             bar.close()
             if bars_were_enabled:

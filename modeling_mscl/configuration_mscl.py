@@ -22,6 +22,20 @@ _B0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
 _B0_EXPAND_RATIOS = (1, 6, 6, 6, 6, 6, 6)
 
 _ACTIVATIONS = ("swish", "silu", "relu", "gelu")
+# What the architecture is checked against on load (see MSCLConfig._check): far above any
+# EfficientNet (B7's widest layer has 2560 channels), far below what exhausts memory.
+MAX_CHANNELS = 16384
+MAX_STAGES = 16
+MAX_MEL_BINS = 1024
+MAX_WINDOW_FRAMES = 1_000_000
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def round_filters(filters: int, width_coefficient: float, divisor: int = 8) -> int:
@@ -218,52 +232,46 @@ class MSCLConfig(PretrainedConfig):
         self.classifier_hidden_size = classifier_hidden_size
         self.freeze_encoder = freeze_encoder
         self.classifier_window_frames = classifier_window_frames
+        # A config.json of another model type (e.g. "bert") must not become an MSCL model
+        # with default fields: our loaders refuse it by name.
+        model_type = kwargs.pop("model_type", self.model_type)
+        if model_type != self.model_type:
+            raise ValueError(
+                f"MSCLConfig: model_type={model_type!r} is invalid: an MSCL config has "
+                f"model_type {self.model_type!r} (this config.json describes another model)"
+            )
         self._check()
         super().__init__(**kwargs)
 
     def _check(self) -> None:
-        """Raise ``ValueError`` naming the first invalid value."""
+        """Raise ``ValueError`` naming the first invalid value and what the field accepts.
+
+        Types first (a JSON string where a number belongs is named here, not as a
+        ``TypeError`` deep in the model), then the ranges this architecture supports: a
+        channel count of millions would allocate gigabytes before any other error.
+        """
 
         def fail(name: str, why: str) -> None:
             raise ValueError(f"MSCLConfig: {name}={getattr(self, name)!r} is invalid: {why}")
 
-        for name in (
-            "num_mel_bins",
-            "depth_divisor",
-            "stem_filters",
-            "top_channels",
-            "projection_dim",
-        ):
+        def check_int(name: str, low: int, high: int, value: object = None) -> None:
+            value = getattr(self, name) if value is None else value
+            if not _is_int(value) or not low <= value <= high:
+                fail(name, f"must be an integer in [{low}, {high}]")
+
+        def check_real(name: str, low: float, high: float, low_open: bool, high_open: bool):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                fail(name, "must be a positive integer")
-        windows = self.classifier_window_frames
-        if windows is not None and (not isinstance(windows, int) or windows < 32):
-            fail("classifier_window_frames", "must be None or an integer >= 32")
-        if self.classifier_hidden_size < 1:
-            fail("classifier_hidden_size", "must be a positive integer")
-        for name in (
-            "width_coefficient",
-            "depth_coefficient",
-            "input_rescale",
-            "similarity_temperature",
-            "bilinear_logit_scale",
-        ):
-            if not getattr(self, name) > 0:
-                fail(name, "must be > 0")
-        for name in ("batch_norm_eps", "layer_norm_eps"):
-            if not getattr(self, name) > 0:
-                fail(name, "must be > 0")
-        for name in ("drop_connect_rate", "dropout_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                fail(name, "must lie in [0, 1)")
-        if not 0.0 <= self.squeeze_excitation_ratio <= 1.0:
-            fail("squeeze_excitation_ratio", "must lie in [0, 1]")
-        if not 0.0 < self.batch_norm_momentum <= 0.5:
-            fail(
-                "batch_norm_momentum",
-                "must lie in (0, 0.5] (PyTorch convention; Keras' 0.99 is PyTorch's 0.01)",
-            )
+            ok = _is_real(value) and math.isfinite(value)
+            ok = ok and (value > low if low_open else value >= low)
+            ok = ok and (value < high if high_open else value <= high)
+            if not ok:
+                interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                fail(name, f"must be a number in {interval}")
+
+        def check_choice(name: str, choices: tuple[str, ...], why: str = "") -> None:
+            if getattr(self, name) not in choices:
+                fail(name, f"must be one of {list(choices)}{why}")
+
         stage_lists = (
             "kernel_sizes",
             "out_channels",
@@ -271,27 +279,79 @@ class MSCLConfig(PretrainedConfig):
             "num_block_repeats",
             "expand_ratios",
         )
-        n_stages = len(self.kernel_sizes)
-        if n_stages == 0:
-            fail("kernel_sizes", "needs at least one stage")
         for name in stage_lists:
             values = getattr(self, name)
-            if len(values) != n_stages:
+            if not isinstance(values, list) or not all(_is_int(v) for v in values):
+                fail(name, "must be a list of integers, one per stage")
+        n_stages = len(self.kernel_sizes)
+        if not 1 <= n_stages <= MAX_STAGES:
+            fail("kernel_sizes", f"needs between 1 and {MAX_STAGES} stages")
+        for name in stage_lists:
+            if len(getattr(self, name)) != n_stages:
                 fail(name, f"needs one entry per stage ({n_stages}, like kernel_sizes)")
-            if any(not isinstance(v, int) or v < 1 for v in values):
-                fail(name, "entries must be positive integers")
+        limits = {
+            "kernel_sizes": (1, 31),
+            "out_channels": (1, MAX_CHANNELS),
+            "strides": (1, 2),
+            "num_block_repeats": (1, 64),
+            "expand_ratios": (1, 32),
+        }
+        for name, (low, high) in limits.items():
+            if any(not low <= v <= high for v in getattr(self, name)):
+                fail(name, f"entries must be integers in [{low}, {high}]")
         if any(k % 2 == 0 for k in self.kernel_sizes):
             fail("kernel_sizes", "kernels must be odd")
-        if any(s not in (1, 2) for s in self.strides):
-            fail("strides", "strides must be 1 or 2")
-        if self.hidden_act not in _ACTIVATIONS:
-            fail("hidden_act", f"choose one of {_ACTIVATIONS}")
-        if self.pooling not in ("max", "mean"):
-            fail("pooling", "choose 'max' (the paper) or 'mean'")
-        if self.similarity not in ("bilinear", "cosine"):
-            fail("similarity", "choose 'bilinear' (the paper) or 'cosine'")
-        if self.classifier_head not in ("linear", "mlp"):
-            fail("classifier_head", "choose 'linear' or 'mlp'")
+        check_real("width_coefficient", 0.0, 8.0, True, False)
+        check_real("depth_coefficient", 0.0, 8.0, True, False)
+        check_int("depth_divisor", 1, 1024)
+        check_int("stem_filters", 1, MAX_CHANNELS)
+        check_int("top_channels", 1, MAX_CHANNELS)
+        check_int("projection_dim", 1, MAX_CHANNELS)
+        check_int("classifier_hidden_size", 1, MAX_CHANNELS)
+        # Every channel count the model allocates, after width scaling.
+        width, divisor = self.width_coefficient, self.depth_divisor
+        for name in ("stem_filters", "top_channels", "out_channels"):
+            for value in getattr(self, name) if name == "out_channels" else [getattr(self, name)]:
+                if round_filters(value, width, divisor) > MAX_CHANNELS:
+                    fail(
+                        name,
+                        f"scaled by width_coefficient={width} it gives "
+                        f"{round_filters(value, width, divisor)} channels; at most "
+                        f"{MAX_CHANNELS} are supported",
+                    )
+        # Each stride-2 layer (the stem and every stage that starts with stride 2) needs
+        # 2 rows and halves them: both axes of the input must survive them all.
+        smallest = self.min_input_size
+        check_int("num_mel_bins", smallest, MAX_MEL_BINS)
+        windows = self.classifier_window_frames
+        if windows is not None:
+            check_int("classifier_window_frames", smallest, MAX_WINDOW_FRAMES)
+        check_real("squeeze_excitation_ratio", 0.0, 1.0, False, False)
+        check_real("drop_connect_rate", 0.0, 1.0, False, True)
+        check_real("dropout_rate", 0.0, 1.0, False, True)
+        check_real("batch_norm_eps", 0.0, 1.0, True, False)
+        check_real("layer_norm_eps", 0.0, 1.0, True, False)
+        if _is_real(self.batch_norm_momentum) and self.batch_norm_momentum > 0.5:
+            fail(
+                "batch_norm_momentum",
+                "must lie in (0, 0.5] (PyTorch convention; Keras' 0.99 is PyTorch's 0.01)",
+            )
+        check_real("batch_norm_momentum", 0.0, 0.5, True, False)
+        check_real("input_rescale", 0.0, 1e6, True, False)
+        check_real("similarity_temperature", 0.0, 1e4, True, False)
+        check_real("bilinear_logit_scale", 0.0, 1e6, True, False)
+        check_choice("hidden_act", _ACTIVATIONS)
+        check_choice("pooling", ("max", "mean"), " ('max' is the paper's)")
+        check_choice("similarity", ("bilinear", "cosine"), " ('bilinear' is the paper's)")
+        check_choice("classifier_head", ("linear", "mlp"))
+        if not isinstance(self.freeze_encoder, bool):
+            fail("freeze_encoder", "must be true or false")
+
+    @property
+    def min_input_size(self) -> int:
+        """Fewest frames (and mel bins) the encoder takes: 2 per stride-2 layer, compounded
+        (32 for EfficientNet-B0's stem and four stride-2 stages)."""
+        return 2 ** (1 + sum(1 for s in self.strides if s == 2))
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key == "custom_pipelines" and type(value) is dict:

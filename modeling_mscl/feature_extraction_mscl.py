@@ -70,6 +70,12 @@ _CHUNK_FRAMES = 1024
 # Attributes that are derived from the configuration and must not go into the saved JSON.
 _DERIVED_ATTRIBUTES = ("mel_filters", "window", "_torch_constants")
 _RETURN_TENSORS = (None, "np", "pt")
+# A model window must survive the encoder's stride-2 layers: 32 frames for EfficientNet-B0's
+# stem and four stride-2 stages (MSCLConfig.min_input_size).
+MIN_WINDOW_FRAMES = 32
+_MAX_WINDOW_FRAMES = 1_000_000
+_MAX_MEL_BINS = 1024
+_MAX_FFT = 65536
 
 
 def channel_axis(shape: Sequence[int], name: str = "The audio", hint: str = "") -> int:
@@ -354,9 +360,15 @@ def decode_audio(
     return np.ascontiguousarray(data, dtype=np.float32), int(rate)
 
 
-def _check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+def _check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"`{name}` must be an integer {allowed}, got {value!r}.")
     return int(value)
 
 
@@ -410,7 +422,7 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         window_frames (`int`, *optional*, defaults to 98):
             Frames in one model input window (about one second); clips shorter than one
             window are zero-padded to one, and `return_windows=True` cuts clips into windows
-            of this many frames.
+            of this many frames. At least 32, what EfficientNet-B0's strides need.
         normalize_waveform (`bool`, *optional*, defaults to `True`):
             Whether to L2-normalise each clip's waveform before the spectrogram.
         return_attention_mask (`bool`, *optional*, defaults to `True`):
@@ -437,12 +449,16 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         return_attention_mask: bool = True,
         **kwargs,
     ):
-        feature_size = _check_int("feature_size", feature_size)
-        sampling_rate = _check_int("sampling_rate", sampling_rate)
+        # Bounds the front end supports: beyond them a configuration is a typo or damage
+        # (a mel matrix of millions of bands, windows the encoder's strides cannot take).
+        feature_size = _check_int("feature_size", feature_size, 1, _MAX_MEL_BINS)
+        sampling_rate = _check_int(
+            "sampling_rate", sampling_rate, MIN_SAMPLING_RATE, MAX_SAMPLING_RATE
+        )
         padding_value = _check_float("padding_value", padding_value)
-        frame_length = _check_int("frame_length", frame_length)
-        hop_length = _check_int("hop_length", hop_length)
-        fft_length = _check_int("fft_length", fft_length)
+        frame_length = _check_int("frame_length", frame_length, 1, _MAX_FFT)
+        hop_length = _check_int("hop_length", hop_length, 1, _MAX_FFT)
+        fft_length = _check_int("fft_length", fft_length, 1, _MAX_FFT)
         if fft_length < frame_length:
             raise ValueError(
                 f"`fft_length` ({fft_length}) must be >= `frame_length` ({frame_length})."
@@ -460,7 +476,9 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(
                 f"Need 0 < `log_floor` < `log_ceiling`, got {log_floor} and {log_ceiling}."
             )
-        window_frames = _check_int("window_frames", window_frames)
+        window_frames = _check_int(
+            "window_frames", window_frames, MIN_WINDOW_FRAMES, _MAX_WINDOW_FRAMES
+        )
         normalize_waveform = _check_bool("normalize_waveform", normalize_waveform)
         return_attention_mask = _check_bool("return_attention_mask", return_attention_mask)
 

@@ -14,7 +14,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,9 +287,9 @@ def _eval_results(metrics: Sequence[tuple[ProbeResult, str, float]]) -> list[Any
         EvalResult(
             task_type="audio-classification",
             task_name=f"{result.task.name} ({result.task.head} probe)",
-            # A result does not record its dataset's name; the task names it.
-            dataset_type=result.task.name,
-            dataset_name=result.task.name,
+            # Results written before they recorded their dataset: the task names it.
+            dataset_type=result.dataset or result.task.name,
+            dataset_name=result.dataset or result.task.name,
             dataset_split=result.split,
             metric_type=name,
             metric_name=_metric_label(name),
@@ -302,7 +303,7 @@ def _results_table(metrics: Sequence[tuple[ProbeResult, str, float]]) -> str:
     rows = [
         (
             _fmt(r.task.name),
-            _fmt(r.task.name),
+            _fmt(r.dataset or r.task.name),
             _fmt(r.split),
             _fmt(r.task.head),
             _metric_label(name),
@@ -311,6 +312,34 @@ def _results_table(metrics: Sequence[tuple[ProbeResult, str, float]]) -> str:
         for r, name, value in metrics
     ]
     return _markdown_table(("task", "dataset", "split", "probe", "metric", "value"), rows)
+
+
+def _check_results_encoder(
+    folder: Path, kind: str, results: Sequence[ProbeResult], names: Sequence[str], given: bool
+) -> None:
+    """Refuse results measured on another encoder than the folder's (their
+    ``encoder_fingerprint``). Results given explicitly must record one; the folder's own
+    ``probe_results.json`` of an older export may lack it (written with those weights)."""
+    if not results:
+        return
+    from .modeling_mscl import MSCLForAudioClassification, MSCLModel
+    from .probing.embeddings import encoder_fingerprint
+
+    cls = MSCLForAudioClassification if kind == "probe_head" else MSCLModel
+    fingerprint = encoder_fingerprint(cls.from_pretrained(folder))
+    for result, name in zip(results, names, strict=True):
+        if result.encoder_fingerprint is None and given:
+            raise ValueError(
+                f"{name}: these probe results record no encoder (written before results "
+                f"named theirs), so they cannot be shown to be {folder}'s: probe this "
+                "encoder again with mscl probe"
+            )
+        if result.encoder_fingerprint not in (None, fingerprint):
+            raise ValueError(
+                f"{name}: these probe results were measured on encoder "
+                f"{result.encoder_fingerprint}, not on {folder} ({fingerprint}); "
+                "a card shows only its own encoder's results"
+            )
 
 
 def _is_hub_name(name: str) -> bool:
@@ -367,10 +396,15 @@ def render_model_card(
     else:
         args_file = folder / (TRAINING_ARGS_FILE if kind == "encoder" else PROBE_ARGS_FILE)
         args = read_training_args(args_file) if args_file.is_file() else {}
+    given = results is not None
     if results is None:
         found = folder / PROBE_RESULTS_FILE
         results = read_probe_results([found]) if found.is_file() else []
-    results = [r if isinstance(r, ProbeResult) else read_probe_results([r])[0] for r in results]
+        names = [str(found)] * len(results)
+    else:
+        names = [str(r) if not isinstance(r, ProbeResult) else "a ProbeResult" for r in results]
+        results = [r if isinstance(r, ProbeResult) else read_probe_results([r])[0] for r in results]
+    _check_results_encoder(folder, kind, results, names, given)
     metrics = _card_metrics(results)
     preprocessor = folder / "preprocessor_config.json"
     fe = json.loads(preprocessor.read_text()) if preprocessor.is_file() else {}
@@ -538,6 +572,37 @@ def _upload_files(folder: Path, kind: str) -> dict[str, bytes | Path]:
     return files
 
 
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub's HTTP clients raise when the Hub cannot be reached."""
+    errors: list[type[BaseException]] = [OSError]  # requests' and the OS's, offline mode
+    try:
+        import httpx
+
+        errors.append(httpx.TransportError)
+    except ImportError:  # pragma: no cover - an older huggingface_hub, on requests
+        pass
+    return tuple(errors)
+
+
+@contextmanager
+def _naming_endpoint(endpoint: str | None, token: str | None) -> Iterator[None]:
+    """A failed connection inside the block becomes a ``ConnectionError`` that names the
+    Hub endpoint; the token (given, or huggingface_hub's own) is blanked out of it."""
+    try:
+        yield
+    except _connection_errors() as err:
+        from huggingface_hub import constants, get_token
+
+        url = endpoint or constants.ENDPOINT
+        text = f"{type(err).__name__}: {err}"
+        for secret in {token, get_token()} - {None, ""}:
+            text = text.replace(secret, "***")
+        raise ConnectionError(
+            f"cannot reach the Hub at {url} ({text}); check the network, HF_ENDPOINT and "
+            "HF_HUB_OFFLINE"
+        ) from None
+
+
 def _push(
     kind: str,
     folder: str | os.PathLike,
@@ -560,12 +625,14 @@ def _push(
     if not dry_run:
         # The token comes from `token`, HF_TOKEN or the saved login; it is never printed.
         api = HfApi(endpoint=endpoint, token=token)
-        full_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with _naming_endpoint(endpoint, token):
+            full_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         if full_id != repo_id:  # the usage snippets need the namespace the Hub gave
             repo_id = full_id
             card = render_model_card(kind, folder, repo_id=repo_id, **card_kwargs)
         if branch != "main":
-            api.create_branch(repo_id, branch=branch, exist_ok=True)
+            with _naming_endpoint(endpoint, token):
+                api.create_branch(repo_id, branch=branch, exist_ok=True)
     contents = sorted({"README.md": card.encode("utf-8"), **files}.items())
     listing = [
         (name, len(data) if isinstance(data, bytes) else data.stat().st_size)
@@ -581,12 +648,13 @@ def _push(
         for name, data in contents
     ]
     default_message = "Upload MSCL encoder" if kind == "encoder" else "Upload MSCL probe head"
-    info = api.create_commit(
-        repo_id,
-        operations,
-        commit_message=commit_message or default_message,
-        revision=branch,
-    )
+    with _naming_endpoint(endpoint, token):
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or default_message,
+            revision=branch,
+        )
     result.uploaded = [name for name, _ in contents]
     result.commit_url = info.commit_url
     return result

@@ -25,9 +25,12 @@ from torch.nn.modules import module as torch_module
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from .configuration_mscl import MSCLConfig, round_filters, round_repeats
-from .feature_extraction_mscl import MSCLFeatureExtractor, decode_audio
+from .feature_extraction_mscl import MSCLFeatureExtractor, audio_name, decode_audio
+
+logger = hf_logging.get_logger(__name__)
 
 __all__ = [
     "EMBEDDING_TASK",
@@ -717,6 +720,11 @@ class MSCLModel(MSCLPreTrainedModel):
             raise ValueError(
                 f"input_features must have shape (batch, frames, {self.config.num_mel_bins}); "
                 f"got {tuple(input_features.shape)}"
+            )
+        if input_features.shape[1] < self.config.min_input_size:
+            raise ValueError(
+                f"input_features has {input_features.shape[1]} frames; this encoder's stride-2 "
+                f"layers need at least {self.config.min_input_size} (pad to a whole window)"
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
@@ -1437,7 +1445,26 @@ def _waveform(inputs: Any, feature_extractor: MSCLFeatureExtractor) -> np.ndarra
     is taken to be at that rate (as transformers' pipelines do), anything else is decoded."""
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
         inputs = {"array": inputs, "sampling_rate": feature_extractor.sampling_rate}
-    return decode_audio(inputs, feature_extractor.sampling_rate)[0]
+    wave = decode_audio(inputs, feature_extractor.sampling_rate)[0]
+    _warn_if_empty(wave, feature_extractor, audio_name(inputs))
+    return wave
+
+
+def _warn_if_empty(wave: np.ndarray, fe: MSCLFeatureExtractor, name: str) -> None:
+    """Warn when a clip holds nothing to hear: the outputs of every such clip are the same
+    (the log floor everywhere), yet a classifier still gives them confident labels."""
+    if wave.size < fe.frame_length:
+        logger.warning(
+            "%s: %d samples, less than one analysis frame (%d samples at %d Hz): the model "
+            "sees padding only, so its outputs say nothing about this clip",
+            name, wave.size, fe.frame_length, fe.sampling_rate,
+        )  # fmt: skip
+    elif not np.any(wave):
+        logger.warning(
+            "%s: the clip is silent (all samples zero): the model sees the log floor "
+            "everywhere, so its outputs say nothing about this clip",
+            name,
+        )
 
 
 def _redeclare(model: nn.Module) -> None:

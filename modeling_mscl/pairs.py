@@ -347,9 +347,12 @@ class PairDataset(torch.utils.data.Dataset):
     def build(self, plan: PairPlan) -> dict[str, Any]:
         """Cut (and, in loader mode, augment) the crops of ``plan``."""
         batch = {
-            "anchor": torch.from_numpy(self.store.crops(MIXTURE, plan.rows, plan.anchor_offsets)),
+            # Checked: values no front end produces (NaN, bit flips) refuse the batch.
+            "anchor": torch.from_numpy(
+                self.store.checked_crops(MIXTURE, plan.rows, plan.anchor_offsets)
+            ),
             "positive": torch.from_numpy(
-                self.store.crops(plan.column, plan.rows, plan.positive_offsets)
+                self.store.checked_crops(plan.column, plan.rows, plan.positive_offsets)
             ),
             "present": torch.from_numpy(plan.present.copy()),
             "source": plan.source,
@@ -428,7 +431,8 @@ def synthetic_chunk_dataset(
         phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
         rhythm = 2.0 * np.sin(2 * np.pi * frames[None, :, None] / period + phase)
         spec = envelope + rhythm + 0.3 * rng.standard_normal((n, chunk_frames, num_bins))
-        spec = np.where(present[:, k, None, None], spec, silence)
+        # Floored at silence, as a front end's log-mels are (pre-training refuses less).
+        spec = np.where(present[:, k, None, None], np.maximum(spec, silence), silence)
         magnitude += np.exp(spec)
         columns[name] = spec.astype(np.float16)
     columns[MIXTURE] = np.log(np.maximum(magnitude, 1e-5)).astype(np.float16)

@@ -13,8 +13,11 @@ How the pieces fit:
   uninterrupted run.
 - one ``accelerator.prepare(model, optimizer, scheduler)``; gradient accumulation with
   ``accelerator.accumulate``; mixed precision through Accelerate (bf16 autocast).
-- a step whose loss or gradients are not finite, or whose batch could not be built, is
-  skipped (no update), counted and logged; the run stops after ``max_bad_steps`` in a row.
+- a step whose loss or gradients are not finite, or whose batch could not be built (a
+  damaged chunk: its values are checked against the front end's range), is skipped: no
+  update, and the batch-norm statistics its forward passes moved are put back, so every
+  parameter and buffer is as before. It is counted and logged with its cause (inputs,
+  loss or gradients); the run stops after ``max_bad_steps`` in a row, naming the cause.
 - checkpoints are written by ``accelerator.save_state`` into a temporary folder renamed
   into ``checkpoints/step-XXXXXXX`` (a killed run never leaves a half checkpoint behind).
 - the ``output_dir`` must be new, empty or a run folder of the package
@@ -291,6 +294,10 @@ class _Run:
     start_step: int = 0
     skipped: int = 0
     bad_in_row: int = 0
+    # Why steps were skipped: cause ("inputs", "loss", "gradients") -> count, and the
+    # last skipped step's explanation.
+    skip_causes: dict[str, int] = field(default_factory=dict)
+    last_skip: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -459,6 +466,36 @@ def _placeholder(run: _Run) -> dict[str, Any]:
     }
 
 
+class _BufferSnapshot:
+    """The model's buffers (batch-norm running statistics and counters) as they were at
+    the start of an optimizer step, to put back when the step is skipped: the forward
+    passes of a skipped step (a placeholder batch, or a batch that gave a non-finite
+    loss) must not move them. One fused copy per step."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.buffers = [b for b in model.buffers()]
+        self.saved = [torch.empty_like(b) for b in self.buffers]
+
+    @staticmethod
+    def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            if hasattr(torch, "_foreach_copy_"):
+                torch._foreach_copy_(dst, src)
+            else:  # pragma: no cover - older torch
+                for d, s in zip(dst, src, strict=True):
+                    d.copy_(s)
+
+    def take(self) -> None:
+        """Remember the current values."""
+        if self.buffers:
+            self._copy(self.saved, self.buffers)
+
+    def restore(self) -> None:
+        """Put the remembered values back."""
+        if self.buffers:
+            self._copy(self.buffers, self.saved)
+
+
 @dataclass
 class _Interval:
     """Timing and the step's state between two optimizer steps / two logs."""
@@ -468,6 +505,11 @@ class _Interval:
     wait_seconds: float = 0.0
     start: float = field(default_factory=time.perf_counter)
     steps: int = 0
+    # Why this process found the step bad ("inputs: ..." or "loss: ..."), if it did.
+    cause: str = ""
+    loss_ok: torch.Tensor | None = None
+    snapshot: _BufferSnapshot | None = None
+    snapshot_due: bool = True
 
     def restart(self) -> None:
         self.wait_seconds, self.start, self.steps = 0.0, time.perf_counter(), 0
@@ -484,13 +526,22 @@ def _optimizer_update(run: _Run, state: _Interval) -> None:
         run.optimizer.step()
         run.bad_in_row = 0
     else:
+        if state.snapshot is not None:
+            state.snapshot.restore()  # the skipped forward passes moved the BN statistics
+        # Read only now, after the step's one synchronisation: the first cause found.
+        cause = state.cause
+        if not cause and state.loss_ok is not None and not bool(state.loss_ok):
+            cause = "loss: the contrastive loss is not finite"
+        elif not cause and not bool(torch.isfinite(state.grad_norm)):
+            cause = "gradients: the gradient norm is not finite"
+        elif not cause:
+            cause = "another process: its batch or loss was bad"
+        kind = cause.split(":", 1)[0]
+        run.skip_causes[kind] = run.skip_causes.get(kind, 0) + 1
+        run.last_skip = f"step {run.step}: {cause}"
         run.skipped += 1
         run.bad_in_row += 1
-        logger.warning(
-            "step %d skipped (non-finite loss or gradients, or a bad batch); %d skipped so far",
-            run.step,
-            run.skipped,
-        )
+        logger.warning("step %d skipped (%s); %d skipped so far", run.step, cause, run.skipped)
     with warnings.catch_warnings():
         # After a skipped update torch warns of "scheduler before optimizer": intended.
         warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
@@ -499,12 +550,32 @@ def _optimizer_update(run: _Run, state: _Interval) -> None:
     run.step += 1
     state.steps += 1
     state.step_ok = torch.ones((), dtype=torch.bool, device=accelerator.device)
+    state.cause, state.snapshot_due = "", True
+    state.loss_ok = torch.ones((), dtype=torch.bool, device=accelerator.device)
     if run.bad_in_row >= t.max_bad_steps:
         accelerator.end_training()
         raise RuntimeError(
-            f"{run.bad_in_row} optimizer steps in a row were skipped (last: step "
-            f"{run.step - 1}); the run stops. Check the data and the learning rate."
+            f"{run.bad_in_row} optimizer steps in a row were skipped (last: "
+            f"{run.last_skip}); {_skip_summary(run)}. The run stops: {_skip_advice(run)}"
         )
+
+
+def _skip_summary(run: _Run) -> str:
+    """``"N skipped steps: inputs a, loss b, gradients c"``."""
+    causes = ", ".join(f"{kind} {count}" for kind, count in sorted(run.skip_causes.items()))
+    return f"{run.skipped} skipped step(s) in this run: {causes or 'none'}"
+
+
+def _skip_advice(run: _Run) -> str:
+    """What to do about the causes of the skipped steps."""
+    advice = []
+    if run.skip_causes.get("inputs"):
+        advice.append("the chunk set holds chunks that cannot be read or log-mels its front "
+                      "end cannot produce (named above): make it again")  # fmt: skip
+    if run.skip_causes.get("loss") or run.skip_causes.get("gradients"):
+        advice.append("the loss or gradients diverged: lower the learning rate or set "
+                      "max_grad_norm")  # fmt: skip
+    return "; ".join(advice) or "check the data and the learning rate"
 
 
 def _after_step(run: _Run, state: _Interval, meter: Meter, bar: Any) -> None:
@@ -565,6 +636,8 @@ def train_loop(run: _Run, dataset: PairDataset, loader: torch.utils.data.DataLoa
     state = _Interval(
         step_ok=torch.ones((), dtype=torch.bool, device=device),
         grad_norm=torch.full((), float("nan"), device=device),
+        loss_ok=torch.ones((), dtype=torch.bool, device=device),
+        snapshot=_BufferSnapshot(accelerator.unwrap_model(run.model)),
     )
     if run.hook is not None and t.probe_every and run.start_step == 0:
         # Step 0 is the initialisation that every run of a seed shares: convergence curves
@@ -579,9 +652,15 @@ def train_loop(run: _Run, dataset: PairDataset, loader: torch.utils.data.DataLoa
         waited = time.perf_counter()
         batch = next(batches)
         state.wait_seconds += time.perf_counter() - waited
+        if state.snapshot_due:  # the first minibatch of an optimizer step
+            state.snapshot.take()
+            state.snapshot_due = False
         with accelerator.accumulate(run.model):
             if "error" in batch:
                 logger.warning("minibatch %d could not be built: %s", batch["step"], batch["error"])
+                state.cause = state.cause or (
+                    f"inputs: minibatch {batch['step']} could not be built: {batch['error']}"
+                )
                 batch = placeholder
                 state.step_ok = state.step_ok & False
             anchor, positive, present = batch_inputs(batch, device, d.objective, augmentation)
@@ -589,6 +668,7 @@ def train_loop(run: _Run, dataset: PairDataset, loader: torch.utils.data.DataLoa
             accelerator.backward(out.loss)
             finite = torch.isfinite(out.loss.detach())
             state.step_ok = state.step_ok & finite
+            state.loss_ok = state.loss_ok & finite
             if batch is not placeholder:
                 meter.add(batch["source"], out.loss, out.accuracy, finite)
             if accelerator.sync_gradients:
@@ -608,11 +688,17 @@ def finish(run: _Run) -> PretrainingResult:
     broken = [n for n, p in unwrapped.state_dict().items() if not torch.isfinite(p).all()]
     if broken:
         accelerator.end_training()
+        # Skipped steps change nothing (weights and statistics are put back): non-finite
+        # weights come from an update that diverged.
         raise RuntimeError(
             f"the trained weights are not finite ({len(broken)} tensors, e.g. {broken[:3]}); "
-            f"nothing saved to {encoder_dir} or {pretraining_dir}. Lower the learning rate "
-            "or set max_grad_norm."
+            f"nothing saved to {encoder_dir} or {pretraining_dir}. Cause: an update "
+            f"diverged ({_skip_summary(run)}"
+            + (f"; last: {run.last_skip}" if run.last_skip else "")
+            + "). Lower the learning rate or set max_grad_norm."
         )
+    if run.skipped:
+        logger.warning("%s (last: %s)", _skip_summary(run), run.last_skip)
     if accelerator.is_main_process:
         # The front end that computed the training log-mels is the encoder's front end.
         fe = run.store.feature_extractor

@@ -320,10 +320,11 @@ class PretrainingArguments:
         if not data_dir.is_dir():
             bad("data_dir", "no such directory")
         if not any((data_dir / f).is_file() for f in ("dataset_dict.json", "state.json")):
-            bad(
-                "data_dir",
-                "not a dataset saved with save_to_disk (no dataset_dict.json/state.json)",
-            )
+            from .chunk_set import CHUNK_COLUMNS, INFO_FILE
+            from .data_checks import describe_non_chunk_set
+
+            # What the folder is (one split of a chunk set, other files) and what was expected.
+            bad("data_dir", describe_non_chunk_set(data_dir, INFO_FILE, CHUNK_COLUMNS))
         if d.objective not in OBJECTIVES:
             bad("objective", f"expected one of {OBJECTIVES}")
         if not d.sources or any(s not in SOURCES for s in d.sources):

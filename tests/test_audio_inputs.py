@@ -242,10 +242,11 @@ def test_probe_datasets_load_by_name_or_path(tone_corpus, tmp_path):
         "--output", str(tmp_path / "results.json"),
     ]  # fmt: skip
     assert probe.main(args) == 0
-    saved = json.loads((tmp_path / "results.json").read_text())["random"]["corpus_genre"]
+    saved = json.loads((tmp_path / "results.json").read_text())["random"]
+    saved = saved[f"corpus_genre@{tmp_path / 'folder'}"]  # filed under task and dataset
     assert saved["num_clips"] == {"train": 9, "validation": 3, "test": 3}
     assert saved["task_config"]["label_column"] == "label"
-    with pytest.raises(KeyError, match=r"split 'train' has no column 'genre'; its columns"):
+    with pytest.raises(ValueError, match=r"split 'train' has no column 'genre'; its columns"):
         load_probe_dataset(tmp_path / "folder", label_column="genre")
     with pytest.raises(ValueError, match=r"needs 'train' and 'test' splits, got \['train'\]"):
         DatasetDict({"train": tone_corpus["train"]}).save_to_disk(tmp_path / "one")

@@ -187,7 +187,7 @@ def test_probe_results_read_back_exactly_what_the_probes_write(tmp_path):
         "flat.json": {"accuracy": 0.7},
         "old.json": {"task": "x", "dataset": "y", "metrics": {"accuracy": 0.7}},
         "no_seed.json": {k: v for k, v in good.items() if k != "seed"},
-        "extra.json": {**good, "dataset": "offline-notes"},
+        "extra.json": {**good, "comment": "offline-notes"},
         "renamed.json": {**good, "task": "genre"},
         "bool_metric.json": {**good, "metrics": {"accuracy": True}},
         "bad_task.json": {**good, "task_config": {**good["task_config"], "head": "knn"}},

@@ -794,10 +794,11 @@ def test_probe_command_writes_results_table_and_export(audio_corpus, cache_dir, 
     ]  # fmt: skip
     assert probe.main(args) == 0
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["random"]) == {"corpus_genre", "corpus_instruments"}
-    assert saved["random"]["corpus_genre"]["epochs"] == 2
+    genre, instruments = f"corpus_genre@{data}", f"corpus_instruments@{data}"
+    assert set(saved["random"]) == {genre, instruments}  # filed under task and dataset
+    assert saved["random"][genre]["epochs"] == 2
     table = (tmp_path / "results.md").read_text().splitlines()
-    assert table[0].startswith("| encoder | corpus_genre accuracy | corpus_instruments roc_auc")
+    assert table[0].startswith(f"| encoder | {genre} accuracy | {instruments} roc_auc")
     assert table[2].startswith("| random |")
     heads = json.loads((tmp_path / "heads" / "corpus_instruments" / "config.json").read_text())
     assert heads["id2label"]["3"] == "voice"

@@ -11,8 +11,12 @@ folder; default: EfficientNet-B0). The data is a ``DatasetDict`` folder
 ...``), or a Hub dataset (``--dataset NAME_OR_PATH``: a Hub name or anything
 ``datasets.load_dataset`` reads, its audio a datasets ``Audio`` column or paths; string
 or integer labels become one ``ClassLabel``). ``--audio-column`` and ``--label-column``
-name the columns the tasks read. Results are merged into ``--output`` as ``{encoder: {task: result}}``, so several
-calls build one table; ``--markdown`` rewrites the table of everything in it.
+name the columns the tasks read. Results are merged into ``--output`` as
+``{encoder: {"TASK@DATASET": result}}`` (the dataset as given: ``--dataset`` name,
+``--data`` folder or ``LOADER:ROOT``), so several calls build one table and a task run on
+other data never replaces a row; ``--markdown`` rewrites the table of everything in it.
+``--task-arg name=NAME`` files a preset with other settings (or other labels) under a
+name of its own. Each result records its dataset and the encoder's fingerprint.
 
 The ``mtat``, ``nsynth`` and ``fma`` presets train as the authors' reference: raw
 features, minibatches of 128, every epoch a fresh random-offset crop of every 4-s chunk
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,20 +75,42 @@ def load_encoder(args: argparse.Namespace) -> tuple[MSCLModel, MSCLFeatureExtrac
 
 def load_data(args: argparse.Namespace, tasks: Sequence[ProbeTask]) -> Any:
     """The ``DatasetDict`` of ``--data``, ``--dataset`` or ``--loader`` + ``--root``."""
+    audio = {task.audio_column for task in tasks} or {"audio"}
+    if len(audio) > 1:
+        raise SystemExit(f"the tasks read different audio columns {sorted(audio)}")
+    labels = sorted({task.label_column for task in tasks})
     if args.dataset:
         options = {"name": args.dataset_config} if args.dataset_config else {}
-        audio = {task.audio_column for task in tasks}
-        if len(audio) > 1:
-            raise SystemExit(f"the tasks read different audio columns {sorted(audio)}")
-        labels = sorted({task.label_column for task in tasks})
         return load_probe_dataset(args.dataset, audio.pop(), labels, **options)
     if args.data:
-        from datasets import load_from_disk
-
-        return load_from_disk(args.data)
+        # The same reader as --dataset: string labels become one ClassLabel, a missing
+        # column names those that exist, a single Dataset is refused by name.
+        folder = Path(args.data)
+        if not any((folder / name).is_file() for name in ("dataset_dict.json", "state.json")):
+            raise SystemExit(
+                f"--data {folder}: not a folder written by save_to_disk (no "
+                "dataset_dict.json); a probe reads a DatasetDict with 'train' and 'test' "
+                "splits (--dataset reads other formats)"
+            )
+        return load_probe_dataset(folder, audio.pop(), labels)
     from modeling_mscl import corpora
 
     return getattr(corpora, f"load_{args.loader}")(args.root)
+
+
+def dataset_identity(args: argparse.Namespace) -> str:
+    """What the results call the data: the ``--dataset`` name (``NAME:CONFIG``), the
+    ``--data`` folder or ``LOADER:ROOT``, paths normalised as given."""
+    if args.dataset:
+        return args.dataset + (f":{args.dataset_config}" if args.dataset_config else "")
+    if args.data:
+        return os.path.normpath(args.data)
+    return f"{args.loader}:{os.path.normpath(args.root)}"
+
+
+def result_key(task: ProbeTask, dataset: str) -> str:
+    """The key of a result in ``--output``: the task and the dataset it was measured on."""
+    return f"{task.name}@{dataset}"
 
 
 def task_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -198,17 +225,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.to(args.device).eval()
     overrides = {**task_overrides(args.task_arg), **protocol_overrides(args)}
     tasks = [get_task(task_name, **overrides) for task_name in args.task]
+    names = [task.name for task in tasks]
+    if len(set(names)) < len(names):
+        raise SystemExit(
+            f"several tasks would be filed under one name ({names}): give each its own "
+            "--task-arg name=... in separate calls"
+        )
     dataset = load_data(args, tasks)
+    identity = dataset_identity(args)
     results: dict[str, Any] = {}
-    for task_name, task in zip(args.task, tasks, strict=True):
+    for task in tasks:
         result = run_task(
             model, task, dataset, cache_dir=args.cache_dir, feature_extractor=fe,
             batch_size=args.batch_size, max_clips=args.max_clips, seed=args.seed,
-            progress=not args.no_progress,
+            progress=not args.no_progress, dataset_name=identity,
         )  # fmt: skip
-        results[task_name] = result.to_dict()
+        results[result_key(task, identity)] = result.to_dict()
         if args.export:
-            out = Path(args.export) / task_name if len(args.task) > 1 else Path(args.export)
+            out = Path(args.export) / task.name if len(tasks) > 1 else Path(args.export)
             export_probe(model, result, out, fe)
         print(markdown_row(name, result), flush=True)
     if args.output:

@@ -138,14 +138,37 @@ def load_stems_folder(
     return (dataset, skipped) if return_skipped else dataset
 
 
-def _audio_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
-    """Audio files below ``folder`` (recursive, hidden entries skipped), sorted."""
+# Audio formats a user may hold that the scan does not read by default: listed in the
+# report rather than passed over in silence.
+_OTHER_AUDIO = frozenset(
+    {"m4a", "aac", "opus", "wma", "aif", "aiff", "aifc", "alac", "mp4", "webm", "mka", "wv",
+     "ape", "amr", "m4b", "oga", "caf", "au", "snd"}
+)  # fmt: skip
+
+
+def _audio_files(
+    folder: Path, extensions: tuple[str, ...], unread: list[Path] | None = None
+) -> list[Path]:
+    """Audio files below ``folder`` (recursive, hidden entries skipped, symlinked folders
+    followed once each), sorted. Files of other audio formats go to ``unread``."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        kept = []
+        for d in dirnames:
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen:  # a link back up is a loop
+                seen.add(real)
+                kept.append(d)
+        dirnames[:] = kept
         for name in filenames:
-            if not name.startswith(".") and name.rsplit(".", 1)[-1].lower() in extensions:
+            if name.startswith("."):
+                continue
+            suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+            if suffix in extensions:
                 found.append(Path(dirpath) / name)
+            elif suffix in _OTHER_AUDIO and unread is not None:
+                unread.append(Path(dirpath) / name)
     return sorted(found)
 
 
@@ -160,7 +183,8 @@ def load_audio_folder(
     ``root/{train,valid|validation,test}/<label>/...`` (otherwise a single ``train``
     split). Files directly in ``root`` (or in a split folder) with no label folder
     give rows without a ``label`` column; mixing both is an error. Empty (0-byte)
-    files are skipped and reported.
+    files are skipped and reported, and so are files of audio formats outside
+    ``extensions`` (e.g. ``.m4a``). Symlinked folders are followed.
 
     Args:
         root: the folder.
@@ -179,9 +203,11 @@ def load_audio_folder(
     extensions = tuple(e.lower().lstrip(".") for e in extensions)
     splits = _split_folders(root) or {"train": root}
     found: dict[str, list[tuple[Path, str | None]]] = {}
+    unread: dict[str, list[Path]] = {}
     for split, folder in splits.items():
         found[split] = []
-        for path in _audio_files(folder, extensions):
+        unread[split] = []
+        for path in _audio_files(folder, extensions, unread[split]):
             parts = path.relative_to(folder).parts
             found[split].append((path, parts[0] if len(parts) > 1 else None))
     labelled = {label is not None for items in found.values() for _, label in items}
@@ -199,6 +225,20 @@ def load_audio_folder(
 
     rows_by_split: dict[str, list[dict]] = {}
     skipped: list[dict] = []
+    read = "/".join(extensions)
+    for split, paths in unread.items():
+        for path in paths:
+            suffix = path.suffix.lower().lstrip(".")
+            skipped.append(
+                {
+                    "split": split,
+                    "track_id": path.relative_to(root).as_posix(),
+                    "path": str(path),
+                    "reason": f"format .{suffix} is not read (extensions: {read}); pass "
+                    f"extensions=(..., {suffix!r}) to read it (decoding it needs torchcodec "
+                    "with FFmpeg)",
+                }
+            )
     for split, items in found.items():
         rows = []
         for path, label in items:

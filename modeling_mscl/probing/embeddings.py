@@ -263,7 +263,7 @@ _CONFIG_BOOKKEEPING = frozenset(
         "label2id", "num_labels", "problem_type", "classifier_head", "classifier_hidden_size",
         "freeze_encoder", "dropout_rate", "return_dict", "output_attentions",
         "output_hidden_states", "dtype", "torch_dtype", "chunk_size_feed_forward",
-        "is_encoder_decoder", "custom_pipelines",
+        "is_encoder_decoder", "custom_pipelines", "classifier_window_frames",
     }
 )  # fmt: skip
 

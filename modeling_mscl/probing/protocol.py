@@ -50,7 +50,10 @@ class ProbeResult:
     it. ``probe`` is the trained head, None for a result read back from JSON: the weights
     live in the exported model folder. The head's training record (``label_names``,
     ``history``, ``best_epoch``) is copied from ``probe`` when one is given. Metrics are
-    measured on the ``test`` split (:attr:`split`).
+    measured on the ``test`` split (:attr:`split`). ``dataset`` names the data it was
+    measured on (what ``mscl probe`` was given) and ``encoder_fingerprint`` is the
+    :func:`~modeling_mscl.probing.encoder_fingerprint` of the encoder probed: results are
+    filed under the task and the dataset, and a push refuses another encoder's results.
     """
 
     task: ProbeTask
@@ -63,6 +66,8 @@ class ProbeResult:
     label_names: list[str] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
+    dataset: str | None = None
+    encoder_fingerprint: str | None = None
 
     split: ClassVar[str] = "test"
 
@@ -93,6 +98,8 @@ class ProbeResult:
             "history": self.history,
             "label_names": self.label_names,
             "seed": self.seed,
+            "dataset": self.dataset,
+            "encoder_fingerprint": self.encoder_fingerprint,
         }
 
     @classmethod
@@ -105,7 +112,7 @@ class ProbeResult:
                 f"{type(data).__name__}"
             )
         missing = [key for key in _RESULT_KEYS if key not in data]
-        unknown = sorted(set(data) - set(_RESULT_KEYS))
+        unknown = sorted(set(data) - set(_RESULT_KEYS) - set(_OPTIONAL_KEYS))
         if missing or unknown:
             raise ValueError(
                 f"not a probe result as ProbeResult.to_dict() writes it: missing keys "
@@ -125,6 +132,9 @@ class ProbeResult:
             raise ValueError("'history' must be a list of objects")
         if data["epochs"] != len(history):
             raise ValueError(f"'epochs' is {data['epochs']!r} but 'history' has {len(history)}")
+        for key in _OPTIONAL_KEYS:
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ValueError(f"{key!r} must be a string or null, got {data[key]!r}")
         names = data["label_names"]
         if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
             raise ValueError("'label_names' must be a list of strings")
@@ -145,6 +155,8 @@ class ProbeResult:
             label_names=list(names),
             history=[dict(h) for h in history],
             best_epoch=_integer(data["best_epoch"], "best_epoch"),
+            dataset=data.get("dataset"),
+            encoder_fingerprint=data.get("encoder_fingerprint"),
         )
 
 
@@ -154,6 +166,8 @@ _RESULT_KEYS = (
     "validation_metrics", "per_class", "num_clips", "best_epoch", "epochs", "history",
     "label_names", "seed",
 )  # fmt: skip
+# Keys that results written before they existed lack.
+_OPTIONAL_KEYS = ("dataset", "encoder_fingerprint")
 
 
 def _is_number(value: Any, integers: bool = False) -> bool:
@@ -219,6 +233,7 @@ def run_probe(
     max_clips: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    dataset_name: str | None = None,
 ) -> ProbeResult:
     """The full protocol of ``task`` on a ``DatasetDict`` with train/validation/test splits.
 
@@ -233,11 +248,13 @@ def run_probe(
     embeds windows on a grid once. The head is trained with early stopping on the
     validation windows (the validation split, else a seeded 10 % of the training clips)
     and the test clips are scored. ``max_clips`` caps each split (seeded subset) for quick
-    runs; ``batch_size`` is the encoder's batch.
+    runs; ``batch_size`` is the encoder's batch. ``dataset_name`` is recorded in the result
+    (:attr:`ProbeResult.dataset`), with the encoder's fingerprint.
     """
     encoder = _encoder_of(model)
     fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
-    model_key = encoder_fingerprint(encoder) if cache_dir is not None else None
+    fingerprint = encoder_fingerprint(encoder)
+    model_key = fingerprint if cache_dir is not None else None
     splits = {name: _subset(dataset[name], max_clips, seed) for name in dataset}
     if "train" not in splits or "test" not in splits:
         raise KeyError(f"need 'train' and 'test' splits, got {sorted(splits)}")
@@ -278,7 +295,10 @@ def run_probe(
     metrics, per_class = evaluate_probe(probe, test, test_labels)
     val_metrics, _ = evaluate_probe(probe, val, val_labels)
     sizes = {"train": train.num_clips, "validation": val.num_clips, "test": test.num_clips}
-    return ProbeResult(task, metrics, val_metrics, per_class, probe, sizes, seed)
+    return ProbeResult(
+        task, metrics, val_metrics, per_class, probe, sizes, seed,
+        dataset=dataset_name, encoder_fingerprint=fingerprint,
+    )  # fmt: skip
 
 
 def check_probe_splits(
@@ -372,9 +392,19 @@ def export_probe(
     classifier.save_pretrained(output_dir)
     fe.save_pretrained(output_dir)
     if result is not None:
+        # The results name the encoder under the head; another encoder's are refused.
+        fingerprint = encoder_fingerprint(encoder)
+        if result.encoder_fingerprint not in (None, fingerprint):
+            raise ValueError(
+                f"these probe results were measured on encoder {result.encoder_fingerprint}, "
+                f"not on the encoder being exported ({fingerprint})"
+            )
+        result = dataclasses.replace(result, encoder_fingerprint=fingerprint)
         folder = Path(output_dir)
         (folder / "probe_results.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
         args = {**dataclasses.asdict(task), "probe_seed": result.seed}
+        if result.dataset is not None:
+            args["dataset"] = result.dataset  # the card's "data" line
         (folder / "probe_args.json").write_text(json.dumps(args, indent=1) + "\n")
     return classifier
 

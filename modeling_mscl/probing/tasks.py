@@ -159,11 +159,12 @@ PRESETS: dict[str, ProbeTask] = {
 }  # fmt: skip
 
 
-def get_task(name: str, **overrides: Any) -> ProbeTask:
-    """A preset of :data:`PRESETS` by name, with fields replaced by ``overrides``."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown probe task {name!r}; presets: {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+def get_task(preset: str, /, **overrides: Any) -> ProbeTask:
+    """A preset of :data:`PRESETS` by name, with fields replaced by ``overrides``
+    (``name=...`` gives a task of one's own, filed under that name)."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown probe task {preset!r}; presets: {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[preset], **overrides)
 
 
 def clip_labels(dataset: Any, task: ProbeTask) -> tuple[np.ndarray, list[str]]:
@@ -211,13 +212,19 @@ def load_probe_dataset(
     path = Path(name_or_path)
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
         from ..chunk_manifest import saved_dataset_files
+        from ..data_checks import load_from_disk_checked
 
         saved_dataset_files(path)  # the paths its files name stay inside it, or a named error
-        data = datasets.load_from_disk(str(path))
+        data = load_from_disk_checked(path)  # a damaged Arrow file is named
     else:
         data = datasets.load_dataset(str(name_or_path), **load_kwargs)
     if isinstance(data, datasets.Dataset):
-        raise ValueError(f"{name_or_path}: one split; a probe needs 'train' and 'test' splits")
+        raise ValueError(
+            f"{name_or_path} holds one Dataset (columns {data.column_names}), not splits; a "
+            "probe needs a DatasetDict with 'train' and 'test' splits (and optionally "
+            "'validation'): save one with DatasetDict({'train': ..., 'test': ...})"
+            ".save_to_disk(...)"
+        )
     data = datasets.DatasetDict({_SPLIT_NAMES.get(k, k): v for k, v in data.items()})
     if "train" not in data or "test" not in data:
         raise ValueError(
@@ -227,9 +234,10 @@ def load_probe_dataset(
     for split, part in data.items():
         for column in (audio_column, *labels):
             if column not in part.column_names:
-                raise KeyError(
+                option = "--audio-column" if column == audio_column else "--label-column"
+                raise ValueError(
                     f"{name_or_path}: split {split!r} has no column {column!r}; its columns "
-                    f"are {part.column_names}"
+                    f"are {part.column_names} (pick one with {option})"
                 )
     for column in labels:
         data = _shared_class_labels(data, column)
