@@ -191,13 +191,11 @@ def _is_tracing(x: torch.Tensor) -> bool:
         return True
     if torch.onnx.is_in_onnx_export():
         return True
-    try:
-        from torch.fx._symbolic_trace import is_fx_tracing
-
-        if is_fx_tracing():
-            return True
-    except ImportError:  # pragma: no cover - every supported torch has it
-        pass
+    # FX symbolic tracing (and export): the flag itself, as `is_fx_tracing()` logs a
+    # warning at every call.
+    symbolic_trace = getattr(getattr(torch, "fx", None), "_symbolic_trace", None)
+    if getattr(symbolic_trace, "_is_fx_tracing_flag", False):
+        return True
     if type(x) not in (torch.Tensor, nn.Parameter):  # fake, proxy and other subclasses
         return True
     is_functional = getattr(torch._C, "_is_functional_tensor", None)
