@@ -194,13 +194,11 @@ def _is_tracing(x: torch.Tensor) -> bool:
         return True
     if torch.onnx.is_in_onnx_export():
         return True
-    try:
-        from torch.fx._symbolic_trace import is_fx_tracing
-
-        if is_fx_tracing():
-            return True
-    except ImportError:  # pragma: no cover - every supported torch has it
-        pass
+    # FX symbolic tracing (and export): the flag itself, as `is_fx_tracing()` logs a
+    # warning at every call.
+    symbolic_trace = getattr(getattr(torch, "fx", None), "_symbolic_trace", None)
+    if getattr(symbolic_trace, "_is_fx_tracing_flag", False):
+        return True
     if type(x) not in (torch.Tensor, nn.Parameter):  # fake, proxy and other subclasses
         return True
     is_functional = getattr(torch._C, "_is_functional_tensor", None)
@@ -601,6 +599,16 @@ class MSCLEncoder(nn.Module):
         )
 
 
+def _prefix_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Real frames of each row of ``attention_mask`` `(batch, frames)`; raises ValueError
+    unless each row's real frames come first (padding at the end)."""
+    lengths = attention_mask.long().sum(-1)
+    frames = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    if not bool((attention_mask.bool() == (frames[None] < lengths[:, None])).all()):
+        raise ValueError("attention_mask must mark a prefix of each row (padding at the end)")
+    return lengths
+
+
 def _final_lengths(lengths: torch.Tensor, encoder: MSCLEncoder) -> torch.Tensor:
     """Time steps of each row in the encoder's last feature map, for ``lengths`` input frames:
     halved (rounding down) by the stem and by each stage's strided first block."""
@@ -733,7 +741,7 @@ class MSCLModel(MSCLPreTrainedModel):
         # Under a tracer, no branch on the mask's values: the graph must hold for any mask.
         padded = attention_mask is not None and (tracing or not bool(attention_mask.all()))
         if padded and (tracing or output_hidden_states):
-            lengths = attention_mask.long().sum(-1)
+            lengths = attention_mask.long().sum(-1) if tracing else _prefix_lengths(attention_mask)
             pixel_values = input_features.unsqueeze(1) * self.config.input_rescale
             feature_map, hidden_states = self.encoder(
                 pixel_values, bool(output_hidden_states), lengths=lengths
@@ -782,10 +790,7 @@ class MSCLModel(MSCLPreTrainedModel):
         their real length and each group is encoded cropped to it; feature maps are
         zero-padded along time to the longest. Padding must be at the end of each row.
         """
-        lengths = attention_mask.long().sum(-1)
-        frames = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
-        if not bool((attention_mask.bool() == (frames[None] < lengths[:, None])).all()):
-            raise ValueError("attention_mask must mark a prefix of each row (padding at the end)")
+        lengths = _prefix_lengths(attention_mask)
         pooled_rows, maps = [None] * len(lengths), [None] * len(lengths)
         for length in lengths.unique().tolist():
             rows = torch.nonzero(lengths == length).flatten()

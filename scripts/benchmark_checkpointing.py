@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--_child", variant, *(argv or sys.argv[1:])]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results[variant].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"  (checkpointing {variant}: {results[variant][-1]})", flush=True)
     print(
         f"MSCLForPreTraining ({args.config}), {args.batch_size} pairs "
         f"({2 * args.batch_size} windows) per step, {torch.get_num_threads()} threads:"

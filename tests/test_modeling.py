@@ -118,6 +118,8 @@ def test_a_padded_batch_gives_each_clip_its_own_features():
     holes[1, 5] = 0
     with pytest.raises(ValueError, match="prefix"):
         model(batch["input_features"], attention_mask=holes)
+    with pytest.raises(ValueError, match="prefix"):
+        model(batch["input_features"], attention_mask=holes, output_hidden_states=True)
 
 
 def test_wrong_input_shape_is_explained():
