@@ -67,6 +67,8 @@ class BudgetCurveSettings:
     report_only: bool = False
     # Score the checkpoints the runs have saved so far, without training (a job cut short).
     score_only: bool = False
+    # Score the two baselines (each seed) as well.
+    baselines: bool = True
     objectives: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
             "COLA": {"objective": "cola"},
@@ -177,7 +179,15 @@ def run_budget_curve(settings: BudgetCurveSettings | None = None) -> dict[str, A
         if not scores:
             raise FileNotFoundError(f"{path}: no scores to report (run without --report_only)")
         return _write_outputs(s, work, scores, time.perf_counter() - total)
-    songs, notes, chunks = prepare_offline_data(work, s.num_songs, s.seconds, s.corpus_seed)
+    if s.score_only:
+        # Read what the runs were trained on; nothing is rebuilt (runs may be under way).
+        from datasets import load_from_disk
+
+        songs = load_from_disk(str(work / "corpus" / "songs"))
+        notes = load_from_disk(str(work / "corpus" / "notes"))
+        chunks = work / "chunks"
+    else:
+        songs, notes, chunks = prepare_offline_data(work, s.num_songs, s.seconds, s.corpus_seed)
     tasks = offline_tasks(songs, notes)
 
     def keep(key: str, entry: dict[str, Any]) -> None:
@@ -248,8 +258,9 @@ def run_budget_curve(settings: BudgetCurveSettings | None = None) -> dict[str, A
                 for budget in sorted(s.budgets):
                     if (_checkpoint_dir(out, budget) / "model.safetensors").is_file():
                         score(name, seed, s.max_steps, budget)
-                if (_checkpoint_dir(out, min(s.budgets)) / "model.safetensors").is_file():
-                    baselines(seed, out)
+            first = _checkpoint_dir(out, min(s.budgets)) / "model.safetensors"
+            if s.baselines and first.is_file():
+                baselines(seed, out)
         return _write_outputs(s, work, scores, time.perf_counter() - total)
 
     # What a cut-short job most needs comes first: the first seed's whole curve, then the
