@@ -329,31 +329,36 @@ def summarise(scores: dict[str, Any]) -> dict[str, Any]:
         for budget, entries in sorted(budgets.items()):
             row: dict[str, Any] = {}
             for task, metric in CURVE_METRICS:
-                values = [
-                    e["probes"][task]["metrics"][metric] for e in entries if task in e["probes"]
-                ]
-                if values:
-                    row[f"{task}/{metric}"] = _stats(values)
+                found = [e["probes"][task] for e in entries if task in e["probes"]]
+                if found:
+                    # One seed: the spread over its probe heads instead.
+                    heads = found[0].get("metrics_std", {}).get(metric, 0.0)
+                    values = [f["metrics"][metric] for f in found]
+                    row[f"{task}/{metric}"] = _stats(values, heads)
             if all("retrieval" in e for e in entries):
                 row["retrieval/recall_at_1"] = _stats([_mean_r1(e) for e in entries])
                 for source in entries[0]["retrieval"]["sources"]:
                     per = [e["retrieval"]["sources"][source]["recall"]["1"] for e in entries]
                     per = [float(v) for v in per if v is not None]
+                    draws = entries[0]["retrieval"]["sources"][source].get("recall_std", {})
                     if per:
-                        row[f"retrieval/{source}"] = _stats(per)
+                        row[f"retrieval/{source}"] = _stats(per, draws.get("1") or 0.0)
             out[group][budget] = row
     return out
 
 
-def _stats(values: list[float]) -> tuple[float, float, int]:
-    return float(np.mean(values)), float(np.std(values)), len(values)
+def _stats(values: list[float], single_std: float = 0.0) -> tuple[float, float, int]:
+    """(mean, std, count) over seeds; with one seed, ``single_std`` (its heads' or crop
+    draws' spread) stands for the std."""
+    std = float(np.std(values)) if len(values) > 1 else float(single_std)
+    return float(np.mean(values)), std, len(values)
 
 
 def _cell(value: tuple[float, float, int] | None) -> str:
     if value is None:
         return "-"
     mean, std, n = value
-    return f"{100 * mean:.1f} ± {100 * std:.1f} ({n})" if n > 1 else f"{100 * mean:.1f} (1)"
+    return f"{100 * mean:.1f} ± {100 * std:.1f} ({n})"
 
 
 def report(
@@ -367,7 +372,9 @@ def report(
         f"{', '.join(map(str, sorted(s.budgets)))} steps of {s.max_steps}-step runs (the "
         f"demo's; learning rate halved at step {s.max_steps // 2}), and the end of "
         f"{s.long_steps}-step runs (halved at {s.long_steps // 2}). Values in %, mean ± std "
-        f"over pre-training seeds (their count in brackets), each the mean of "
+        f"over pre-training seeds (their count in brackets; with one seed, ± is the spread "
+        f"over its probe heads, or over the 5 crop draws of one retrieval source), each "
+        f"the mean of "
         f"{s.probe_seeds} probe-head seeds. Every network's batch-norm statistics recomputed: "
         f"on the probes' training windows for the probes, on training chunks for retrieval. "
         f"Test items: {_test_sizes(scores)}. Retrieval: recall@1, mean over the four "
