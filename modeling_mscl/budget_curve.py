@@ -367,11 +367,16 @@ def report(
     """The markdown table: one row per (encoder, run length, step probed)."""
     columns = [f"{t}/{m}" for t, m in CURVE_METRICS] + ["retrieval/recall_at_1"]
     columns += [f"retrieval/{src}" for src in ("vocals", "drums", "bass", "other")]
+    has_long = any(steps == s.long_steps for _, steps in summary)
+    longer = (
+        f", and the end of {s.long_steps}-step runs (halved at {s.long_steps // 2})"
+        if has_long and s.long_steps != s.max_steps
+        else ""
+    )
     lines = [
         f"Budget curve ({Path(s.config).name}, {s.num_songs} songs): checkpoints at "
         f"{', '.join(map(str, sorted(s.budgets)))} steps of {s.max_steps}-step runs (the "
-        f"demo's; learning rate halved at step {s.max_steps // 2}), and the end of "
-        f"{s.long_steps}-step runs (halved at {s.long_steps // 2}). Values in %, mean ± std "
+        f"demo's; learning rate halved at step {s.max_steps // 2}){longer}. Values in %, mean ± std "
         f"over pre-training seeds (their count in brackets; with one seed, ± is the spread "
         f"over its probe heads, or over the 5 crop draws of one retrieval source), each "
         f"the mean of "
