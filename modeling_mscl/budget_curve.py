@@ -67,6 +67,8 @@ class BudgetCurveSettings:
     report_only: bool = False
     # Score the checkpoints the runs have saved so far, without training (a job cut short).
     score_only: bool = False
+    # Score the two baselines (each seed) as well.
+    baselines: bool = True
     objectives: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
             "COLA": {"objective": "cola"},
@@ -177,7 +179,15 @@ def run_budget_curve(settings: BudgetCurveSettings | None = None) -> dict[str, A
         if not scores:
             raise FileNotFoundError(f"{path}: no scores to report (run without --report_only)")
         return _write_outputs(s, work, scores, time.perf_counter() - total)
-    songs, notes, chunks = prepare_offline_data(work, s.num_songs, s.seconds, s.corpus_seed)
+    if s.score_only:
+        # Read what the runs were trained on; nothing is rebuilt (runs may be under way).
+        from datasets import load_from_disk
+
+        songs = load_from_disk(str(work / "corpus" / "songs"))
+        notes = load_from_disk(str(work / "corpus" / "notes"))
+        chunks = work / "chunks"
+    else:
+        songs, notes, chunks = prepare_offline_data(work, s.num_songs, s.seconds, s.corpus_seed)
     tasks = offline_tasks(songs, notes)
 
     def keep(key: str, entry: dict[str, Any]) -> None:
@@ -248,8 +258,9 @@ def run_budget_curve(settings: BudgetCurveSettings | None = None) -> dict[str, A
                 for budget in sorted(s.budgets):
                     if (_checkpoint_dir(out, budget) / "model.safetensors").is_file():
                         score(name, seed, s.max_steps, budget)
-                if (_checkpoint_dir(out, min(s.budgets)) / "model.safetensors").is_file():
-                    baselines(seed, out)
+            first = _checkpoint_dir(out, min(s.budgets)) / "model.safetensors"
+            if s.baselines and first.is_file():
+                baselines(seed, out)
         return _write_outputs(s, work, scores, time.perf_counter() - total)
 
     # What a cut-short job most needs comes first: the first seed's whole curve, then the
@@ -318,31 +329,36 @@ def summarise(scores: dict[str, Any]) -> dict[str, Any]:
         for budget, entries in sorted(budgets.items()):
             row: dict[str, Any] = {}
             for task, metric in CURVE_METRICS:
-                values = [
-                    e["probes"][task]["metrics"][metric] for e in entries if task in e["probes"]
-                ]
-                if values:
-                    row[f"{task}/{metric}"] = _stats(values)
+                found = [e["probes"][task] for e in entries if task in e["probes"]]
+                if found:
+                    # One seed: the spread over its probe heads instead.
+                    heads = found[0].get("metrics_std", {}).get(metric, 0.0)
+                    values = [f["metrics"][metric] for f in found]
+                    row[f"{task}/{metric}"] = _stats(values, heads)
             if all("retrieval" in e for e in entries):
                 row["retrieval/recall_at_1"] = _stats([_mean_r1(e) for e in entries])
                 for source in entries[0]["retrieval"]["sources"]:
                     per = [e["retrieval"]["sources"][source]["recall"]["1"] for e in entries]
                     per = [float(v) for v in per if v is not None]
+                    draws = entries[0]["retrieval"]["sources"][source].get("recall_std", {})
                     if per:
-                        row[f"retrieval/{source}"] = _stats(per)
+                        row[f"retrieval/{source}"] = _stats(per, draws.get("1") or 0.0)
             out[group][budget] = row
     return out
 
 
-def _stats(values: list[float]) -> tuple[float, float, int]:
-    return float(np.mean(values)), float(np.std(values)), len(values)
+def _stats(values: list[float], single_std: float = 0.0) -> tuple[float, float, int]:
+    """(mean, std, count) over seeds; with one seed, ``single_std`` (its heads' or crop
+    draws' spread) stands for the std."""
+    std = float(np.std(values)) if len(values) > 1 else float(single_std)
+    return float(np.mean(values)), std, len(values)
 
 
 def _cell(value: tuple[float, float, int] | None) -> str:
     if value is None:
         return "-"
     mean, std, n = value
-    return f"{100 * mean:.1f} ± {100 * std:.1f} ({n})" if n > 1 else f"{100 * mean:.1f} (1)"
+    return f"{100 * mean:.1f} ± {100 * std:.1f} ({n})"
 
 
 def report(
@@ -351,12 +367,19 @@ def report(
     """The markdown table: one row per (encoder, run length, step probed)."""
     columns = [f"{t}/{m}" for t, m in CURVE_METRICS] + ["retrieval/recall_at_1"]
     columns += [f"retrieval/{src}" for src in ("vocals", "drums", "bass", "other")]
+    has_long = any(steps == s.long_steps for _, steps in summary)
+    longer = (
+        f", and the end of {s.long_steps}-step runs (halved at {s.long_steps // 2})"
+        if has_long and s.long_steps != s.max_steps
+        else ""
+    )
     lines = [
         f"Budget curve ({Path(s.config).name}, {s.num_songs} songs): checkpoints at "
         f"{', '.join(map(str, sorted(s.budgets)))} steps of {s.max_steps}-step runs (the "
-        f"demo's; learning rate halved at step {s.max_steps // 2}), and the end of "
-        f"{s.long_steps}-step runs (halved at {s.long_steps // 2}). Values in %, mean ± std "
-        f"over pre-training seeds (their count in brackets), each the mean of "
+        f"demo's; learning rate halved at step {s.max_steps // 2}){longer}. Values in %, mean ± std "
+        f"over pre-training seeds (their count in brackets; with one seed, ± is the spread "
+        f"over its probe heads, or over the 5 crop draws of one retrieval source), each "
+        f"the mean of "
         f"{s.probe_seeds} probe-head seeds. Every network's batch-norm statistics recomputed: "
         f"on the probes' training windows for the probes, on training chunks for retrieval. "
         f"Test items: {_test_sizes(scores)}. Retrieval: recall@1, mean over the four "

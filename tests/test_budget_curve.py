@@ -44,13 +44,16 @@ def test_summary_over_seeds_and_table_by_hand(tmp_path):
     assert summary["MSCL", 20][10]["retrieval/recall_at_1"][0] == pytest.approx(0.5)
     assert summary["MSCL", 20][20]["notes_family/accuracy"][2] == 1
     assert summary["MSCL", 40][40]["notes_family/accuracy"][0] == pytest.approx(0.6)
+    # One seed: the spread over its probe heads stands for the std.
+    scores["MSCL|0|40|40"]["probes"]["notes_family"]["metrics_std"] = {"accuracy": 0.02}
+    assert summarise(scores)["MSCL", 40][40]["notes_family/accuracy"][1] == 0.02
     # No retrieval for the spectral baseline: no column value, not a zero.
     assert "retrieval/recall_at_1" not in summary["log-mel statistics", 0][0]
     settings = BudgetCurveSettings(max_steps=20, budgets=[10, 20], seeds=[0, 1], long_steps=40)
     md = report(settings, summary, scores, 60)
     assert "| MSCL | 20 | 10 | 30.0 ± 10.0 (2) |" in md
-    assert "| MSCL | 40 | 40 | 60.0 (1) |" in md
-    assert "| log-mel statistics | - | - | 45.0 (1) |" in md
+    assert "| MSCL | 40 | 40 | 60.0 ± 0.0 (1) |" in md
+    assert "| log-mel statistics | - | - | 45.0 ± 0.0 (1) |" in md
     assert "notes_family 7" in md and "'drums': 5" in md
     plot_budget_curve(summary, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 10_000
