@@ -7,6 +7,7 @@ loading with ``trust_remote_code=True`` where this package is not installed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from transformers import PretrainedConfig
 
@@ -35,6 +36,19 @@ def round_filters(filters: int, width_coefficient: float, divisor: int = 8) -> i
 def round_repeats(repeats: int, depth_coefficient: float) -> int:
     """Scale a stage's block count by ``depth_coefficient`` (ceil, as Keras does)."""
     return int(math.ceil(depth_coefficient * repeats))
+
+
+# Set by the modeling_mscl package, which registers its model classes with the Auto classes
+# when the first config is built rather than at import (the model classes are the slow part
+# of the import). None where this file runs as a Hub folder's remote code.
+on_first_config: Callable[[], None] | None = None
+
+
+def _first_config_built() -> None:
+    global on_first_config
+    hook, on_first_config = on_first_config, None
+    if hook is not None:
+        hook()
 
 
 class MSCLConfig(PretrainedConfig):
@@ -170,6 +184,7 @@ class MSCLConfig(PretrainedConfig):
         self.classifier_window_frames = classifier_window_frames
         self._check()
         super().__init__(**kwargs)
+        _first_config_built()
 
     def _check(self) -> None:
         """Raise ``ValueError`` naming the first invalid value."""

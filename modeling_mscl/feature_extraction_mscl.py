@@ -48,6 +48,7 @@ __all__ = [
     "channel_axis",
     "decode_audio",
     "is_audio_item",
+    "load_feature_extractor",
     "resample_audio",
     "resampled_length",
 ]
@@ -996,3 +997,34 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         if return_attention_mask:
             data["attention_mask"] = mask_values
         return BatchFeature(data)
+
+
+def load_feature_extractor(
+    source: MSCLFeatureExtractor | str | os.PathLike | None = None,
+    num_mel_bins: int | None = None,
+    missing_ok: bool = False,
+) -> MSCLFeatureExtractor:
+    """The front end of a model, a chunk set or a command, found one way everywhere.
+
+    ``source`` is an extractor (returned as it is), a folder or Hub id holding
+    ``preprocessor_config.json``, or ``None`` for the default front end with
+    ``num_mel_bins`` mel bands (64 when that is ``None`` too). With ``missing_ok``, a
+    ``source`` that holds no front end also gives the default one (a model folder saved
+    without its extractor). When ``num_mel_bins`` is given (a config's), an extractor with
+    another number of bands is refused: it belongs to another model.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            source = MSCLFeatureExtractor.from_pretrained(os.fspath(source))
+        except OSError:  # no preprocessor_config.json there (or offline)
+            if not missing_ok:
+                raise
+            source = None
+    if source is None:
+        return MSCLFeatureExtractor(feature_size=64 if num_mel_bins is None else num_mel_bins)
+    if num_mel_bins is not None and source.feature_size != num_mel_bins:
+        raise ValueError(
+            f"the feature extractor makes {source.feature_size} mel bins but the model takes "
+            f"{num_mel_bins} (config.num_mel_bins): they belong to different models"
+        )
+    return source

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_mscl import MSCLConfig, round_filters, round_repeats
-from .feature_extraction_mscl import MSCLFeatureExtractor, decode_audio
+from .feature_extraction_mscl import MSCLFeatureExtractor, decode_audio, load_feature_extractor
 
 __all__ = [
     "EMBEDDING_TASK",
@@ -596,13 +597,8 @@ class MSCLModel(MSCLPreTrainedModel):
     def _saved_feature_extractor(self) -> MSCLFeatureExtractor:
         """The front end saved with this model (`preprocessor_config.json` in the folder or
         Hub repo it was loaded from), else the default one for its number of mel bins."""
-        source = getattr(self.config, "_name_or_path", "") or ""
-        if source:
-            try:
-                return MSCLFeatureExtractor.from_pretrained(source)
-            except OSError:  # no preprocessor_config.json there (or offline)
-                pass
-        return MSCLFeatureExtractor(feature_size=self.config.num_mel_bins)
+        source = getattr(self.config, "_name_or_path", "") or None
+        return load_feature_extractor(source, self.config.num_mel_bins, missing_ok=True)
 
     @torch.no_grad()
     def embed_audio(
@@ -625,12 +621,7 @@ class MSCLModel(MSCLPreTrainedModel):
         `"pooler_output"` (1280-d, the downstream feature) or `"audio_embeds"` (512-d).
         """
         fe = feature_extractor or self._saved_feature_extractor()
-        if fe.feature_size != self.config.num_mel_bins:
-            raise ValueError(
-                f"the feature extractor makes {fe.feature_size} mel bins but the model takes "
-                f"{self.config.num_mel_bins} (config.num_mel_bins): they belong to different "
-                "models"
-            )
+        fe = load_feature_extractor(fe, self.config.num_mel_bins)
         windows = fe(
             audio,
             sampling_rate=sampling_rate,
@@ -1185,9 +1176,18 @@ def custom_pipelines(architecture: str) -> dict[str, dict[str, Any]]:
 
 def _waveform(inputs: Any, feature_extractor: MSCLFeatureExtractor) -> np.ndarray:
     """One pipeline input as a mono waveform at the extractor's rate: a bare array or tensor
-    is taken to be at that rate (as transformers' pipelines do), anything else is decoded."""
+    is taken to be at that rate (as transformers' pipelines do), with a warning since nothing
+    says so; anything else is decoded."""
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
-        inputs = {"array": inputs, "sampling_rate": feature_extractor.sampling_rate}
+        rate = feature_extractor.sampling_rate
+        warnings.warn(
+            f"a bare array has no sampling rate: it is read as {rate} Hz audio. Pass "
+            f"{{'array': audio, 'sampling_rate': rate}} (or a file) so audio at another rate "
+            "is not silently misread.",
+            UserWarning,
+            stacklevel=2,
+        )
+        inputs = {"array": inputs, "sampling_rate": rate}
     return decode_audio(inputs, feature_extractor.sampling_rate)[0]
 
 

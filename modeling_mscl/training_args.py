@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from transformers import HfArgumentParser
 
 from ._files import atomic_write
+from .configuration_mscl import MSCLConfig
 from .optim import OPTIMIZERS
 from .pairs import OBJECTIVES
 from .stems import SOURCES
@@ -234,6 +235,13 @@ class PretrainingArguments:
     augment: AugmentArguments = field(default_factory=AugmentArguments)
     training: TrainingArguments = field(default_factory=TrainingArguments)
 
+    def model_config(self, num_mel_bins: int = 64) -> MSCLConfig:
+        """The model's config, the one place the model arguments become an `MSCLConfig`:
+        ``num_mel_bins`` comes from the chunk set's feature extractor, the rest from
+        ``.model`` (MSCLConfig's defaults for what it does not set). Raises ValueError
+        on a bad value, MSCLConfig's checks being the only ones."""
+        return MSCLConfig(num_mel_bins=num_mel_bins, **asdict(self.model))
+
     @staticmethod
     def keys() -> dict[str, tuple[str, Any]]:
         """Every flat key -> (group name, type hint)."""
@@ -281,7 +289,7 @@ class PretrainingArguments:
 
     def validate(self) -> PretrainingArguments:
         """Check every value; raise ValueError naming the first bad one. Returns self."""
-        m, d, t = self.model, self.data, self.training
+        d, t = self.data, self.training
 
         def bad(key: str, why: str) -> None:
             value = self.to_dict()[key]
@@ -292,14 +300,8 @@ class PretrainingArguments:
             if isinstance(value, float) and not math.isfinite(value):
                 bad(key, "must be a finite number")
 
-        # The model's own checks (MSCLConfig) cover the model group.
-        from .configuration_mscl import MSCLConfig
-
-        MSCLConfig(**asdict(m))
-        if m.similarity not in ("bilinear", "cosine"):
-            bad("similarity", "expected 'bilinear' or 'cosine'")
-        if m.pooling not in ("max", "mean"):
-            bad("pooling", "expected 'max' or 'mean'")
+        # The model's own checks (MSCLConfig's) cover the model group.
+        self.model_config()
 
         if not d.data_dir:
             raise ValueError("data_dir is required: the chunk dataset saved by prepare_chunks")

@@ -15,8 +15,12 @@ import logging
 import sys
 from pathlib import Path
 
-from modeling_mscl.training import pretrain
-from modeling_mscl.training_args import parse_args
+from modeling_mscl.training_args import argument_parser, parse_args
+
+
+def build_parser():
+    """The parser of ``mscl pretrain``: every key of the four argument groups."""
+    return argument_parser()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         program = Path(sys.argv[0]).name if sys.argv else "pretrain"
         print(f"{program}: error: {err}", file=sys.stderr)
         return 2
+    from modeling_mscl.training import pretrain
+
     result = pretrain(args)
     print(f"done: step {result.step}, encoder saved to {result.encoder_dir}")
     return 0

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..audio_io import audio_column, load_audio
-from ..feature_extraction_mscl import MSCLFeatureExtractor
+from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
 from .embeddings import (
     WindowEmbeddings,
     _encode,
@@ -124,7 +124,7 @@ class ProbeHook:
         Tasks that read the same audio of the same dataset split (genre and instrument
         tags of one corpus) share its windows, so each call embeds them once.
         """
-        fe = self.feature_extractor or MSCLFeatureExtractor(feature_size=num_mel_bins)
+        fe = load_feature_extractor(self.feature_extractor, num_mel_bins)
         self.feature_extractor = fe
         self._windows: dict[tuple, tuple[torch.Tensor, np.ndarray]] = {}
         self._cache = {}

@@ -34,7 +34,7 @@ from torch import nn
 
 from .._files import atomic_path
 from ..audio_io import load_audio
-from ..feature_extraction_mscl import MSCLFeatureExtractor
+from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
 from .embeddings import (
     WindowEmbeddings,
     _audio_fingerprint,
@@ -214,7 +214,7 @@ def cached_training_chunks(
     chunk length and the audio files' identity; ``<split>-<key>.frames.f32`` (raw, memory-
     mapped when read) is complete once ``<split>-<key>.spans.npy`` exists (written last).
     """
-    fe = feature_extractor or MSCLFeatureExtractor()
+    fe = load_feature_extractor(feature_extractor)
     desc = f"Log-mel chunks {split}"
     if cache_dir is None:
         return extract_training_chunks(audio, fe, chunk_frames, progress, desc)
@@ -363,7 +363,7 @@ def cached_crop_pool(
     size, the seed and the audio files' identity.
     """
     encoder = _encoder_of(model)
-    fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    fe = load_feature_extractor(feature_extractor, encoder.config.num_mel_bins)
 
     def build() -> CropPool:
         chunks = cached_training_chunks(audio, cache_dir, split, fe, chunk_frames, progress)

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from .._files import atomic_write
 from ..audio_io import load_audio
-from ..feature_extraction_mscl import MSCLFeatureExtractor
+from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
 from ..modeling_mscl import MSCLModel, encode_windows, frame_windows
 
 logger = logging.getLogger("modeling_mscl.probing")
@@ -229,7 +229,7 @@ def extract_window_embeddings(
     boundaries), in eval mode and without gradients.
     """
     encoder = _encoder_of(model)
-    fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    fe = load_feature_extractor(feature_extractor, encoder.config.num_mel_bins)
     embeds: list[torch.Tensor] = []
     counts: list[int] = []
     pending: list[torch.Tensor] = []
@@ -350,7 +350,7 @@ def cached_window_embeddings(
     file marks a complete entry) and memory-mapped when read back.
     """
     encoder = _encoder_of(model)
-    fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    fe = load_feature_extractor(feature_extractor, encoder.config.num_mel_bins)
     hop = hop_frames or fe.window_frames
     options = dict(
         feature_extractor=fe, hop_frames=hop, max_windows=max_windows, batch_size=batch_size,

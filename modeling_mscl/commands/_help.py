@@ -1,0 +1,34 @@
+"""What every command's help has in common: each option's default after its help."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+__all__ = ["HelpFormatter", "first_paragraph", "plain_text"]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and appends ``(default: X)`` to an option's help.
+
+    Unlike argparse's own, it says nothing where there is nothing to say: a default of
+    ``None`` or ``False`` (an unset option, a flag), or a help text that already names it.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def plain_text(doc: str | None) -> str:
+    """A docstring as help text: reStructuredText roles and literals as plain words."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", doc or "").replace("``", "")
+
+
+def first_paragraph(doc: str | None) -> str:
+    """A module docstring's first paragraph, the command's description in its help."""
+    return plain_text(doc).split("\n\n")[0].strip()
