@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import configuration_mscl as _configuration
 from .configuration_mscl import MSCLConfig
-from .feature_extraction_mscl import MSCLFeatureExtractor
+from .feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
 
 if TYPE_CHECKING:
     from .hub import register_auto_classes
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         MSCLForPreTraining,
         MSCLModel,
         MSCLPreTrainedModel,
+        eval_mode,
     )
 
 __version__ = "0.1.0"
@@ -35,6 +36,8 @@ __all__ = [
     "MSCLForPreTraining",
     "MSCLModel",
     "MSCLPreTrainedModel",
+    "eval_mode",
+    "load_feature_extractor",
     "register_auto_classes",
 ]
 
@@ -44,6 +47,7 @@ _LAZY = {
     "MSCLForPreTraining": "modeling_mscl",
     "MSCLModel": "modeling_mscl",
     "MSCLPreTrainedModel": "modeling_mscl",
+    "eval_mode": "modeling_mscl",
     "register_auto_classes": "hub",
 }
 

@@ -47,6 +47,7 @@ __all__ = [
     "audio_name",
     "channel_axis",
     "decode_audio",
+    "frame_windows",
     "is_audio_item",
     "load_feature_extractor",
     "resample_audio",
@@ -353,6 +354,38 @@ def decode_audio(
     if sampling_rate is not None and rate != sampling_rate:
         data, rate = resample_audio(data, rate, sampling_rate), int(sampling_rate)
     return np.ascontiguousarray(data, dtype=np.float32), int(rate)
+
+
+def frame_windows(
+    features: torch.Tensor,
+    window: int,
+    attention_mask: torch.Tensor | None = None,
+    hop: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Windows of ``window`` frames every ``hop`` frames (default: ``window``, no overlap) of
+    `(batch, frames, bins)` features.
+
+    The one place windows are cut: the extractor's `return_windows=True` (clip by clip, no
+    overlap), the probes and the windowed classifier all call it. Returns `(windows (batch
+    * n, window, bins), clip_index (batch * n,), real)`: frames after the last whole window
+    are dropped. With an ``attention_mask``,
+    ``real`` `(batch * n,)` marks the windows that hold at least one real frame (a clip's
+    first window always counts); without one it is `None`.
+    """
+    batch, frames, bins = features.shape
+    hop = window if hop is None else hop
+    if frames < window or hop < 1:
+        raise ValueError(f"cannot cut {frames} frames into windows of {window} every {hop}")
+    windows = features.unfold(1, window, hop)  # (batch, n, bins, window): a view
+    num = windows.shape[1]
+    windows = windows.transpose(2, 3).reshape(batch * num, window, bins)
+    clip_index = torch.arange(batch, device=features.device).repeat_interleave(num)
+    real = None
+    if attention_mask is not None:
+        real = attention_mask.bool().unfold(1, window, hop).any(-1)
+        real[:, 0] = True
+        real = real.flatten()
+    return windows, clip_index, real
 
 
 def _check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -761,6 +794,16 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
                 features[i] = batch_features[row]
         return features  # type: ignore[return-value]
 
+    def clip_features(self, clip: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Log-mel frames `(frames, feature_size)` of one 1-D mono clip at `sampling_rate`,
+        as `__call__` computes them (zero-padded to at least one window), as a tensor."""
+        clip = torch.as_tensor(clip)
+        if clip.ndim != 1:
+            raise ValueError(f"`clip` must be 1-D (samples,), got shape {tuple(clip.shape)}.")
+        if not clip.is_floating_point():
+            clip = clip.float()
+        return self._features_torch([clip])[0]
+
     # ------------------------------------------------------------------ call
 
     def __call__(
@@ -894,22 +937,15 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
 
     def _windows_output(self, features: list[Any], return_tensors: str | None) -> BatchFeature:
         windows, clip_index = [], []
+        from_numpy = not torch.is_tensor(features[0])
         for i, feats in enumerate(features):
-            count = feats.shape[0] // self.window_frames
-            windows.append(
-                feats[: count * self.window_frames].reshape(
-                    count, self.window_frames, self.feature_size
-                )
-            )
-            clip_index.extend([i] * count)
-        if torch.is_tensor(windows[0]):
-            stacked: Any = torch.cat(windows)
-            if return_tensors != "pt":
-                stacked = stacked.cpu().numpy()
-        else:
-            stacked = np.concatenate(windows)
-            if return_tensors == "pt":
-                stacked = torch.from_numpy(stacked)
+            feats = torch.from_numpy(feats) if from_numpy else feats
+            clip_windows = frame_windows(feats[None], self.window_frames)[0]
+            windows.append(clip_windows)
+            clip_index.extend([i] * len(clip_windows))
+        stacked: Any = torch.cat(windows)
+        if return_tensors != "pt":
+            stacked = stacked.cpu().numpy()
         if return_tensors == "pt":
             index: Any = torch.tensor(clip_index, dtype=torch.int64, device=stacked.device)
         elif return_tensors == "np":

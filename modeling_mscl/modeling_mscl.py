@@ -27,7 +27,12 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_mscl import MSCLConfig, round_filters, round_repeats
-from .feature_extraction_mscl import MSCLFeatureExtractor, decode_audio, load_feature_extractor
+from .feature_extraction_mscl import (
+    MSCLFeatureExtractor,
+    decode_audio,
+    frame_windows,
+    load_feature_extractor,
+)
 
 __all__ = [
     "EMBEDDING_TASK",
@@ -42,6 +47,7 @@ __all__ = [
     "ProcessGather",
     "aggregate_window_logits",
     "build_classifier_head",
+    "eval_mode",
     "count_keras_weights",
     "custom_pipelines",
     "encode_windows",
@@ -644,52 +650,20 @@ class MSCLModel(MSCLPreTrainedModel):
         """``output`` (`"pooler_output"` or `"audio_embeds"`) of log-mel windows `(n, frames,
         mel)`, float32 on the model's device: in eval mode, ``batch_size`` windows at a time
         (:func:`encode_windows`)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return encode_windows(self, windows, batch_size, output)
-        finally:
-            self.train(was_training)
 
 
 # ------------------------------------------------------------ long audio: windows to clips
 # How audio longer than one window is run, in one place for the models, the pipelines and
-# the package's probes, apart from the model classes: the feature extractor cuts waveforms into windows (`return_windows=True`) and `frame_windows` cuts
-# features already computed; `map_windows` runs the windows through a model a batch at a
-# time, so memory stays bounded whatever the length; `pool_windows` and
-# `aggregate_window_logits` turn window rows into clip rows.
+# the package's probes, apart from the model classes. Windows are cut in one place,
+# `frame_windows` of the feature extractor's module: `return_windows=True` (embed_audio,
+# the embedding pipeline), the probes' `window_features` and the classifier's windows all
+# call it. `map_windows` runs the windows through a model a batch at a time, so memory
+# stays bounded whatever the length; `pool_windows` and `aggregate_window_logits` turn
+# window rows into clip rows.
 
 _WINDOW_OUTPUTS = ("pooler_output", "audio_embeds")
-
-
-def frame_windows(
-    features: torch.Tensor,
-    window: int,
-    attention_mask: torch.Tensor | None = None,
-    hop: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Windows of ``window`` frames every ``hop`` frames (default: ``window``, no overlap) of
-    `(batch, frames, bins)` features.
-
-    Returns `(windows (batch * n, window, bins), clip_index (batch * n,), real)`: frames
-    after the last whole window are dropped, as in the probes. With an ``attention_mask``,
-    ``real`` `(batch * n,)` marks the windows that hold at least one real frame (a clip's
-    first window always counts); without one it is `None`.
-    """
-    batch, frames, bins = features.shape
-    hop = window if hop is None else hop
-    if frames < window or hop < 1:
-        raise ValueError(f"cannot cut {frames} frames into windows of {window} every {hop}")
-    windows = features.unfold(1, window, hop)  # (batch, n, bins, window): a view
-    num = windows.shape[1]
-    windows = windows.transpose(2, 3).reshape(batch * num, window, bins)
-    clip_index = torch.arange(batch, device=features.device).repeat_interleave(num)
-    real = None
-    if attention_mask is not None:
-        real = attention_mask.bool().unfold(1, window, hop).any(-1)
-        real[:, 0] = True
-        real = real.flatten()
-    return windows, clip_index, real
 
 
 def map_windows(
@@ -699,6 +673,18 @@ def map_windows(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return torch.cat([fn(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)])
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Any:
+    """``with eval_mode(model):`` runs the block with ``model`` in eval mode (batch norm
+    frozen, no dropout) and gives it back its previous mode afterwards, even on an error."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @torch.no_grad()

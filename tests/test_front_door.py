@@ -170,3 +170,28 @@ def test_the_demo_refuses_a_corpus_without_test_songs_up_front(tmp_path, capsys)
     assert cli.main(["demo", "--workdir", str(work), "--num_songs", "5"]) == 1
     assert "--num_songs 21 or more" in capsys.readouterr().err
     assert not (work / "corpus").exists()  # refused before anything was built
+
+
+def test_no_progress_quiets_the_libraries_too():
+    import logging
+
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    from modeling_mscl.commands._help import quiet_libraries
+
+    before = transformers_logging.get_verbosity(), logging.getLogger("accelerate").level
+    try:
+        quiet_libraries()
+        assert not transformers_logging.is_progress_bar_enabled()
+        assert not datasets.is_progress_bar_enabled()
+        assert transformers_logging.get_verbosity() == transformers_logging.WARNING
+        assert logging.getLogger("accelerate").getEffectiveLevel() == logging.WARNING
+    finally:
+        transformers_logging.enable_progress_bar()
+        datasets.enable_progress_bars()
+        transformers_logging.set_verbosity(before[0])
+        logging.getLogger("accelerate").setLevel(before[1])
+    for command in ("probe", "separate"):
+        parser = dict(_parsers())[command]
+        assert any("--no-progress" in a.option_strings for a in parser._actions), command

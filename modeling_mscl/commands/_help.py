@@ -32,3 +32,24 @@ def plain_text(doc: str | None) -> str:
 def first_paragraph(doc: str | None) -> str:
     """A module docstring's first paragraph, the command's description in its help."""
     return plain_text(doc).split("\n\n")[0].strip()
+
+
+def quiet_libraries() -> None:
+    """What ``--no-progress`` means beyond our own bars: no progress bars and no INFO lines
+    from transformers, datasets, huggingface_hub and accelerate (warnings still show)."""
+    import importlib.util
+    import logging
+
+    from huggingface_hub.utils import disable_progress_bars as hub_quiet
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_warning()
+    transformers_logging.disable_progress_bar()
+    hub_quiet()
+    if importlib.util.find_spec("datasets") is not None:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_warning()
+    for name in ("accelerate", "datasets", "transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from modeling_mscl.commands._help import quiet_libraries
 from modeling_mscl.training_args import argument_parser, parse_args
 
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         program = Path(sys.argv[0]).name if sys.argv else "pretrain"
         print(f"{program}: error: {err}", file=sys.stderr)
         return 2
+    if not args.training.progress_bar:
+        quiet_libraries()  # --progress_bar false: the libraries' bars and INFO lines too
     from modeling_mscl.training import pretrain
 
     result = pretrain(args)

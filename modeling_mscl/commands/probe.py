@@ -37,7 +37,7 @@ import torch
 
 from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLModel
 from modeling_mscl._files import write_json_atomic
-from modeling_mscl.commands._help import HelpFormatter, first_paragraph
+from modeling_mscl.commands._help import HelpFormatter, first_paragraph, quiet_libraries
 from modeling_mscl.feature_extraction_mscl import load_feature_extractor
 from modeling_mscl.probing import (
     PRESETS,
@@ -188,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the heads and crops")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars, ours or the libraries' (nor their INFO lines)",
+    )
     return parser
 
 
@@ -206,6 +210,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the probes, print their table rows and write the files asked; returns the exit status."""
     args = parse_args(argv)
+    if args.no_progress:
+        quiet_libraries()
     model, fe, name = load_encoder(args)
     name = args.name or name
     model.to(args.device).eval()

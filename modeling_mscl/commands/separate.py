@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from modeling_mscl.commands._help import HelpFormatter, first_paragraph
+from modeling_mscl.commands._help import HelpFormatter, first_paragraph, quiet_libraries
 from modeling_mscl.stems import DEFAULT_THRESHOLD
 
 
@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-proc", type=int, help="worker processes (one per GPU)")
     parser.add_argument("--no-keep-shards", action="store_true", help="delete shards at the end")
     parser.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bars, ours or the libraries' (nor their INFO lines)",
+    )  # fmt: skip
+    parser.add_argument(
         "--num-shards", type=int, default=1, help="split the job; writes OUTPUT_DIR/shard-ii-of-NN"
     )
     parser.add_argument("--shard-index", type=int, default=0, help="this job's shard, 0..N-1")
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.no_progress:
+        quiet_libraries()
 
     if args.merge or args.input is None:
         if not args.merge or args.input is not None:
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         num_shards=args.num_shards,
         shard_index=args.shard_index,
         feature_extractor=fe,
+        progress=not args.no_progress,
     )
     print(chunks)
     _print_report(out)

@@ -16,11 +16,11 @@ from torch import nn
 
 from ..audio_io import audio_column, load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
+from ..modeling_mscl import eval_mode
 from .embeddings import (
     WindowEmbeddings,
     _encode,
     _encoder_of,
-    _EvalMode,
     recalibrate_batch_norm,
     window_features,
 )
@@ -165,7 +165,7 @@ class ProbeHook:
         if self.recalibrate_bn:
             windows = self.calibration_windows(encoder.config.num_mel_bins)
             encoder = recalibrate_batch_norm(encoder, windows, self.batch_size)
-        with _EvalMode(encoder):
+        with eval_mode(encoder):
             embedded = {}
             for key, (windows, counts) in self._windows.items():
                 feats = _encode(encoder, windows, self.batch_size).numpy()

@@ -35,12 +35,12 @@ from torch import nn
 from .._files import atomic_path
 from ..audio_io import load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
+from ..modeling_mscl import eval_mode
 from .embeddings import (
     WindowEmbeddings,
     _audio_fingerprint,
     _encode,
     _encoder_of,
-    _EvalMode,
     _progress,
     _save_npy_atomic,
     clip_log_mel,
@@ -282,7 +282,7 @@ class FreshCrops:
         """Embeddings `(chunks, dim)` of every chunk's crop at ``offsets``."""
         n = self.chunks.num_chunks
         out = np.empty((n, self.encoder.config.encoder_hidden_size), np.float32)
-        with _EvalMode(self.encoder):
+        with eval_mode(self.encoder):
             for i in range(0, n, self.batch_size):
                 rows = np.arange(i, min(i + self.batch_size, n))
                 crops = self.chunks.crops(rows, offsets[rows])
