@@ -640,5 +640,8 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
         f"minibatch, steps {run.start_step} -> {t.max_steps}"
     )
     accelerator.init_trackers("pretrain", config=_tracker_config(args))
+    if run.start_step == 0 and accelerator.is_main_process:
+        # A fresh run's history starts empty (a resumed one appends after its checkpoint).
+        (run.out_dir / HISTORY_FILE).unlink(missing_ok=True)
     train_loop(run, dataset, loader)
     return finish(run)

@@ -659,3 +659,17 @@ def test_a_32_mel_chunk_set_trains_a_32_mel_model_and_leaves_its_history(tmp_pat
     pytest.importorskip("matplotlib")
     assert cli.main(["plot", str(out), "--out", str(tmp_path / "loss.png")]) == 0
     assert "train/loss" in capsys.readouterr().out
+
+
+def test_a_fresh_run_starts_its_history_anew_and_a_resume_appends(data_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "history.jsonl").write_text('{"step": 99, "train/loss": 7.0}\n')  # a failed try
+    pretrain(tiny_argv(data_dir, out, "--max_steps", "2", "--log_every", "1",
+                       "--lr_schedule", "constant"))  # fmt: skip
+    steps = [json.loads(line)["step"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert 99 not in steps and steps[-1] == 2
+    pretrain(tiny_argv(data_dir, out, "--max_steps", "3", "--log_every", "1",
+                       "--lr_schedule", "constant", "--resume", "true"))  # fmt: skip
+    steps = [json.loads(line)["step"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3 and 1 in steps
