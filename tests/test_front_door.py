@@ -178,7 +178,7 @@ def test_no_progress_quiets_the_libraries_too():
     import datasets
     from transformers.utils import logging as transformers_logging
 
-    from modeling_mscl.commands._help import quiet_libraries
+    from modeling_mscl._help import quiet_libraries
 
     before = transformers_logging.get_verbosity(), logging.getLogger("accelerate").level
     try:

@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 
-from modeling_mscl.commands._help import HelpFormatter, plain_text
+from modeling_mscl._help import HelpFormatter, plain_text
 
 
 def build_parser() -> argparse.ArgumentParser:

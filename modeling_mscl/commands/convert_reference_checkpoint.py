@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from modeling_mscl.commands._help import HelpFormatter, first_paragraph
+from modeling_mscl._help import HelpFormatter, first_paragraph
 
 _SOURCES = ("vocals", "drums", "bass", "other")
 

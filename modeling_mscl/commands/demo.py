@@ -9,7 +9,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from modeling_mscl.commands._help import first_paragraph
+from modeling_mscl._help import first_paragraph
 from modeling_mscl.demo import DemoSettings, run_demo
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modeling_mscl.commands._help import HelpFormatter, first_paragraph
+from modeling_mscl._help import HelpFormatter, first_paragraph
 
 __all__ = ["HISTORY_FILE", "build_parser", "default_metrics", "main", "parse_run", "read_run"]
 

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from modeling_mscl.commands._help import quiet_libraries
+from modeling_mscl._help import quiet_libraries
 from modeling_mscl.training_args import argument_parser, parse_args
 
 

@@ -37,7 +37,7 @@ import torch
 
 from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLModel
 from modeling_mscl._files import write_json_atomic
-from modeling_mscl.commands._help import HelpFormatter, first_paragraph, quiet_libraries
+from modeling_mscl._help import HelpFormatter, first_paragraph, quiet_libraries
 from modeling_mscl.feature_extraction_mscl import load_feature_extractor
 from modeling_mscl.probing import (
     PRESETS,

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from modeling_mscl.commands._help import HelpFormatter, first_paragraph
+from modeling_mscl._help import HelpFormatter, first_paragraph
 
 if TYPE_CHECKING:
     from modeling_mscl.hub import PushResult

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from modeling_mscl.commands._help import HelpFormatter, first_paragraph, quiet_libraries
+from modeling_mscl._help import HelpFormatter, first_paragraph, quiet_libraries
 from modeling_mscl.stems import DEFAULT_THRESHOLD
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from modeling_mscl import MSCLConfig
-from modeling_mscl.commands._help import HelpFormatter, plain_text
+from modeling_mscl._help import HelpFormatter, plain_text
 from modeling_mscl.probing.retrieval import (
     BN_REGIMES,
     load_pretraining_model,

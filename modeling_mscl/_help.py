@@ -1,4 +1,5 @@
-"""What every command's help has in common: each option's default after its help."""
+"""What the `mscl` commands share: help that shows each option's default, plain-text
+descriptions, and quiet libraries for `--no-progress`."""
 
 from __future__ import annotations
 
