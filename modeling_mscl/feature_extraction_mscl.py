@@ -366,11 +366,11 @@ def frame_windows(
     `(batch, frames, bins)` features.
 
     The one place windows are cut: the extractor's `return_windows=True` (clip by clip, no
-    overlap), the probes and the windowed classifier all call it. Returns `(windows (batch
-    * n, window, bins), clip_index (batch * n,), real)`: frames after the last whole window
-    are dropped. With an ``attention_mask``,
-    ``real`` `(batch * n,)` marks the windows that hold at least one real frame (a clip's
-    first window always counts); without one it is `None`.
+    overlap), the probes and the windowed classifier all call it. Returns `(windows
+    (batch * n, window, bins), clip_index (batch * n,), real)`: frames after the last whole
+    window are dropped. With an ``attention_mask``, ``real`` `(batch * n,)` marks the
+    windows that hold at least one real frame (a clip's first window always counts);
+    without one it is `None`.
     """
     batch, frames, bins = features.shape
     hop = window if hop is None else hop
