@@ -22,13 +22,29 @@ from typing import Any
 
 from modeling_mscl._help import HelpFormatter, first_paragraph
 
-__all__ = ["HISTORY_FILE", "build_parser", "default_metrics", "main", "parse_run", "read_run"]
+__all__ = [
+    "HISTORY_FILE",
+    "build_parser",
+    "default_metrics",
+    "main",
+    "parse_run",
+    "read_run",
+]
 
 HISTORY_FILE = "history.jsonl"  # what pre-training writes, one line per logged step
 PROBES_FILE = "probes.jsonl"
 # History keys drawn by default: the losses (probe scores come from probes.jsonl, whose
 # records the history repeats under probe/...).
 _HISTORY_DRAWN = ("train/loss", "val/loss")
+
+
+def __getattr__(name: str) -> Any:
+    # The drawing functions, re-exported as before, load matplotlib's side on first use.
+    if name in ("metric_names", "plot_convergence"):
+        from modeling_mscl.probing import plot
+
+        return getattr(plot, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_run(spec: str) -> tuple[str, Path]:
