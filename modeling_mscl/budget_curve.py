@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +81,12 @@ class BudgetCurveSettings:
     score_only: bool = setting(
         "score the checkpoints the runs have saved so far, without training", False
     )
-    objectives: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {
+    objectives: dict[str, dict[str, Any]] = setting(
+        "the runs compared: name -> the pre-training keys it sets (from Python)",
+        factory=lambda: {
             "COLA": {"objective": "cola"},
             "MSCL": {"objective": "mscl", "absent_sources": True},
-        }
+        },
     )
 
 
