@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from modeling_mscl._help import HelpFormatter, first_paragraph
+from modeling_mscl._help import HelpFormatter, first_paragraph, quiet_libraries
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHARD_DIR",
         help="merge these finished slices into OUT (no INPUT, no model)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bars, ours or the libraries' (nor their INFO lines)",
+    )  # fmt: skip
     return parser
 
 
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.no_progress:
+        quiet_libraries()
 
     started = time.perf_counter()
     if args.merge or args.input is None:
