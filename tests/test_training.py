@@ -662,8 +662,9 @@ def test_a_32_mel_chunk_set_trains_a_32_mel_model_and_leaves_its_history(tmp_pat
 
 
 def test_a_fresh_run_starts_its_history_anew_and_a_resume_appends(data_dir, tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
+    from modeling_mscl.checkpoints import claim_output_dir
+
+    out = claim_output_dir(tmp_path / "run", resume=False)  # a run folder of the package
     (out / "history.jsonl").write_text('{"step": 99, "train/loss": 7.0}\n')  # a failed try
     pretrain(tiny_argv(data_dir, out, "--max_steps", "2", "--log_every", "1",
                        "--lr_schedule", "constant"))  # fmt: skip
