@@ -73,7 +73,7 @@ def export_onnx(
     output.parent.mkdir(parents=True, exist_ok=True)
     with eval_mode(model), torch.no_grad():
         program = torch.onnx.export(
-            _Features(model),
+            _Features(model).eval(),  # the wrapper too: the exporter warns otherwise
             (example,),
             dynamo=True,
             input_names=list(ONNX_INPUTS),
