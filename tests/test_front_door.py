@@ -53,6 +53,25 @@ def test_a_bare_import_still_registers_the_models():
     assert done.stdout.split() == ["MSCLModel", "MSCLForAudioClassification", "MSCLModel"]
 
 
+# Commands whose `--help` must not wait for the heavy libraries. Not yet: probe and
+# retrieval (their choices come from the probing presets), pretrain, plot, push, convert
+# (their modules still import datasets or accelerate on the way).
+LIGHT_HELP = ("separate", "verify", "embed", "search", "export-onnx")
+
+
+def test_the_help_of_the_light_commands_leaves_the_heavy_dependencies_unloaded():
+    done = _python(
+        "import contextlib, io, sys\n"
+        "from modeling_mscl import cli\n"
+        f"for name in {LIGHT_HELP!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        cli.main([name, '--help'])\n"
+        f"print([m for m in {HEAVY!r} + ('modeling_mscl.modeling_mscl',) if m in sys.modules])"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def _parsers():
     for name, module in cli.COMMANDS.items():
         command = importlib.import_module(f"modeling_mscl.commands.{module}")

@@ -72,11 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Embed the input named in ``argv``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # torch, datasets and the model only now: `--help` stays fast.
     from modeling_mscl.library import embed_library, merge_libraries
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     if args.no_progress:
         quiet_libraries()
 

@@ -40,9 +40,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Export the encoder named in ``argv``; returns the exit status."""
-    from modeling_mscl.onnx_export import export_onnx  # torch only now: `--help` stays fast
-
     args = parse_args(argv)
+    from modeling_mscl.onnx_export import export_onnx  # only now: `--help` stays fast
+
     out = export_onnx(args.encoder_dir, args.output, args.window_frames, args.opset)
     print(f"Exported {args.encoder_dir} -> {out}")
     return 0

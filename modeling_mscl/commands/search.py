@@ -36,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the neighbours of the query named in ``argv``; returns the exit status."""
+    args = build_parser().parse_args(argv)
     # torch, datasets and the model only now: `--help` stays fast.
     from modeling_mscl.library import iter_hits, search
 
-    args = build_parser().parse_args(argv)
     hits = search(
         args.library, args.query, k=args.k, model=args.model, device=args.device, index=args.index
     )

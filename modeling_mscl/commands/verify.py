@@ -42,11 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Verify the chunk sets named in ``argv``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # datasets and pyarrow only now: `--help` stays fast.
     from modeling_mscl.chunk_set import add_manifest, verify_chunk_set
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     status = 0
     for folder in args.folders:
         try:
