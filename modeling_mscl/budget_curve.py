@@ -19,14 +19,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._files import write_json_atomic
-from .demo import _CONFIG, _done, _step, offline_tasks, prepare_offline_data, probe_encoders
+from .demo import (
+    _CONFIG,
+    _done,
+    _step,
+    offline_tasks,
+    prepare_offline_data,
+    probe_encoders,
+    setting,
+)
 from .demo_check import EXPECTED_FILE, expected_from_scores
 
 __all__ = ["BudgetCurveSettings", "checkpoint_model", "run_budget_curve"]
@@ -44,36 +52,42 @@ CURVE_METRICS = (
 class BudgetCurveSettings:
     """What the budget curve does; the defaults are the demo's corpus, config and runs."""
 
-    workdir: str = "outputs/budget"
-    config: str = str(_CONFIG)
-    num_songs: int = 200
-    seconds: float = 30.0
-    corpus_seed: int = 0
+    workdir: str = setting("folder of every step's output (re-runs resume there)", "outputs/budget")
+    config: str = setting("pre-training config (YAML) the runs start from", str(_CONFIG))
+    num_songs: int = setting("songs of the offline corpus", 200)
+    seconds: float = setting("length of each song in seconds", 30.0)
+    corpus_seed: int = setting("seed of the corpus", 0)
     # The demo's runs (same steps, schedule and convergence probes), one per objective and
     # seed, probed at every budget on the way; seed 0 is the demo's own run.
-    max_steps: int = 1200
-    budgets: list[int] = field(default_factory=lambda: [150, 300, 600, 1200])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    max_steps: int = setting("pre-training steps of each run (the demo's)", 1200)
+    budgets: list[int] = setting(
+        "steps at which each run's checkpoint is probed", factory=lambda: [150, 300, 600, 1200]
+    )
+    seeds: list[int] = setting(
+        "seeds of the runs (seed 0 is the demo's)", factory=lambda: [0, 1, 2]
+    )
     # Longer runs (their own schedule: the rate halves half-way), probed at their end.
-    long_steps: int = 2400
-    long_seeds: list[int] = field(default_factory=lambda: [0, 1])
-    probe_every: int = 300
-    probe_windows: int = 8
+    long_steps: int = setting("steps of the longer runs, probed at their end", 2400)
+    long_seeds: list[int] = setting("seeds of the longer runs", factory=lambda: [0, 1])
+    probe_every: int = setting("steps between the cheap convergence probes", 300)
+    probe_windows: int = setting("windows per clip for the probe heads (evenly spaced)", 8)
     # Head seeds per (checkpoint, task): the embeddings are cached, so each costs a head.
-    probe_seeds: int = 3
-    # Clips per split of each probe (None: all).
-    max_clips: int | None = None
-    # Only rebuild the table, the figure and the ranges from results.json (no training).
-    report_only: bool = False
-    # Score the checkpoints the runs have saved so far, without training (a job cut short).
-    score_only: bool = False
-    # Score the two baselines (each seed) as well.
-    baselines: bool = True
-    objectives: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {
+    probe_seeds: int = setting("probe head seeds per checkpoint and task", 3)
+    max_clips: int | None = setting("clips per split of each probe (unset: all)")
+    report_only: bool = setting(
+        "only rebuild the table, the figure and the ranges from results.json (no training)",
+        False,
+    )
+    score_only: bool = setting(
+        "score the checkpoints the runs have saved so far, without training", False
+    )
+    baselines: bool = setting("score the two baselines (each seed) as well", True)
+    objectives: dict[str, dict[str, Any]] = setting(
+        "the runs compared: name -> the pre-training keys it sets (from Python)",
+        factory=lambda: {
             "COLA": {"objective": "cola"},
             "MSCL": {"objective": "mscl", "absent_sources": True},
-        }
+        },
     )
 
 

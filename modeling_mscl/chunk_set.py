@@ -63,7 +63,7 @@ from .data_checks import (
     log_mel_range,
     rows_in_range,
 )
-from .feature_extraction_mscl import MSCLFeatureExtractor
+from .feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
 from .stems import SOURCES
 
 __all__ = [
@@ -101,8 +101,7 @@ MIXTURE = "mixture"
 SPECTROGRAM_COLUMNS = (MIXTURE, *SOURCES)
 CHUNK_COLUMNS = ("track_id", "chunk_index", *SPECTROGRAM_COLUMNS, "present")
 _REMAKE = (
-    "re-make it with modeling_mscl.chunks.prepare_chunks (or scripts/separate.py) into the "
-    "same folder"
+    "re-make it with `mscl separate` (or modeling_mscl.chunks.prepare_chunks) into the same folder"
 )
 
 
@@ -634,7 +633,7 @@ class ChunkStore:
             dataset.features, self.columns, "the chunk dataset"
         )
         self.chunk_frames, self.num_bins, self.dtype = frames, bins, dtype
-        fe = feature_extractor or MSCLFeatureExtractor(feature_size=bins)
+        fe = feature_extractor or load_feature_extractor(num_mel_bins=bins)
         _check_front_end(fe, bins, "the chunk dataset")
         self.feature_extractor = fe
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)

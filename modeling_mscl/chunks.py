@@ -41,9 +41,14 @@ from .chunk_set import (
     save_chunk_set,
 )
 from .chunk_shards import check_sharding, shard_tracks
-from .feature_extraction_mscl import MSCLFeatureExtractor, decode_audio, resample_audio
+from .feature_extraction_mscl import (
+    MSCLFeatureExtractor,
+    decode_audio,
+    load_feature_extractor,
+    resample_audio,
+)
 from .run_lock import RunLock
-from .stems import SAMPLING_RATE, SOURCES, Separator, check_separator
+from .stems import DEFAULT_THRESHOLD, SAMPLING_RATE, SOURCES, Separator, check_separator
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -53,9 +58,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# Mean absolute amplitude above which a source counts as present.
-DEFAULT_THRESHOLD = 0.01
 
 TRACK_COLUMNS = ("track_id", "audio", *SOURCES)
 # Bookkeeping columns of prepare_chunks: one record row per input track (chunk_index
@@ -174,7 +176,7 @@ class StemChunker:
         self.threshold = float(threshold)
         self.device = None if device is None else str(device)
         self.records = bool(records)
-        fe = feature_extractor or MSCLFeatureExtractor()
+        fe = load_feature_extractor(feature_extractor)
         if fe.sampling_rate != SAMPLING_RATE:
             raise ValueError(
                 f"the feature extractor works at {fe.sampling_rate} Hz; the separated stems "
@@ -533,7 +535,7 @@ def prepare_chunks(
                     f"split {name or 'data'!r}: track_id must be unique (chunks and the report "
                     f"are keyed on it); repeated: {twice[:5]}{' ...' if len(twice) > 5 else ''}"
                 )
-        fe = feature_extractor or MSCLFeatureExtractor()
+        fe = load_feature_extractor(feature_extractor)
         chunker = StemChunker(
             separator, threshold=threshold, device=device, records=True, feature_extractor=fe
         )

@@ -2,17 +2,25 @@
 
 The rest of the line goes to the command's own ``main``, so ``mscl COMMAND --help`` is that
 command's help and ``mscl pretrain ...`` is ``python -m modeling_mscl.commands.pretrain ...``.
+A mistake in the data or the arguments that a command raises (``ValueError``,
+``FileNotFoundError`` and the package's errors, which derive from them) ends in one line
+naming it; ``--debug`` anywhere on the line (or ``MSCL_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
 
-__all__ = ["COMMANDS", "main", "summary", "usage"]
+__all__ = ["COMMANDS", "USER_ERRORS", "main", "summary", "usage"]
+
+# What a command raises for a mistake a user can fix (bad data, a wrong path or value):
+# reported in one line. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 # Command name -> module of modeling_mscl.commands, in the order of a run: data, training,
 # evaluation, sharing, then the two end-to-end jobs.
@@ -57,7 +65,8 @@ def usage() -> str:
         "commands:",
         *(f"  {name:<{width}}  {summary(name)}" for name in COMMANDS),
         "",
-        "`mscl COMMAND --help` describes a command's arguments. Pre-training in several",
+        "`mscl COMMAND --help` describes a command's arguments; `--debug` shows the",
+        "traceback of an error instead of its one line. Pre-training in several",
         "processes: accelerate launch -m modeling_mscl.commands.pretrain --config paper ...",
     ]
     return "\n".join(lines)
@@ -66,6 +75,8 @@ def usage() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mscl`` on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MSCL_DEBUG", "") not in ("", "0")
+    args = [arg for arg in args if arg != "--debug"]
     if not args or args[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
@@ -82,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.argv = [f"mscl {name}", *rest]
     try:
         return command.main(rest)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"mscl {name}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 1
     finally:
         sys.argv = called_as
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -90,6 +91,19 @@ def _registered_by_package(task: Any, declaration: Any) -> bool:
         and impl.__name__ == name
         and impl.__module__ == _PACKAGE_MODELING_MODULE
     )
+
+
+# Set by the modeling_mscl package, which registers its model classes with the Auto classes
+# when the first config is built rather than at import (the model classes are the slow part
+# of the import). None where this file runs as a Hub folder's remote code.
+on_first_config: Callable[[], None] | None = None
+
+
+def _first_config_built() -> None:
+    global on_first_config
+    hook, on_first_config = on_first_config, None
+    if hook is not None:
+        hook()
 
 
 class MSCLConfig(PretrainedConfig):
@@ -242,6 +256,7 @@ class MSCLConfig(PretrainedConfig):
             )
         self._check()
         super().__init__(**kwargs)
+        _first_config_built()
 
     def _check(self) -> None:
         """Raise ``ValueError`` naming the first invalid value and what the field accepts.

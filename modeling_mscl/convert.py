@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .configuration_mscl import MSCLConfig, round_repeats
-from .feature_extraction_mscl import MSCLFeatureExtractor
+from .feature_extraction_mscl import load_feature_extractor
 from .modeling_mscl import MSCLForPreTraining
 
 __all__ = [
@@ -54,7 +54,7 @@ def _import_tensorflow() -> Any:
     except ImportError as err:
         raise ImportError(
             "Converting reference checkpoints needs TensorFlow: pip install 'tensorflow-cpu==2.15.*' "
-            "(see constraints-tf.txt)"
+            "(it needs numpy<2: use an environment of its own)"
         ) from err
     return tf
 
@@ -327,7 +327,7 @@ def convert_reference_checkpoint(
     model.eval()
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
-    MSCLFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(output_dir)
+    load_feature_extractor(num_mel_bins=config.num_mel_bins).save_pretrained(output_dir)
     if sources:
         # Facts of the reference's pre-training script: MagnaTagATune, 128 pairs per
         # minibatch, Adam at 1e-3 halved half-way.

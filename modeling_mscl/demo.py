@@ -21,6 +21,7 @@ from .package_data import resource_dir
 
 __all__ = [
     "DemoSettings",
+    "check_corpus_size",
     "offline_tasks",
     "prepare_offline_data",
     "pretrain_run",
@@ -32,27 +33,35 @@ __all__ = [
 _CONFIG = resource_dir("configs") / "demo.yaml"
 
 
+def setting(text: str, default: Any = None, factory: Any = None) -> Any:
+    """A settings field with its ``--help`` text (``HfArgumentParser`` shows the default)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class DemoSettings:
     """What the demo does; with the set-up, the defaults fit in 15 minutes on 2 CPU cores."""
 
-    workdir: str = "outputs/demo"
-    config: str = str(_CONFIG)
-    num_songs: int = 200
-    seconds: float = 30.0
-    max_steps: int = 1200
-    probe_every: int = 300
-    seed: int = 0
+    workdir: str = setting("folder of every step's output (re-runs resume there)", "outputs/demo")
+    config: str = setting("pre-training config (YAML) both objectives start from", str(_CONFIG))
+    num_songs: int = setting("songs of the offline corpus", 200)
+    seconds: float = setting("length of each song in seconds", 30.0)
+    max_steps: int = setting("pre-training steps of each objective", 1200)
+    probe_every: int = setting("steps between the cheap convergence probes", 300)
+    seed: int = setting("seed of the corpus, the runs and the probes", 0)
     # Probe budget: windows per clip for training / testing the heads (evenly spaced).
-    probe_windows: int = 8
+    probe_windows: int = setting("windows per clip for the probe heads (evenly spaced)", 8)
     # Head seeds per (encoder, task): the embeddings are cached, so each costs a head only.
-    probe_seeds: int = 3
+    probe_seeds: int = setting("head seeds per encoder and task (embeddings cached)", 3)
     # Each objective's arguments on top of the config (PretrainingArguments keys).
-    objectives: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {
+    objectives: dict[str, dict[str, Any]] = setting(
+        "each run's pretrain arguments on top of --config (JSON: name -> {key: value})",
+        factory=lambda: {
             "COLA": {"objective": "cola"},
             "MSCL": {"objective": "mscl", "absent_sources": True},
-        }
+        },
     )
 
 
@@ -63,6 +72,23 @@ def _step(title: str) -> float:
 
 def _done(start: float) -> None:
     print(f"    done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def check_corpus_size(num_songs: int, seconds: float, seed: int) -> None:
+    """Refuse, before anything is built, a corpus whose songs leave a split empty: the
+    probes train on the train split, stop early on validation and score the test split."""
+    from .corpora.song_plans import load_recipe, plan_songs
+
+    recipe = load_recipe()
+    splits = {plan.split for plan in plan_songs(recipe, num_songs, seconds, seed)}
+    missing = [name for name in ("train", "validation", "test") if name not in splits]
+    if missing:
+        # Splits are drawn within each style: 3 songs a style give every split one.
+        raise ValueError(
+            f"num_songs={num_songs} leaves the {' and '.join(missing)} split(s) of the corpus "
+            f"empty: the {len(recipe.styles)} styles are split 80/10/10 each, so give "
+            f"--num_songs {3 * len(recipe.styles)} or more"
+        )
 
 
 def prepare_offline_data(work: Path, num_songs: int, seconds: float, seed: int) -> tuple:
@@ -76,6 +102,7 @@ def prepare_offline_data(work: Path, num_songs: int, seconds: float, seed: int) 
     from .corpora.synthetic import build_default_corpus
     from .stems import OracleSeparator
 
+    check_corpus_size(num_songs, seconds, seed)
     t = _step(f"offline corpus: {num_songs} songs x {seconds:.0f} s + note set")
     build_default_corpus(work / "corpus", num_songs=num_songs, seconds=seconds, seed=seed)
     songs = load_from_disk(str(work / "corpus" / "songs"))

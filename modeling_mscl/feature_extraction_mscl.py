@@ -47,7 +47,9 @@ __all__ = [
     "audio_name",
     "channel_axis",
     "decode_audio",
+    "frame_windows",
     "is_audio_item",
+    "load_feature_extractor",
     "resample_audio",
     "resampled_length",
 ]
@@ -358,6 +360,38 @@ def decode_audio(
     if sampling_rate is not None and rate != sampling_rate:
         data, rate = resample_audio(data, rate, sampling_rate), int(sampling_rate)
     return np.ascontiguousarray(data, dtype=np.float32), int(rate)
+
+
+def frame_windows(
+    features: torch.Tensor,
+    window: int,
+    attention_mask: torch.Tensor | None = None,
+    hop: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Windows of ``window`` frames every ``hop`` frames (default: ``window``, no overlap) of
+    `(batch, frames, bins)` features.
+
+    The one place windows are cut: the extractor's `return_windows=True` (clip by clip, no
+    overlap), the probes and the windowed classifier all call it. Returns `(windows
+    (batch * n, window, bins), clip_index (batch * n,), real)`: frames after the last whole
+    window are dropped. With an ``attention_mask``, ``real`` `(batch * n,)` marks the
+    windows that hold at least one real frame (a clip's first window always counts);
+    without one it is `None`.
+    """
+    batch, frames, bins = features.shape
+    hop = window if hop is None else hop
+    if frames < window or hop < 1:
+        raise ValueError(f"cannot cut {frames} frames into windows of {window} every {hop}")
+    windows = features.unfold(1, window, hop)  # (batch, n, bins, window): a view
+    num = windows.shape[1]
+    windows = windows.transpose(2, 3).reshape(batch * num, window, bins)
+    clip_index = torch.arange(batch, device=features.device).repeat_interleave(num)
+    real = None
+    if attention_mask is not None:
+        real = attention_mask.bool().unfold(1, window, hop).any(-1)
+        real[:, 0] = True
+        real = real.flatten()
+    return windows, clip_index, real
 
 
 def _check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
@@ -778,6 +812,16 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
                 features[i] = batch_features[row]
         return features  # type: ignore[return-value]
 
+    def clip_features(self, clip: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Log-mel frames `(frames, feature_size)` of one 1-D mono clip at `sampling_rate`,
+        as `__call__` computes them (zero-padded to at least one window), as a tensor."""
+        clip = torch.as_tensor(clip)
+        if clip.ndim != 1:
+            raise ValueError(f"`clip` must be 1-D (samples,), got shape {tuple(clip.shape)}.")
+        if not clip.is_floating_point():
+            clip = clip.float()
+        return self._features_torch([clip])[0]
+
     # ------------------------------------------------------------------ call
 
     def __call__(
@@ -911,22 +955,15 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
 
     def _windows_output(self, features: list[Any], return_tensors: str | None) -> BatchFeature:
         windows, clip_index = [], []
+        from_numpy = not torch.is_tensor(features[0])
         for i, feats in enumerate(features):
-            count = feats.shape[0] // self.window_frames
-            windows.append(
-                feats[: count * self.window_frames].reshape(
-                    count, self.window_frames, self.feature_size
-                )
-            )
-            clip_index.extend([i] * count)
-        if torch.is_tensor(windows[0]):
-            stacked: Any = torch.cat(windows)
-            if return_tensors != "pt":
-                stacked = stacked.cpu().numpy()
-        else:
-            stacked = np.concatenate(windows)
-            if return_tensors == "pt":
-                stacked = torch.from_numpy(stacked)
+            feats = torch.from_numpy(feats) if from_numpy else feats
+            clip_windows = frame_windows(feats[None], self.window_frames)[0]
+            windows.append(clip_windows)
+            clip_index.extend([i] * len(clip_windows))
+        stacked: Any = torch.cat(windows)
+        if return_tensors != "pt":
+            stacked = stacked.cpu().numpy()
         if return_tensors == "pt":
             index: Any = torch.tensor(clip_index, dtype=torch.int64, device=stacked.device)
         elif return_tensors == "np":
@@ -1014,3 +1051,34 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         if return_attention_mask:
             data["attention_mask"] = mask_values
         return BatchFeature(data)
+
+
+def load_feature_extractor(
+    source: MSCLFeatureExtractor | str | os.PathLike | None = None,
+    num_mel_bins: int | None = None,
+    missing_ok: bool = False,
+) -> MSCLFeatureExtractor:
+    """The front end of a model, a chunk set or a command, found one way everywhere.
+
+    ``source`` is an extractor (returned as it is), a folder or Hub id holding
+    ``preprocessor_config.json``, or ``None`` for the default front end with
+    ``num_mel_bins`` mel bands (64 when that is ``None`` too). With ``missing_ok``, a
+    ``source`` that holds no front end also gives the default one (a model folder saved
+    without its extractor). When ``num_mel_bins`` is given (a config's), an extractor with
+    another number of bands is refused: it belongs to another model.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            source = MSCLFeatureExtractor.from_pretrained(os.fspath(source))
+        except OSError:  # no preprocessor_config.json there (or offline)
+            if not missing_ok:
+                raise
+            source = None
+    if source is None:
+        return MSCLFeatureExtractor(feature_size=64 if num_mel_bins is None else num_mel_bins)
+    if num_mel_bins is not None and source.feature_size != num_mel_bins:
+        raise ValueError(
+            f"the feature extractor makes {source.feature_size} mel bins but the model takes "
+            f"{num_mel_bins} (config.num_mel_bins): they belong to different models"
+        )
+    return source

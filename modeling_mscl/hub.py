@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from .configuration_mscl import MSCLConfig
-from .feature_extraction_mscl import MSCLFeatureExtractor
+from .feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
 from .modeling_mscl import (
     MSCLForAudioClassification,
     MSCLForPreTraining,
@@ -557,7 +557,7 @@ def _upload_files(folder: Path, kind: str) -> dict[str, bytes | Path]:
         fe = json.loads(fe_path.read_text())
     else:
         logger.warning("%s has no preprocessor_config.json; pushing the default one", folder)
-        extractor = MSCLFeatureExtractor(feature_size=config.get("num_mel_bins", 64))
+        extractor = load_feature_extractor(num_mel_bins=config.get("num_mel_bins"))
         fe = json.loads(extractor.to_json_string())
     files["preprocessor_config.json"] = _json_bytes(
         {**fe, "auto_map": {**(fe.get("auto_map") or {}), **_FE_AUTO_MAP}}

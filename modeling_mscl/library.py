@@ -56,7 +56,7 @@ from .feature_extraction_mscl import (
     decode_audio,
     resample_audio,
 )
-from .modeling_mscl import MSCLModel, encode_windows, pool_windows
+from .modeling_mscl import MSCLModel, encode_windows, eval_mode, pool_windows
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -665,7 +665,7 @@ def embed_library(
     model, model_source = _load_model(model)
     fe = model._saved_feature_extractor()
     job = _job_record(model, fe, model_source, output, dtype, windows, "")
-    model = model.to(device=run.device or model.device, dtype=dtype).eval()
+    model = model.to(device=run.device or model.device, dtype=dtype)
     inputs = list_inputs(source, audio_column, split, id_column)
     job["key"] = inputs.key_name
 
@@ -689,18 +689,19 @@ def embed_library(
     done = _done_keys(folder)
     todo = [i for i in order if inputs.keys[i] not in done]
     run.barrier()  # every process has read the shards before any writes new ones
-    _embed_files(
-        model,
-        fe,
-        inputs,
-        todo[run.rank :: run.world],
-        folder,
-        job,
-        batch_size,
-        num_workers,
-        shard_size,
-        progress and run.rank == 0,
-    )
+    with eval_mode(model):  # a model passed in gets its own mode back
+        _embed_files(
+            model,
+            fe,
+            inputs,
+            todo[run.rank :: run.world],
+            folder,
+            job,
+            batch_size,
+            num_workers,
+            shard_size,
+            progress and run.rank == 0,
+        )
     run.barrier()
     result = None
     if run.rank == 0:

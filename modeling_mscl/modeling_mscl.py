@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,13 @@ from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
 from .configuration_mscl import MSCLConfig, round_filters, round_repeats
-from .feature_extraction_mscl import MSCLFeatureExtractor, audio_name, decode_audio
+from .feature_extraction_mscl import (
+    MSCLFeatureExtractor,
+    audio_name,
+    decode_audio,
+    frame_windows,
+    load_feature_extractor,
+)
 
 logger = hf_logging.get_logger(__name__)
 
@@ -45,6 +52,7 @@ __all__ = [
     "ProcessGather",
     "aggregate_window_logits",
     "build_classifier_head",
+    "eval_mode",
     "count_keras_weights",
     "custom_pipelines",
     "encode_windows",
@@ -806,13 +814,8 @@ class MSCLModel(MSCLPreTrainedModel):
     def _saved_feature_extractor(self) -> MSCLFeatureExtractor:
         """The front end saved with this model (`preprocessor_config.json` in the folder or
         Hub repo it was loaded from), else the default one for its number of mel bins."""
-        source = getattr(self.config, "_name_or_path", "") or ""
-        if source:
-            try:
-                return MSCLFeatureExtractor.from_pretrained(source)
-            except OSError:  # no preprocessor_config.json there (or offline)
-                pass
-        return MSCLFeatureExtractor(feature_size=self.config.num_mel_bins)
+        source = getattr(self.config, "_name_or_path", "") or None
+        return load_feature_extractor(source, self.config.num_mel_bins, missing_ok=True)
 
     @torch.no_grad()
     def embed_audio(
@@ -835,12 +838,7 @@ class MSCLModel(MSCLPreTrainedModel):
         `"pooler_output"` (1280-d, the downstream feature) or `"audio_embeds"` (512-d).
         """
         fe = feature_extractor or self._saved_feature_extractor()
-        if fe.feature_size != self.config.num_mel_bins:
-            raise ValueError(
-                f"the feature extractor makes {fe.feature_size} mel bins but the model takes "
-                f"{self.config.num_mel_bins} (config.num_mel_bins): they belong to different "
-                "models"
-            )
+        fe = load_feature_extractor(fe, self.config.num_mel_bins)
         windows = fe(
             audio,
             sampling_rate=sampling_rate,
@@ -863,52 +861,20 @@ class MSCLModel(MSCLPreTrainedModel):
         """``output`` (`"pooler_output"` or `"audio_embeds"`) of log-mel windows `(n, frames,
         mel)`, float32 on the model's device: in eval mode, ``batch_size`` windows at a time
         (:func:`encode_windows`)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return encode_windows(self, windows, batch_size, output)
-        finally:
-            self.train(was_training)
 
 
 # ------------------------------------------------------------ long audio: windows to clips
 # How audio longer than one window is run, in one place for the models, the pipelines and
-# the package's probes, apart from the model classes: the feature extractor cuts waveforms into windows (`return_windows=True`) and `frame_windows` cuts
-# features already computed; `map_windows` runs the windows through a model a batch at a
-# time, so memory stays bounded whatever the length; `pool_windows` and
-# `aggregate_window_logits` turn window rows into clip rows.
+# the package's probes, apart from the model classes. Windows are cut in one place,
+# `frame_windows` of the feature extractor's module: `return_windows=True` (embed_audio,
+# the embedding pipeline), the probes' `window_features` and the classifier's windows all
+# call it. `map_windows` runs the windows through a model a batch at a time, so memory
+# stays bounded whatever the length; `pool_windows` and `aggregate_window_logits` turn
+# window rows into clip rows.
 
 _WINDOW_OUTPUTS = ("pooler_output", "audio_embeds")
-
-
-def frame_windows(
-    features: torch.Tensor,
-    window: int,
-    attention_mask: torch.Tensor | None = None,
-    hop: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Windows of ``window`` frames every ``hop`` frames (default: ``window``, no overlap) of
-    `(batch, frames, bins)` features.
-
-    Returns `(windows (batch * n, window, bins), clip_index (batch * n,), real)`: frames
-    after the last whole window are dropped, as in the probes. With an ``attention_mask``,
-    ``real`` `(batch * n,)` marks the windows that hold at least one real frame (a clip's
-    first window always counts); without one it is `None`.
-    """
-    batch, frames, bins = features.shape
-    hop = window if hop is None else hop
-    if frames < window or hop < 1:
-        raise ValueError(f"cannot cut {frames} frames into windows of {window} every {hop}")
-    windows = features.unfold(1, window, hop)  # (batch, n, bins, window): a view
-    num = windows.shape[1]
-    windows = windows.transpose(2, 3).reshape(batch * num, window, bins)
-    clip_index = torch.arange(batch, device=features.device).repeat_interleave(num)
-    real = None
-    if attention_mask is not None:
-        real = attention_mask.bool().unfold(1, window, hop).any(-1)
-        real[:, 0] = True
-        real = real.flatten()
-    return windows, clip_index, real
 
 
 def map_windows(
@@ -918,6 +884,18 @@ def map_windows(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return torch.cat([fn(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)])
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Any:
+    """``with eval_mode(model):`` runs the block with ``model`` in eval mode (batch norm
+    frozen, no dropout) and gives it back its previous mode afterwards, even on an error."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @torch.no_grad()
@@ -1447,9 +1425,18 @@ def custom_pipelines(architecture: str) -> dict[str, dict[str, Any]]:
 
 def _waveform(inputs: Any, feature_extractor: MSCLFeatureExtractor) -> np.ndarray:
     """One pipeline input as a mono waveform at the extractor's rate: a bare array or tensor
-    is taken to be at that rate (as transformers' pipelines do), anything else is decoded."""
+    is taken to be at that rate (as transformers' pipelines do), with a warning since nothing
+    says so; anything else is decoded."""
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
-        inputs = {"array": inputs, "sampling_rate": feature_extractor.sampling_rate}
+        rate = feature_extractor.sampling_rate
+        warnings.warn(
+            f"a bare array has no sampling rate: it is read as {rate} Hz audio. Pass "
+            f"{{'array': audio, 'sampling_rate': rate}} (or a file) so audio at another rate "
+            "is not silently misread.",
+            UserWarning,
+            stacklevel=2,
+        )
+        inputs = {"array": inputs, "sampling_rate": rate}
     wave = decode_audio(inputs, feature_extractor.sampling_rate)[0]
     _warn_if_empty(wave, feature_extractor, audio_name(inputs))
     return wave

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._files import atomic_path
-from .modeling_mscl import MSCLModel
+from .modeling_mscl import MSCLModel, eval_mode
 
 __all__ = ["ONNX_INPUTS", "ONNX_OUTPUTS", "export_onnx"]
 
@@ -68,27 +68,22 @@ def export_onnx(
         raise ValueError(
             f"window_frames must be >= 32 (the encoder halves time 5 times), got {window_frames}"
         )
-    was_training = model.training
-    model.eval()
     example = torch.zeros(2, window_frames, model.config.num_mel_bins, dtype=model.dtype)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                _Features(model),
-                (example,),
-                dynamo=True,
-                input_names=list(ONNX_INPUTS),
-                output_names=list(ONNX_OUTPUTS),
-                dynamic_shapes={"input_features": {0: torch.export.Dim("batch")}},
-                opset_version=opset_version,
-                verbose=False,
-            )
+    with eval_mode(model), torch.no_grad():
+        program = torch.onnx.export(
+            _Features(model).eval(),  # the wrapper too: the exporter warns otherwise
+            (example,),
+            dynamo=True,
+            input_names=list(ONNX_INPUTS),
+            output_names=list(ONNX_OUTPUTS),
+            dynamic_shapes={"input_features": {0: torch.export.Dim("batch")}},
+            opset_version=opset_version,
+            verbose=False,
+        )
         with atomic_path(output) as tmp:
             # One self-contained file: the weights inside the graph (an encoder is far
             # below protobuf's 2 GB limit).
             program.save(str(tmp), external_data=False)
-    finally:
-        model.train(was_training)
     return output

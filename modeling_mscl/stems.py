@@ -37,6 +37,8 @@ __all__ = [
 SOURCES = ("vocals", "drums", "bass", "other")
 # The log-mel front end works at 16 kHz, so stems leave here at it.
 SAMPLING_RATE = 16000
+# Mean absolute amplitude above which a source counts as present in a chunk.
+DEFAULT_THRESHOLD = 0.01
 # Seconds by which an oracle stem's length may differ from its mixture's.
 STEM_LENGTH_TOLERANCE = 1.0
 # Demucs' own input scaling (demucs.api.Separator.separate_tensor): the mono reference's

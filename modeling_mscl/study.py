@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from .demo import (
     pretrain_run,
     probe_encoders,
     recalibrated_encoders,
+    setting,
 )
 
 __all__ = ["StudySettings", "first_step_reaching", "run_study", "summarise_over_seeds"]
@@ -44,30 +45,35 @@ __all__ = ["StudySettings", "first_step_reaching", "run_study", "summarise_over_
 class StudySettings:
     """What the study does; see the module docstring."""
 
-    workdir: str = "outputs/study"
-    config: str = str(_CONFIG)
+    workdir: str = setting("folder of every step's output (re-runs resume there)", "outputs/study")
+    config: str = setting("pre-training config (YAML) every run starts from", str(_CONFIG))
     # More songs than the demo: 30 test songs per song task instead of 20.
-    num_songs: int = 300
-    seconds: float = 30.0
+    num_songs: int = setting("songs of the offline corpus", 300)
+    seconds: float = setting("length of each song in seconds", 30.0)
     # The demo's per-run budget (~4 min a run on 2 cores): 12 runs fit the 90-minute budget.
-    max_steps: int = 1200
-    probe_every: int = 200
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    probe_windows: int = 8
+    max_steps: int = setting("pre-training steps of each run", 1200)
+    probe_every: int = setting("steps between the cheap convergence probes", 200)
+    seeds: list[int] = setting(
+        "seeds: every objective runs once per seed", factory=lambda: [0, 1, 2]
+    )
+    probe_windows: int = setting("windows per clip for the probe heads (evenly spaced)", 8)
     # Clips per split of each probe (None: all) and per task of the convergence probes.
-    max_clips: int | None = None
-    convergence_clips: int = 160
+    max_clips: int | None = setting("clips per split of each probe (default: all)", None)
+    convergence_clips: int = setting("clips per task of the convergence probes", 160)
     # Each objective's arguments on top of the config (PretrainingArguments keys).
-    objectives: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {
+    objectives: dict[str, dict[str, Any]] = setting(
+        "each run's pretrain arguments on top of --config (JSON: name -> {key: value})",
+        factory=lambda: {
             "COLA": {"objective": "cola"},
             "MSCL": {"objective": "mscl", "absent_sources": True},
             "MSCL drums": {"objective": "mscl", "sources": ["drums"]},
             "MSCL vocals": {"objective": "mscl", "sources": ["vocals"]},
-        }
+        },
     )
     # Retrieval is scored for these rows (and random init), each on every source.
-    retrieval_models: list[str] = field(default_factory=lambda: ["COLA", "MSCL"])
+    retrieval_models: list[str] = setting(
+        "runs whose stem retrieval is scored (with random init)", factory=lambda: ["COLA", "MSCL"]
+    )
 
 
 # Steering compares the single-source models on a rhythm task (tempo band) and on timbre

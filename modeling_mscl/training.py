@@ -40,11 +40,12 @@ it see the global one; only then does a step equal one process's step on the who
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,6 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .chunk_set import ChunkStore, load_chunk_set
-from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor
 from .losses import process_gather
 from .memory import keep_freed_memory
@@ -102,6 +102,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# The loss history of a run, one JSON object a logged step, beside its checkpoints.
+HISTORY_FILE = "history.jsonl"
+
 
 @dataclass
 class PretrainingResult:
@@ -123,10 +126,11 @@ class PretrainingResult:
 # ------------------------------------------------------------------------------ building
 
 
-def build_model(args: PretrainingArguments) -> MSCLForPreTraining:
-    """A freshly initialised :class:`MSCLForPreTraining` from the model arguments, in the
-    memory layout of ``args.training.channels_last``."""
-    model = MSCLForPreTraining(MSCLConfig(**asdict(args.model)))
+def build_model(args: PretrainingArguments, num_mel_bins: int = 64) -> MSCLForPreTraining:
+    """A freshly initialised :class:`MSCLForPreTraining` from the model arguments
+    (:meth:`~PretrainingArguments.model_config`) for log-mels of ``num_mel_bins`` bands
+    (the chunk set's), in the memory layout of ``args.training.channels_last``."""
+    model = MSCLForPreTraining(args.model_config(num_mel_bins))
     if args.training.channels_last:
         # oneDNN's (and cuDNN's) fast convolution kernels want NHWC: the weights take that
         # layout here and the activations follow. Saved files are the same either way.
@@ -146,13 +150,6 @@ def load_chunk_stores(args: PretrainingArguments) -> tuple[ChunkStore, ChunkStor
     d = args.data
     # Every file of the manifest present with its size (cheap), or every checksum.
     chunk_set = load_chunk_set(d.data_dir, verify="full" if d.verify_data else "sizes")
-    num_mel_bins = MSCLConfig(**asdict(args.model)).num_mel_bins
-    if chunk_set.feature_extractor.feature_size != num_mel_bins:
-        raise ValueError(
-            f"the chunk set {d.data_dir} holds log-mels of "
-            f"{chunk_set.feature_extractor.feature_size} mel bins (its preprocessor_config.json); "
-            f"the model takes {num_mel_bins} (num_mel_bins)"
-        )
     validation = None
     if chunk_set.splits:
         if d.train_split not in chunk_set.splits:
@@ -302,11 +299,20 @@ class _Run:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def record(self, logs: dict[str, float], at_step: int) -> None:
-        """Send ``logs`` to the trackers and keep them in the run's metrics and history."""
+        """Send ``logs`` to the trackers and keep them in the run's metrics and history.
+
+        The main process also appends them to ``history.jsonl`` in the output folder, so a
+        run without a tracker still leaves its losses for ``mscl plot``; a resumed run
+        appends, and a reader keeps the last record of a step.
+        """
         if logs:
             self.accelerator.log(logs, step=at_step)
             self.metrics.update(logs)
             self.history.append({"step": float(at_step), **logs})
+            if self.accelerator.is_main_process:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.out_dir / HISTORY_FILE, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps({"step": at_step, **logs}) + "\n")
 
 
 def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str]:
@@ -381,7 +387,8 @@ def prepare_model(run: _Run) -> None:
 
     args, accelerator, t = run.args, run.accelerator, run.args.training
     set_seed(t.seed)  # the same initial weights on every process and in every run
-    model = build_model(args)
+    # The model takes the log-mels the chunk set holds: its front end sets the mel bands.
+    model = build_model(args, run.store.feature_extractor.feature_size)
     if t.sync_batchnorm and accelerator.num_processes > 1:
         # Statistics over the global minibatch: what one process on the whole batch
         # computes (the reference trained on one GPU).
@@ -761,6 +768,9 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
             f"{t.batch_size} pairs per minibatch, steps {run.start_step} -> {t.max_steps}"
         )
         accelerator.init_trackers("pretrain", config=_tracker_config(args))
+        if run.start_step == 0 and accelerator.is_main_process:
+            # A fresh run's history starts empty (a resumed one appends after its checkpoint).
+            (run.out_dir / HISTORY_FILE).unlink(missing_ok=True)
         train_loop(run, dataset, loader)
         return finish(run)
     finally:

@@ -12,7 +12,9 @@ can be passed back as ``--config``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import inspect
 import json
 import math
 import os
@@ -26,6 +28,8 @@ from typing import Any, NoReturn
 from transformers import HfArgumentParser
 
 from ._files import atomic_write
+from .augment import SpecAugmentation
+from .configuration_mscl import MSCLConfig
 from .optim import OPTIMIZERS
 from .pairs import OBJECTIVES
 from .stems import SOURCES
@@ -95,46 +99,51 @@ class DataArguments:
     )
 
 
-@dataclass
-class AugmentArguments:
-    """The S3T augmentation of the ``s3t`` objective (ignored otherwise).
+# The augment group is SpecAugmentation's fields, defaults and documented meanings, so the
+# two cannot drift apart; only `fill_value` gets a prefix: flat keys are shared by groups.
+_AUGMENT_KEYS = {f.name: f.name for f in fields(SpecAugmentation)} | {
+    "fill_value": "augment_fill_value"
+}
 
-    Each crop of a pair gets, independently and in this order, time masks, frequency
-    masks, a frequency shift and a time warp; the defaults are the reference's values
-    (see :class:`~modeling_mscl.augment.SpecAugmentation`). Ranges are inclusive.
+
+def _documented_args(cls: type) -> dict[str, str]:
+    """``name: text`` entries of the Args section of ``cls``'s docstring, one line each."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    entries: dict[str, str] = {}
+    name = None
+    for line in section.splitlines():
+        if line.startswith("    ") and not line.startswith("        "):
+            name, _, text = line.strip().partition(":")
+            entries[name] = text.strip().replace("``", "")
+        elif line.startswith("        ") and name is not None:
+            entries[name] += " " + line.strip().replace("``", "")
+        elif line.strip() and not line.startswith(" "):
+            break
+    return entries
+
+
+def _augment_arguments() -> type:
+    hints = typing.get_type_hints(SpecAugmentation)
+    documented = _documented_args(SpecAugmentation)
+    group = dataclasses.make_dataclass(
+        "AugmentArguments",
+        [
+            (key, hints[name], _help(documented[name], getattr(SpecAugmentation, name)))
+            for name, key in _AUGMENT_KEYS.items()
+        ],
+    )
+    group.__module__ = __name__
+    group.__doc__ = """The S3T augmentation of the ``s3t`` objective (ignored otherwise): the
+    fields of :class:`~modeling_mscl.augment.SpecAugmentation` (``fill_value`` as
+    ``augment_fill_value``), with its defaults (the reference's values) and meanings.
+    Each crop of a pair gets, independently and in this order, time masks, frequency masks,
+    a frequency shift and a time warp. Ranges are inclusive.
     """
+    return group
 
-    time_mask_prob: float = _help("probability of time masks per crop (reference 0.5)", 0.5)
-    time_masks_max: int = _help("time masks per crop: uniform in 1..this (reference 9)", 9)
-    time_mask_frames_max: int = _help(
-        "time-mask width in frames: uniform in 1..this (reference 9)", 9
-    )
-    time_mask_start_max: int = _help(
-        "first frame of a time mask: uniform in 0..this (reference 86)", 86
-    )
-    freq_mask_prob: float = _help("probability of frequency masks per crop (reference 0.5)", 0.5)
-    freq_masks_max: int = _help("frequency masks per crop: uniform in 1..this (reference 4)", 4)
-    freq_mask_bins_max: int = _help(
-        "frequency-mask width in mel bins: uniform in 1..this (reference 11); the first "
-        "masked bin is uniform over all bins and a mask is clipped at the top bin",
-        11,
-    )
-    freq_shift_prob: float = _help("probability of a frequency shift per crop (reference 0.4)", 0.4)
-    freq_shift_bins_max: int = _help(
-        "frequency shift u in mel bins: uniform in 1..this, bin b takes bin b+u and the "
-        "top u bins are filled (reference 9)",
-        9,
-    )
-    time_warp_prob: float = _help("probability of a time warp per crop (reference 0.4)", 0.4)
-    time_warp_pivot_min: int = _help(
-        "smallest time-warp pivot frame tc (reference 38): output frames 0-48 read "
-        "linspace(0, tc, 49), frames 49-97 linspace(tc+1, 97, 49)",
-        38,
-    )
-    time_warp_pivot_max: int = _help("largest time-warp pivot frame tc (reference 57)", 57)
-    augment_fill_value: float = _help(
-        "log-mel value of masked cells and of bins vacated by the shift (reference 0.0)", 0.0
-    )
+
+AugmentArguments = _augment_arguments()
 
 
 @dataclass
@@ -202,7 +211,11 @@ class TrainingArguments:
     log_every: int = _help("steps between logged training metrics", 50)
     log_with: str = _help("tracker: 'tensorboard', 'wandb', 'mlflow' or 'none'", "tensorboard")
     max_bad_steps: int = _help("stop after this many skipped steps in a row", 10)
-    progress_bar: bool = _help("show a progress bar on the main process", True)
+    progress_bar: bool = _help(
+        "show a progress bar on the main process (--no_progress_bar: none, and none of the "
+        "libraries' bars and INFO lines either)",
+        True,
+    )
 
     def __post_init__(self) -> None:
         # A config sets a hook; "--probe_hook none" on the command line unsets it.
@@ -246,6 +259,13 @@ class PretrainingArguments:
     data: DataArguments = field(default_factory=DataArguments)
     augment: AugmentArguments = field(default_factory=AugmentArguments)
     training: TrainingArguments = field(default_factory=TrainingArguments)
+
+    def model_config(self, num_mel_bins: int = 64) -> MSCLConfig:
+        """The model's config, the one place the model arguments become an `MSCLConfig`:
+        ``num_mel_bins`` comes from the chunk set's feature extractor, the rest from
+        ``.model`` (MSCLConfig's defaults for what it does not set). Raises ValueError
+        on a bad value, MSCLConfig's checks being the only ones."""
+        return MSCLConfig(num_mel_bins=num_mel_bins, **asdict(self.model))
 
     @staticmethod
     def keys() -> dict[str, tuple[str, Any]]:
@@ -294,7 +314,7 @@ class PretrainingArguments:
 
     def validate(self) -> PretrainingArguments:
         """Check every value; raise ValueError naming the first bad one. Returns self."""
-        m, d, t = self.model, self.data, self.training
+        d, t = self.data, self.training
 
         def bad(key: str, why: str) -> None:
             value = self.to_dict()[key]
@@ -305,14 +325,8 @@ class PretrainingArguments:
             if isinstance(value, float) and not math.isfinite(value):
                 bad(key, "must be a finite number")
 
-        # The model's own checks (MSCLConfig) cover the model group.
-        from .configuration_mscl import MSCLConfig
-
-        MSCLConfig(**asdict(m))
-        if m.similarity not in ("bilinear", "cosine"):
-            bad("similarity", "expected 'bilinear' or 'cosine'")
-        if m.pooling not in ("max", "mean"):
-            bad("pooling", "expected 'max' or 'mean'")
+        # The model's own checks (MSCLConfig's) cover the model group.
+        self.model_config()
 
         if not d.data_dir:
             raise ValueError("data_dir is required: the chunk dataset saved by prepare_chunks")
@@ -382,23 +396,9 @@ class PretrainingArguments:
 
     def spec_augmentation(self):
         """The :class:`~modeling_mscl.augment.SpecAugmentation` of the augment group."""
-        from .augment import SpecAugmentation
 
-        a = self.augment
         return SpecAugmentation(
-            time_mask_prob=a.time_mask_prob,
-            time_masks_max=a.time_masks_max,
-            time_mask_frames_max=a.time_mask_frames_max,
-            time_mask_start_max=a.time_mask_start_max,
-            freq_mask_prob=a.freq_mask_prob,
-            freq_masks_max=a.freq_masks_max,
-            freq_mask_bins_max=a.freq_mask_bins_max,
-            freq_shift_prob=a.freq_shift_prob,
-            freq_shift_bins_max=a.freq_shift_bins_max,
-            time_warp_prob=a.time_warp_prob,
-            time_warp_pivot_min=a.time_warp_pivot_min,
-            time_warp_pivot_max=a.time_warp_pivot_max,
-            fill_value=a.augment_fill_value,
+            **{name: getattr(self.augment, key) for name, key in _AUGMENT_KEYS.items()}
         )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .losses import process_gather
-from .modeling_mscl import MSCLModel
+from .modeling_mscl import MSCLModel, eval_mode
 from .pairs import ChunkStore, PairDataset, apply_augmentation
 from .stems import SOURCES
 from .training_args import PretrainingArguments
@@ -76,18 +76,15 @@ def evaluate(
 ) -> dict[str, float]:
     """Contrastive loss and accuracy on the fixed validation minibatches (eval mode)."""
     unwrapped = accelerator.unwrap_model(model)
-    was_training = unwrapped.training
-    unwrapped.eval()
     meter = Meter(accelerator.device)
     gather = process_gather()
-    with torch.no_grad(), accelerator.autocast():
+    with eval_mode(unwrapped), torch.no_grad(), accelerator.autocast():
         for batch in batches:
             anchor, positive, present = batch_inputs(
                 batch, accelerator.device, args.data.objective, aug
             )
             out = unwrapped(anchor, positive, source_present=present, gather=gather)
             meter.add(batch["source"], out.loss, out.accuracy)
-    unwrapped.train(was_training)
     return meter.collect(accelerator, "val")
 
 
@@ -100,17 +97,13 @@ def run_probe(accelerator: Any, model: Any, hook: ProbeHook, step: int) -> dict[
     results: dict[str, float] = {}
     if accelerator.is_main_process:
         encoder = accelerator.unwrap_model(model).mscl
-        was_training = encoder.training
-        encoder.eval()
         devices = [accelerator.device] if accelerator.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
+            with eval_mode(encoder), torch.random.fork_rng(devices=devices):
                 raw = hook(encoder, step) or {}
             results = {f"probe/{k}": float(v) for k, v in raw.items()}
         except Exception as err:  # noqa: BLE001 - a failing probe must not kill the run
             logger.warning("probe_hook failed at step %d: %s: %s", step, type(err).__name__, err)
-        finally:
-            encoder.train(was_training)
     accelerator.wait_for_everyone()
     return results
 

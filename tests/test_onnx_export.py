@@ -48,7 +48,11 @@ def test_export_onnx_command_matches_the_eager_encoder(tmp_path, capsys):
     torch.testing.assert_close(again, eager.pooler_output)
 
 
-def test_export_onnx_names_a_folder_without_a_model(tmp_path):
+def test_export_onnx_names_a_folder_without_a_model(tmp_path, capsys):
+    # One line naming the folder (the `mscl` convention); --debug gives the traceback.
+    assert mscl(["export-onnx", str(tmp_path), str(tmp_path / "x.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "no config.json" in err and str(tmp_path) in err and err.count("\n") == 1, err
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        mscl(["export-onnx", str(tmp_path), str(tmp_path / "x.onnx")])
+        mscl(["export-onnx", str(tmp_path), str(tmp_path / "x.onnx"), "--debug"])
     assert not (tmp_path / "x.onnx").exists()

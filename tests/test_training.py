@@ -142,15 +142,6 @@ def test_the_chunk_set_must_suit_the_model(data_dir, tmp_path):
     store, validation = load_chunk_stores(parse_args(tiny_argv(data_dir, tmp_path)))
     assert store.feature_extractor.to_dict() == FRONT_END.to_dict()
     assert validation.feature_extractor is store.feature_extractor
-    # 40-bin log-mels for a 64-bin model: refused before anything is built.
-    narrow = tmp_path / "narrow"
-    save_chunk_set(
-        synthetic_chunk_dataset(num_tracks=4, chunks_per_track=2, num_bins=40),
-        narrow,
-        MSCLFeatureExtractor(feature_size=40),
-    )
-    with pytest.raises(ValueError, match=r"narrow holds log-mels of 40 mel bins.*takes 64"):
-        load_chunk_stores(parse_args(tiny_argv(str(narrow), tmp_path)))
     # A chunk set of the previous format (no version, no feature extractor): refused.
     old = tmp_path / "old"
     synthetic_chunk_dataset(num_tracks=4, chunks_per_track=2).save_to_disk(str(old))
@@ -642,3 +633,44 @@ def test_two_processes_give_one_global_loss_with_per_process_batch_norm(data_dir
     # largest update, against 3e-6 for the step above).
     assert error(sgd_update(one_process)[1], initial) > 0.1
     assert error(sgd_update(per_process, per_process_null=True)[1], initial) > 0.02
+
+
+def test_a_32_mel_chunk_set_trains_a_32_mel_model_and_leaves_its_history(tmp_path, capsys):
+    # The model's mel bands come from the chunk set's front end, not from a default of 64.
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    from modeling_mscl import cli
+
+    narrow = tmp_path / "narrow"
+    save_chunk_set(
+        synthetic_chunk_dataset(num_tracks=8, chunks_per_track=4, num_bins=32, seed=0),
+        narrow,
+        MSCLFeatureExtractor(feature_size=32),
+    )
+    out = tmp_path / "run"
+    argv = tiny_argv(str(narrow), out, "--max_steps", "2", "--log_every", "1")
+    result = pretrain([*argv, "--log_with", "none"])
+    assert result.step == 2 and np.isfinite(result.metrics["train/loss"])
+    assert AutoModel.from_pretrained(result.encoder_dir).config.num_mel_bins == 32
+    assert AutoFeatureExtractor.from_pretrained(result.encoder_dir).feature_size == 32
+    # Without a tracker the losses are still on disk, one JSON line a logged step.
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history if "train/loss" in r] == [1, 2]
+    pytest.importorskip("matplotlib")
+    assert cli.main(["plot", str(out), "--out", str(tmp_path / "loss.png")]) == 0
+    assert "train/loss" in capsys.readouterr().out
+
+
+def test_a_fresh_run_starts_its_history_anew_and_a_resume_appends(data_dir, tmp_path):
+    from modeling_mscl.checkpoints import claim_output_dir
+
+    out = claim_output_dir(tmp_path / "run", resume=False)  # a run folder of the package
+    (out / "history.jsonl").write_text('{"step": 99, "train/loss": 7.0}\n')  # a failed try
+    pretrain(tiny_argv(data_dir, out, "--max_steps", "2", "--log_every", "1",
+                       "--lr_schedule", "constant"))  # fmt: skip
+    steps = [json.loads(line)["step"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert 99 not in steps and steps[-1] == 2
+    pretrain(tiny_argv(data_dir, out, "--max_steps", "3", "--log_every", "1",
+                       "--lr_schedule", "constant", "--resume", "true"))  # fmt: skip
+    steps = [json.loads(line)["step"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3 and 1 in steps

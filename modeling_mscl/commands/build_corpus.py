@@ -15,9 +15,12 @@ import logging
 import sys
 import time
 
+from modeling_mscl._help import HelpFormatter, plain_text
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mscl corpus``."""
+    p = argparse.ArgumentParser(description=plain_text(__doc__), formatter_class=HelpFormatter)
     p.add_argument("--out", default="data_cache/corpus", help="output folder")
     p.add_argument("--num-songs", type=int, default=200, help="songs of the synthetic corpus")
     p.add_argument(
@@ -26,12 +29,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="song length (default 30; with --midi-dir: the whole file)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the songs' plans and renders")
     p.add_argument("--soundfont", default=None, help=".sf2/.sf3 (default: pretty_midi's TimGM6mb)")
     p.add_argument("--midi-dir", default=None, help="render this MIDI folder instead")
     p.add_argument("--workers", type=int, default=2, help="rendering processes")
     p.add_argument("--no-notes", action="store_true", help="skip the NSynth-like note set")
     p.add_argument("--format", default="flac", choices=["flac", "wav"], help="audio files")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments of ``mscl corpus``, checked."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.num_songs < 1 or args.workers < 1:
         p.error("--num-songs and --workers must be >= 1")

@@ -5,7 +5,7 @@
 The checkpoint is a prefix (the ``.index`` and ``.data-*`` files next to it) or a folder
 with a ``checkpoint`` file. The output holds `MSCLForPreTraining` (load the encoder with
 `AutoModel.from_pretrained(output)`) and the feature extractor. Needs TensorFlow
-(``pip install -c constraints-tf.txt tensorflow-cpu``).
+(``pip install 'tensorflow-cpu==2.15.*'``, which needs numpy<2: an environment of its own).
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from modeling_mscl.convert import convert_reference_checkpoint
+from modeling_mscl._help import HelpFormatter, first_paragraph
 
 _SOURCES = ("vocals", "drums", "bass", "other")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mscl convert``."""
+    parser = argparse.ArgumentParser(
+        description=first_paragraph(__doc__), formatter_class=HelpFormatter
+    )
     parser.add_argument("checkpoint", help="checkpoint prefix or folder")
     parser.add_argument("output_dir", help="folder to write the MSCL model to")
     parser.add_argument(
@@ -30,11 +33,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="sources the checkpoint was trained with (recorded for the model card)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The arguments of ``mscl convert``."""
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Convert the checkpoint named in ``argv``; returns the exit status."""
+    from modeling_mscl.convert import convert_reference_checkpoint
+
     args = parse_args(argv)
     out = convert_reference_checkpoint(args.checkpoint, args.output_dir, sources=args.sources)
     print(f"Converted {args.checkpoint} -> {out}")

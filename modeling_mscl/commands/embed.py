@@ -25,12 +25,14 @@ import sys
 import time
 from pathlib import Path
 
-from modeling_mscl.library import REPORT_FILE, embed_library, merge_libraries
+from modeling_mscl._help import HelpFormatter, first_paragraph, quiet_libraries
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Embed the input named in ``argv``; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mscl embed``."""
+    parser = argparse.ArgumentParser(
+        description=first_paragraph(__doc__), formatter_class=HelpFormatter
+    )
     parser.add_argument("input", nargs="?", help="audio folder, list of paths, or dataset")
     parser.add_argument("output_dir", type=Path, help="the library folder")
     parser.add_argument("--model", help="encoder folder or Hub id")
@@ -42,13 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         "--output",
         choices=("pooler_output", "audio_embeds"),
         default="pooler_output",
-        help="the 1280-d pooled feature (default) or the 512-d projection",
+        help="the 1280-d pooled feature or the 512-d projection",
     )
     parser.add_argument("--parquet", action="store_true", help="OUT/embeddings.parquet")
     parser.add_argument("--batch-size", type=int, default=256, help="windows per encoder call")
     parser.add_argument("--num-workers", type=int, help="decoding workers (default: CPUs / 2)")
     parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: the model's, CPU)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder precision"
+    )
     parser.add_argument("--shard-size", type=int, default=64, help="files per resumable shard")
     parser.add_argument("--num-shards", type=int, default=1, help="split the job into N slices")
     parser.add_argument("--shard-index", type=int, default=0, help="this job's slice, 0..N-1")
@@ -59,8 +63,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SHARD_DIR",
         help="merge these finished slices into OUT (no INPUT, no model)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bars, ours or the libraries' (nor their INFO lines)",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Embed the input named in ``argv``; returns the exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    # torch, datasets and the model only now: `--help` stays fast.
+    from modeling_mscl.library import embed_library, merge_libraries
+
+    if args.no_progress:
+        quiet_libraries()
 
     started = time.perf_counter()
     if args.merge or args.input is None:
@@ -101,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _summary(folder: Path, library, seconds: float | None) -> None:
+    from modeling_mscl.library import REPORT_FILE
+
     report = json.loads((folder / REPORT_FILE).read_text())
     line = f"{folder}: {report['embedded']} files ({report['audio_hours']:.2f} h of audio)"
     if seconds is not None:

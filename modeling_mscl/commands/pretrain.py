@@ -16,9 +16,14 @@ import sys
 from pathlib import Path
 
 from modeling_mscl._files import ForeignFolderError
+from modeling_mscl._help import quiet_libraries
 from modeling_mscl.run_lock import RunLockedError
-from modeling_mscl.training import pretrain
-from modeling_mscl.training_args import parse_args
+from modeling_mscl.training_args import argument_parser, parse_args
+
+
+def build_parser():
+    """The parser of ``mscl pretrain``: every key of the four argument groups."""
+    return argument_parser()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         program = Path(sys.argv[0]).name if sys.argv else "pretrain"
         print(f"{program}: error: {err}", file=sys.stderr)
         return 2
+    if not args.training.progress_bar:
+        quiet_libraries()  # --progress_bar false: the libraries' bars and INFO lines too
+    from modeling_mscl.training import pretrain
+
     try:
         result = pretrain(args)
     except (RunLockedError, ForeignFolderError) as err:

@@ -42,6 +42,8 @@ import torch
 
 from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLModel
 from modeling_mscl._files import write_json_atomic
+from modeling_mscl._help import HelpFormatter, first_paragraph, quiet_libraries
+from modeling_mscl.feature_extraction_mscl import load_feature_extractor
 from modeling_mscl.probing import (
     PRESETS,
     ProbeTask,
@@ -61,13 +63,10 @@ def load_encoder(args: argparse.Namespace) -> tuple[MSCLModel, MSCLFeatureExtrac
     if args.random_init:
         config = MSCLConfig.from_pretrained(args.config) if args.config else MSCLConfig()
         torch.manual_seed(args.seed)
-        return MSCLModel(config), MSCLFeatureExtractor(feature_size=config.num_mel_bins), "random"
+        return MSCLModel(config), load_feature_extractor(num_mel_bins=config.num_mel_bins), "random"
     model = MSCLModel.from_pretrained(args.model)
     folder = Path(args.model)
-    if (folder / "preprocessor_config.json").is_file():
-        fe = MSCLFeatureExtractor.from_pretrained(args.model)
-    else:
-        fe = MSCLFeatureExtractor(feature_size=model.config.num_mel_bins)
+    fe = load_feature_extractor(args.model, model.config.num_mel_bins, missing_ok=True)
     # A pre-training run saves `RUN/encoder` and `RUN/pretraining`: the run names the model.
     generic = folder.name in ("encoder", "pretraining")
     return model, fe, folder.resolve().parent.name if generic else folder.name
@@ -162,13 +161,19 @@ def merge_json(path: Path, encoder: str, results: dict[str, Any]) -> dict[str, A
     return data
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mscl probe``."""
+    parser = argparse.ArgumentParser(
+        description=first_paragraph(__doc__), formatter_class=HelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="encoder folder (save_pretrained)")
     source.add_argument("--random-init", action="store_true", help="probe a fresh encoder")
     parser.add_argument("--config", help="config JSON/folder for --random-init (default B0)")
-    parser.add_argument("--task", action="append", required=True, choices=sorted(PRESETS))
+    parser.add_argument(
+        "--task", action="append", required=True, choices=sorted(PRESETS),
+        help="a probe task (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--task-arg", action="append", default=[], help="FIELD=VALUE override")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", help="DatasetDict folder (load_from_disk)")
@@ -206,9 +211,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--crop-pool", type=int, metavar="K",
         help="embed K random crops per chunk once and draw among them (default: fresh crops)",
     )  # fmt: skip
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the heads and crops")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars, ours or the libraries' (nor their INFO lines)",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments of ``mscl probe``, checked."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.loader and not args.root:
         parser.error("--loader needs --root")
@@ -220,6 +237,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the probes, print their table rows and write the files asked; returns the exit status."""
     args = parse_args(argv)
+    if args.no_progress:
+        quiet_libraries()
     model, fe, name = load_encoder(args)
     name = args.name or name
     model.to(args.device).eval()

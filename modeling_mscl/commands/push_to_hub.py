@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from modeling_mscl.hub import PushResult, push_encoder, push_probe_head
+from modeling_mscl._help import HelpFormatter, first_paragraph
+
+if TYPE_CHECKING:
+    from modeling_mscl.hub import PushResult
 
 
 def _size(n: int) -> str:
@@ -26,14 +30,21 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mscl push``."""
+    parser = argparse.ArgumentParser(
+        description=first_paragraph(__doc__), formatter_class=HelpFormatter
+    )
     parser.add_argument("kind", choices=("encoder", "probe-head"), help="what the folder holds")
     parser.add_argument("folder", help="folder written by save_pretrained")
     parser.add_argument("--repo-id", required=True, help="'namespace/name' (or 'name')")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--revision", default=None, help="branch to push to (default main)")
-    parser.add_argument("--commit-message", default=None)
+    parser.add_argument(
+        "--commit-message",
+        default=None,
+        help="commit message (default: 'Upload MSCL encoder' or '... probe head')",
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="list the files and print the card; send nothing"
     )
@@ -49,11 +60,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="a run's training_args.json (default: the folder's; probe_args.json for a head)",
     )
     parser.add_argument("--dataset", nargs="+", default=None, help="datasets for the metadata")
-    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--license", default="apache-2.0", help="license of the model card")
     parser.add_argument(
         "--base-model", default=None, help="Hub id of the encoder under a probe head"
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The arguments of ``mscl push``."""
+    return build_parser().parse_args(argv)
 
 
 def report(result: PushResult) -> str:
@@ -77,6 +93,8 @@ def report(result: PushResult) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Push the folder named in ``argv`` (or list it with --dry-run); returns the exit status."""
+    from modeling_mscl.hub import push_encoder, push_probe_head
+
     args = parse_args(argv)
     training_args = None
     if args.training_args is not None:

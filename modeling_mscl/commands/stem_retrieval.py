@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from modeling_mscl import MSCLConfig
+from modeling_mscl._help import HelpFormatter, plain_text
 from modeling_mscl.chunk_set import verify_chunk_set
 from modeling_mscl.probing.retrieval import (
     BN_REGIMES,
@@ -41,8 +42,9 @@ from modeling_mscl.stems import SOURCES
 logger = logging.getLogger("stem_retrieval")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mscl retrieval``."""
+    p = argparse.ArgumentParser(description=plain_text(__doc__), formatter_class=HelpFormatter)
     p.add_argument(
         "--model",
         action="append",
@@ -64,14 +66,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="train",
         help="training counterpart for --bn-regime recalibrated",
     )
-    p.add_argument("--bn-regime", choices=BN_REGIMES, default="running")
-    p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
+    p.add_argument(
+        "--bn-regime", choices=BN_REGIMES, default="running",
+        help="batch-norm statistics: the saved running ones, per batch, or recalibrated",
+    )  # fmt: skip
+    p.add_argument(
+        "--sources", nargs="+", choices=SOURCES, default=list(SOURCES), help="stems to retrieve"
+    )
     p.add_argument("--k", nargs="+", type=int, default=[1, 5, 10], help="k of recall@k")
     p.add_argument("--draws", type=int, default=5, help="draws of chunks and crops, averaged")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
     p.add_argument("--max-tracks", type=int, help="evaluate at most this many tracks")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="crops per encoder batch")
     p.add_argument(
         "--verify-data",
         action="store_true",
@@ -80,7 +89,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--output", help="JSON file of the results")
     p.add_argument("--markdown", help="markdown table file")
-    return p.parse_args(argv)  # fmt: skip
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The arguments of ``mscl retrieval``."""
+    return build_parser().parse_args(argv)
 
 
 def named_paths(specs: Sequence[str]) -> list[tuple[str, str]]:

@@ -9,12 +9,18 @@ import sys
 
 from transformers import HfArgumentParser
 
+from modeling_mscl._help import first_paragraph
 from modeling_mscl.study import StudySettings, run_study
+
+
+def build_parser() -> HfArgumentParser:
+    """The parser of ``mscl study``: the fields of :class:`StudySettings`."""
+    return HfArgumentParser(StudySettings, description=first_paragraph(__doc__))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse :class:`StudySettings` from ``argv`` and run the study; returns the exit status."""
-    (settings,) = HfArgumentParser(StudySettings).parse_args_into_dataclasses(argv)
+    (settings,) = build_parser().parse_args_into_dataclasses(argv)
     run_study(settings)
     return 0
 

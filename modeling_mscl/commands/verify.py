@@ -18,13 +18,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from modeling_mscl.chunk_set import add_manifest, verify_chunk_set
+from modeling_mscl._help import HelpFormatter, first_paragraph
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Verify the chunk sets named in ``argv``; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", type=Path, nargs="+", metavar="CHUNK_SET_DIR")
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mscl verify``."""
+    parser = argparse.ArgumentParser(
+        description=first_paragraph(__doc__), formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "folders", type=Path, nargs="+", metavar="CHUNK_SET_DIR", help="chunk sets to check"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="check the files' presence and sizes only"
     )
@@ -33,7 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="record the files, checksums and fingerprint of a chunk set that has none",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Verify the chunk sets named in ``argv``; returns the exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    # datasets and pyarrow only now: `--help` stays fast.
+    from modeling_mscl.chunk_set import add_manifest, verify_chunk_set
+
     status = 0
     for folder in args.folders:
         try:

@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from ..audio_io import audio_column, load_audio
-from ..feature_extraction_mscl import MSCLFeatureExtractor
+from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
+from ..modeling_mscl import eval_mode
 from .embeddings import (
     WindowEmbeddings,
     _encode,
     _encoder_of,
-    _EvalMode,
     recalibrate_batch_norm,
     window_features,
 )
@@ -124,7 +124,7 @@ class ProbeHook:
         Tasks that read the same audio of the same dataset split (genre and instrument
         tags of one corpus) share its windows, so each call embeds them once.
         """
-        fe = self.feature_extractor or MSCLFeatureExtractor(feature_size=num_mel_bins)
+        fe = load_feature_extractor(self.feature_extractor, num_mel_bins)
         self.feature_extractor = fe
         self._windows: dict[tuple, tuple[torch.Tensor, np.ndarray]] = {}
         self._cache = {}
@@ -165,7 +165,7 @@ class ProbeHook:
         if self.recalibrate_bn:
             windows = self.calibration_windows(encoder.config.num_mel_bins)
             encoder = recalibrate_batch_norm(encoder, windows, self.batch_size)
-        with _EvalMode(encoder):
+        with eval_mode(encoder):
             embedded = {}
             for key, (windows, counts) in self._windows.items():
                 feats = _encode(encoder, windows, self.batch_size).numpy()

@@ -34,13 +34,13 @@ from torch import nn
 
 from .._files import atomic_path
 from ..audio_io import load_audio
-from ..feature_extraction_mscl import MSCLFeatureExtractor
+from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
+from ..modeling_mscl import eval_mode
 from .embeddings import (
     WindowEmbeddings,
     _audio_fingerprint,
     _encode,
     _encoder_of,
-    _EvalMode,
     _progress,
     _save_npy_atomic,
     clip_log_mel,
@@ -214,7 +214,7 @@ def cached_training_chunks(
     chunk length and the audio files' identity; ``<split>-<key>.frames.f32`` (raw, memory-
     mapped when read) is complete once ``<split>-<key>.spans.npy`` exists (written last).
     """
-    fe = feature_extractor or MSCLFeatureExtractor()
+    fe = load_feature_extractor(feature_extractor)
     desc = f"Log-mel chunks {split}"
     if cache_dir is None:
         return extract_training_chunks(audio, fe, chunk_frames, progress, desc)
@@ -282,7 +282,7 @@ class FreshCrops:
         """Embeddings `(chunks, dim)` of every chunk's crop at ``offsets``."""
         n = self.chunks.num_chunks
         out = np.empty((n, self.encoder.config.encoder_hidden_size), np.float32)
-        with _EvalMode(self.encoder):
+        with eval_mode(self.encoder):
             for i in range(0, n, self.batch_size):
                 rows = np.arange(i, min(i + self.batch_size, n))
                 crops = self.chunks.crops(rows, offsets[rows])
@@ -363,7 +363,7 @@ def cached_crop_pool(
     size, the seed and the audio files' identity.
     """
     encoder = _encoder_of(model)
-    fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    fe = load_feature_extractor(feature_extractor, encoder.config.num_mel_bins)
 
     def build() -> CropPool:
         chunks = cached_training_chunks(audio, cache_dir, split, fe, chunk_frames, progress)

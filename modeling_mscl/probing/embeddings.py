@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .._files import atomic_write
 from ..audio_io import load_audio
-from ..feature_extraction_mscl import MSCLFeatureExtractor
-from ..modeling_mscl import MSCLModel, encode_windows, frame_windows
+from ..feature_extraction_mscl import MSCLFeatureExtractor, frame_windows, load_feature_extractor
+from ..modeling_mscl import MSCLModel, encode_windows, eval_mode
 
 logger = logging.getLogger("modeling_mscl.probing")
 
@@ -121,16 +120,11 @@ def _encoder_of(model: nn.Module) -> MSCLModel:
 def clip_log_mel(
     waveform: np.ndarray | torch.Tensor, feature_extractor: MSCLFeatureExtractor
 ) -> torch.Tensor:
-    """Log-mel frames `(frames, mel)` of one 1-D clip, zero-padded to at least one window.
-
-    Zero padding does not change the L2 norm, so padding before normalising equals the
-    extractor's normalise-then-pad.
-    """
-    fe = feature_extractor
+    """Log-mel frames `(frames, mel)` of one 1-D clip, zero-padded to at least one window:
+    the extractor's own per-clip features (`MSCLFeatureExtractor.clip_features`), computed
+    in float32 whatever the clip's type, as the probes always were."""
     wav = torch.as_tensor(np.asarray(waveform, dtype=np.float32)).reshape(-1)
-    if wav.shape[0] < fe.window_num_samples:
-        wav = F.pad(wav, (0, fe.window_num_samples - wav.shape[0]))
-    return fe.log_mel(wav)
+    return feature_extractor.clip_features(wav)
 
 
 def window_features(
@@ -148,6 +142,7 @@ def window_features(
     """
     fe = feature_extractor
     frames = clip_log_mel(waveform, fe)  # (frames, mel)
+    # Cut where the extractor's return_windows cuts: the same function.
     windows, _, _ = frame_windows(frames[None], fe.window_frames, hop=hop_frames)
     if max_windows is not None:
         windows = windows[torch.from_numpy(spread_indices(windows.shape[0], max_windows))]
@@ -187,20 +182,6 @@ def recalibrate_batch_norm(
     return encoder.eval()
 
 
-class _EvalMode:
-    """Put a module in eval mode and give its previous mode back (batch norm stays frozen)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module, self.was_training = module, module.training
-
-    def __enter__(self) -> nn.Module:
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc: Any) -> None:
-        self.module.train(self.was_training)
-
-
 def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
         return iterable
@@ -229,12 +210,12 @@ def extract_window_embeddings(
     boundaries), in eval mode and without gradients.
     """
     encoder = _encoder_of(model)
-    fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    fe = load_feature_extractor(feature_extractor, encoder.config.num_mel_bins)
     embeds: list[torch.Tensor] = []
     counts: list[int] = []
     pending: list[torch.Tensor] = []
     pending_rows = 0
-    with _EvalMode(encoder):
+    with eval_mode(encoder):
         for item in _progress(audio, len(audio), desc, progress):
             wav = load_audio(item, fe.sampling_rate)
             windows = window_features(wav, fe, hop_frames, max_windows)
@@ -350,7 +331,7 @@ def cached_window_embeddings(
     file marks a complete entry) and memory-mapped when read back.
     """
     encoder = _encoder_of(model)
-    fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    fe = load_feature_extractor(feature_extractor, encoder.config.num_mel_bins)
     hop = hop_frames or fe.window_frames
     options = dict(
         feature_extractor=fe, hop_frames=hop, max_windows=max_windows, batch_size=batch_size,

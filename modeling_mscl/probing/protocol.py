@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from ..audio_io import audio_column
-from ..feature_extraction_mscl import MSCLFeatureExtractor
+from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
 from ..modeling_mscl import MSCLForAudioClassification
 from .crops import CropSource, FreshCrops, cached_crop_pool, cached_training_chunks
 from .embeddings import (
@@ -252,7 +252,7 @@ def run_probe(
     (:attr:`ProbeResult.dataset`), with the encoder's fingerprint.
     """
     encoder = _encoder_of(model)
-    fe = feature_extractor or MSCLFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    fe = load_feature_extractor(feature_extractor, encoder.config.num_mel_bins)
     fingerprint = encoder_fingerprint(encoder)
     model_key = fingerprint if cache_dir is not None else None
     splits = {name: _subset(dataset[name], max_clips, seed) for name in dataset}
@@ -383,7 +383,7 @@ def export_probe(
     config.freeze_encoder = True
     # Longer inputs (a pipeline call on a whole song) are classified window by window and
     # aggregated as the probe was evaluated.
-    fe = feature_extractor or MSCLFeatureExtractor(feature_size=config.num_mel_bins)
+    fe = load_feature_extractor(feature_extractor, config.num_mel_bins)
     config.classifier_window_frames = fe.window_frames
     classifier = MSCLForAudioClassification(config)
     classifier.mscl.load_state_dict(encoder.state_dict())

@@ -47,9 +47,8 @@ from torch import nn
 
 from ..chunk_set import CROP_FRAMES, MIXTURE, ChunkStore
 from ..configuration_mscl import MSCLConfig
-from ..modeling_mscl import MSCLForPreTraining
+from ..modeling_mscl import MSCLForPreTraining, eval_mode
 from ..stems import SOURCES
-from .embeddings import _EvalMode
 from .retrieval_draws import (
     _evaluated_tracks,
     calibration_windows,
@@ -232,7 +231,7 @@ def stem_retrieval(
     dtype = _model_dtype(model)
     evaluated = _evaluated_tracks(store, tracks, max_tracks, seed)
 
-    with _EvalMode(model):
+    with eval_mode(model):
         encoder = model.mscl
         if bn_regime == "recalibrated":
             if calibration is None:
