@@ -177,13 +177,40 @@ def schedule_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     ]
 
 
-def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tuple[int, int, int]:
+def _check_precision(
+    checkpoint: Path, state: dict[str, Any], args: PretrainingArguments, precision: str | None
+) -> None:
+    """Refuse a resume whose precision 'auto' resolved differently; warn if asked for."""
+    saved = state.get("mixed_precision")  # absent from checkpoints of older versions
+    if precision is None or saved is None or saved == precision:
+        return
+    message = (
+        f"resume: {checkpoint} was trained with mixed precision {saved!r}, this run's is "
+        f"{precision!r}"
+    )
+    from .precision import launcher_precision
+
+    if args.training.mixed_precision != "auto" or launcher_precision() in ("no", "bf16"):
+        logger.warning("%s, as asked for", message)
+        return
+    raise ValueError(
+        f"{message} (what mixed_precision: auto gives here). Pass --mixed_precision "
+        f"{saved} to pretrain.py to continue as the run was trained, or --mixed_precision "
+        f"{precision} to change it deliberately."
+    )
+
+
+def resume(
+    accelerator: Any, args: PretrainingArguments, fingerprint: str, precision: str | None = None
+) -> tuple[int, int, int]:
     """Load the newest checkpoint into ``accelerator``'s prepared objects.
 
     Returns (step, skipped steps, skipped steps in a row); (0, 0, 0) without a checkpoint.
     Raises ValueError when an argument that defines the learning-rate schedule changed
-    (see :data:`SCHEDULE_KEYS`); warns when the sampler's fingerprint or other arguments
-    that shape the run changed.
+    (see :data:`SCHEDULE_KEYS`), or when ``mixed_precision: auto`` resolves to another
+    ``precision`` than the checkpoint's run had (a bf16 run resumed in float32 on another
+    machine, say); warns when the precision changed because it was asked for, or when the
+    sampler's fingerprint or other arguments that shape the run changed.
     """
     out_dir = Path(args.training.output_dir).expanduser()
     checkpoints = complete_checkpoints(out_dir)
@@ -199,6 +226,7 @@ def resume(accelerator: Any, args: PretrainingArguments, fingerprint: str) -> tu
         except (OSError, ValueError) as err:
             logger.warning("resume: %s is unreadable (%s); trying an older one", checkpoint, err)
             continue
+        _check_precision(checkpoint, state, args, precision)
         changed_schedule = schedule_changes(saved_args, args.to_dict())
         if changed_schedule:
             raise ValueError(

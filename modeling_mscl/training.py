@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -66,6 +65,7 @@ from .pairs import (
     SourceBatchSampler,
     holdout_mask,
 )
+from .precision import resolve_precision
 from .training_args import PretrainingArguments
 from .training_metrics import (
     Meter,
@@ -283,8 +283,8 @@ class _Run:
             self.history.append({"step": float(at_step), **logs})
 
 
-def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str]:
-    """The ``Accelerator`` of a run and its mixed precision ('no' or 'bf16')."""
+def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str, str]:
+    """The ``Accelerator`` of a run, its mixed precision ('no' or 'bf16') and why."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
@@ -293,15 +293,7 @@ def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str]:
         keep_freed_memory()
     out_dir = Path(t.output_dir).expanduser()
     on_cpu = t.cpu or not _has_accelerator()
-    precision = t.mixed_precision
-    if precision == "auto":
-        # `accelerate launch --mixed_precision X` (or its config) decides when it says
-        # bf16 or no; fp16 needs loss scaling, which this loop does not do.
-        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
-        if launched in ("no", "bf16"):
-            precision = launched
-        else:
-            precision = "bf16" if not on_cpu and torch.cuda.is_bf16_supported() else "no"
+    precision, why = resolve_precision(t.mixed_precision, on_cpu)
     accelerator = Accelerator(
         cpu=on_cpu,
         mixed_precision=precision,
@@ -314,7 +306,19 @@ def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str]:
         # once per optimizer step (not once per process).
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
-    return accelerator, precision
+    configure_backends(accelerator.device)
+    return accelerator, precision, why
+
+
+def configure_backends(device: torch.device) -> None:
+    """Backend settings for training on ``device``.
+
+    On CUDA, ``cudnn.benchmark``: every step has the same shapes (fixed crops, a fixed
+    batch), so cuDNN's search for the fastest convolution algorithms runs once, in the
+    first step, and its picks serve the whole run.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def _check_run(run: _Run) -> None:
@@ -370,7 +374,9 @@ def prepare_model(run: _Run) -> None:
     accelerator.wait_for_everyone()
     run.fingerprint = run.sampler.fingerprint()
     if t.resume:
-        run.start_step, run.skipped, run.bad_in_row = resume(accelerator, args, run.fingerprint)
+        run.start_step, run.skipped, run.bad_in_row = resume(
+            accelerator, args, run.fingerprint, run.precision
+        )
     run.step = run.start_step
     if accelerator.is_main_process:
         args.save(run.out_dir / ARGS_FILE)
@@ -509,6 +515,7 @@ def _after_step(run: _Run, state: _Interval, meter: Meter, bar: Any) -> None:
             "num_processes": accelerator.num_processes,
             "sampler": run.sampler.state_dict(),
             "sampler_fingerprint": run.fingerprint,
+            "mixed_precision": run.precision,
         }
         save_checkpoint(accelerator, run.args, step, trainer_state)
 
@@ -620,7 +627,7 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
     args.validate()
     t = args.training
     hook = probe_hook or resolve_probe_hook(t.probe_hook)
-    accelerator, precision = setup_accelerator(args)
+    accelerator, precision, why = setup_accelerator(args)
     run = _Run(args, accelerator, precision, Path(t.output_dir).expanduser(), hook)
     _check_run(run)
     prepare_data(run)
@@ -629,7 +636,7 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
     accelerator.print(
         f"pretraining {args.data.objective} on {len(run.store)} chunks "
         f"({len(run.val_store or [])} for validation): {accelerator.num_processes} process(es) "
-        f"on {accelerator.device}, mixed precision {precision}, {t.batch_size} pairs per "
+        f"on {accelerator.device}, mixed precision {precision} ({why}), {t.batch_size} pairs per "
         f"minibatch, steps {run.start_step} -> {t.max_steps}"
     )
     accelerator.init_trackers("pretrain", config=_tracker_config(args))

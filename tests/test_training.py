@@ -642,3 +642,30 @@ def test_two_processes_give_one_global_loss_with_per_process_batch_norm(data_dir
     # largest update, against 3e-6 for the step above).
     assert error(sgd_update(one_process)[1], initial) > 0.1
     assert error(sgd_update(per_process, per_process_null=True)[1], initial) > 0.02
+
+
+def test_resume_refuses_a_precision_that_auto_changed(data_dir, tmp_path, caplog, monkeypatch):
+    """A bf16 run resumed where auto resolves to float32 (launched without a flag, or on
+    another GPU) is refused; asked for explicitly, it goes on with a warning."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    common = ("--max_steps", "2", "--checkpoint_every", "2", "--eval_every", "0")
+    pretrain(tiny_argv(data_dir, tmp_path / "run", *common, "--mixed_precision", "auto"))
+    state_file = latest_checkpoint(tmp_path / "run") / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["mixed_precision"] == "no"  # auto on the CPU
+    state_file.write_text(json.dumps({**state, "mixed_precision": "bf16"}))
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    resume = (*common, "--resume")
+    with pytest.raises(
+        ValueError, match="trained with mixed precision 'bf16'.*--mixed_precision bf16"
+    ):
+        pretrain(tiny_argv(data_dir, tmp_path / "run", *resume, "--mixed_precision", "auto"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    with caplog.at_level("WARNING"):
+        result = pretrain(tiny_argv(data_dir, tmp_path / "run", *resume, "--mixed_precision", "no"))
+    assert result.step == 2
+    assert "trained with mixed precision 'bf16', this run's is 'no', as asked for" in caplog.text
