@@ -17,12 +17,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ._files import TEMP_FOLDER_PREFIX, replace_folder
+from ._files import TEMP_FOLDER_PREFIX, atomic_write, replace_folder
 from .training_args import PretrainingArguments
 
 __all__ = [
     "ARGS_FILE",
     "CHECKPOINT_DIR",
+    "check_shared_output_dir",
     "TRAINER_STATE",
     "RUN_OUTPUTS",
     "complete_checkpoints",
@@ -138,6 +139,49 @@ def prepare_output_dir(
         for name in used:
             shutil.rmtree(out / name, ignore_errors=True)
     return out
+
+
+SHARED_PROBE = ".shared-output-dir-check"
+
+
+def check_shared_output_dir(accelerator: Any, output_dir: str | os.PathLike) -> None:
+    """Raise ValueError on every process unless all of them see the same ``output_dir``.
+
+    Checkpoints are written by the main process and read back by every process on
+    resume, and the final model is saved once: under several nodes ``output_dir`` must be
+    one folder every node mounts (a shared filesystem), not each node's local disk of the
+    same name. The main process writes a random token there; every process reads it.
+    One broadcast and one gather at the start of a multi-process run.
+    """
+    import secrets
+
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    if accelerator.num_processes == 1:
+        return
+    probe = Path(output_dir).expanduser() / SHARED_PROBE
+    token = [secrets.token_hex(16) if accelerator.is_main_process else None]
+    if accelerator.is_main_process:
+        with atomic_write(probe) as handle:
+            handle.write(token[0])
+    broadcast_object_list(token)  # after the write: every process looks once it has it
+    try:
+        seen = probe.read_text() == token[0]
+    except OSError:
+        seen = False
+    flags = accelerator.gather(torch.tensor([int(seen)], device=accelerator.device))
+    if accelerator.is_main_process:  # every process has looked (the gather waited)
+        probe.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    blind = [rank for rank, ok in enumerate(flags.tolist()) if not ok]
+    if blind:
+        raise ValueError(
+            f"output_dir {output_dir} is not the same folder on every process: process(es) "
+            f"{blind} do not see the file the main process wrote there. Under several nodes "
+            "put output_dir on a filesystem that every node mounts (checkpoints are written "
+            "by the main process and read by all of them on resume)."
+        )
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:

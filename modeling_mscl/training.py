@@ -44,6 +44,7 @@ import torch
 from ._files import atomic_folder
 from .checkpoints import (
     ARGS_FILE,
+    check_shared_output_dir,
     latest_checkpoint,
     prepare_output_dir,
     remove_partial_checkpoints,
@@ -327,6 +328,7 @@ def _check_run(run: _Run) -> None:
     # A used or unwritable folder fails fast.
     prepare_output_dir(run.out_dir, t.resume, t.overwrite_output_dir, accelerator.is_main_process)
     accelerator.wait_for_everyone()
+    check_shared_output_dir(accelerator, run.out_dir)
     if t.batch_size % accelerator.num_processes:
         raise ValueError(
             f"batch_size={t.batch_size} must be a multiple of the "

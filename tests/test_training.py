@@ -669,3 +669,45 @@ def test_resume_refuses_a_precision_that_auto_changed(data_dir, tmp_path, caplog
         result = pretrain(tiny_argv(data_dir, tmp_path / "run", *resume, "--mixed_precision", "no"))
     assert result.step == 2
     assert "trained with mixed precision 'bf16', this run's is 'no', as asked for" in caplog.text
+
+
+SHARED_DIR_SCRIPT = """
+import sys
+from pathlib import Path
+from accelerate import Accelerator
+from modeling_mscl.checkpoints import SHARED_PROBE, check_shared_output_dir
+
+accelerator = Accelerator(cpu=True)
+rank, base = accelerator.process_index, Path(sys.argv[1])
+shared = base / "shared"
+shared.mkdir(parents=True, exist_ok=True)
+check_shared_output_dir(accelerator, shared)
+assert not (shared / SHARED_PROBE).exists()
+local = base / f"node{rank}"  # each process's own folder: what separate disks look like
+local.mkdir(parents=True, exist_ok=True)
+try:
+    check_shared_output_dir(accelerator, local)
+    print(f"rank {rank}: not refused")
+except ValueError as err:
+    print(f"rank {rank}: refused: {err}")
+"""
+
+
+def test_multi_node_runs_need_a_shared_output_dir(tmp_path):
+    """Two processes: one folder for both passes; one folder each (a node's local disk)
+    is refused on both processes, naming the one that cannot see the main's file."""
+    script = tmp_path / "check.py"
+    script.write_text(SHARED_DIR_SCRIPT)
+    launch = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"),
+        *("--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"),
+        *("--dynamo_backend", "no", "--main_process_port", str(free_port())),
+    ]
+    done = subprocess.run(
+        [*launch, str(script), str(tmp_path / "runs")],
+        env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: refused: output_dir" in done.stdout, done.stdout
+    assert "process(es) [1] do not see" in done.stdout
