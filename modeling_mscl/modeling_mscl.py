@@ -167,9 +167,20 @@ def _activation(name: str) -> nn.Module:
 # anything that needs gradients take the layer-by-layer path.
 
 # Input elements (windows x frames x mel bins) encoded at once: bounds the activations
-# (about 25x the input at the widest stage, 80 MB here) whatever the batch. 128 one-second
-# windows; smaller chunks were slower on 2 threads (less work per parallel region).
+# (about 25x the input at the widest stage, 80 MB here) whatever the batch. On the CPU 128
+# one-second windows; smaller chunks were slower on 2 threads (less work per parallel
+# region). A GPU needs more rows per kernel to fill its cores: 1024 windows (640 MB).
 _INFERENCE_CHUNK_ELEMENTS = 128 * 98 * 64
+_INFERENCE_CHUNK_ELEMENTS_ACCELERATOR = 1024 * 98 * 64
+
+
+def _inference_chunk_rows(device: torch.device, row_elements: int) -> int:
+    """Rows of ``row_elements`` input elements the fused eval forward takes at once."""
+    cpu = device.type == "cpu"
+    budget = _INFERENCE_CHUNK_ELEMENTS if cpu else _INFERENCE_CHUNK_ELEMENTS_ACCELERATOR
+    return max(1, budget // max(1, row_elements))
+
+
 # oneDNN post-ops for the activations it can fuse; other activations run after the conv.
 _FUSED_ACTIVATIONS = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Identity: "none"}
 _onednn_conv: list[bool] = []  # [False] once oneDNN's fused convolution failed here
@@ -433,7 +444,7 @@ class MSCLEncoder(nn.Module):
         self, pixel_values: torch.Tensor, output_hidden_states: bool
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """The fused eval forward, a chunk of rows at a time (see ``_INFERENCE_CHUNK_ELEMENTS``)."""
-        rows = max(1, _INFERENCE_CHUNK_ELEMENTS // max(1, pixel_values[0].numel()))
+        rows = _inference_chunk_rows(pixel_values.device, pixel_values[0].numel())
         maps, hidden = [], []
         for chunk in pixel_values.split(rows):
             # Channels-last strides, which one channel leaves ambiguous: oneDNN then keeps

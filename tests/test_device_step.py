@@ -173,3 +173,12 @@ def test_the_gather_checks_shapes_once_per_kind(monkeypatch):
     collectives.clear()
     losses.gather_with_grad(x)
     assert collectives == [(1, 10), (4, 3)]
+
+
+def test_the_eval_chunk_follows_the_device():
+    from modeling_mscl.modeling_mscl import _inference_chunk_rows
+
+    window = CROP_FRAMES * 64
+    assert _inference_chunk_rows(torch.device("cpu"), window) == 128  # tuned on 2 cores
+    assert _inference_chunk_rows(torch.device("cuda", 0), window) == 1024
+    assert _inference_chunk_rows(torch.device("cpu"), 10**9) == 1  # always some rows
