@@ -11,8 +11,8 @@ go on, and the exit status is 1.
    :class:`~modeling_mscl.MSCLConfig`, bilinear similarity): 128 pairs per step, one encoder
    pass over anchors and positives, the null-source loss with 25 % absent sources and the
    project's Adam (:func:`~modeling_mscl.optim.make_optimizer`), in fp32, bf16 autocast,
-   channels-last (fp32 and bf16; bf16 also with ``cudnn.benchmark``, which training leaves
-   off) and ``torch.compile`` of the encoder (channels-last + bf16; ``--compile-mode
+   channels-last (fp32 and bf16; bf16 also with ``cudnn.benchmark``, which training turns
+   on) and ``torch.compile`` of the encoder (channels-last + bf16; ``--compile-mode
    reduce-overhead`` captures CUDA graphs). Warm-up excluded, the device
    synchronised around every timed window, median of the repetitions. Not included:
    gradient clipping, metering and logging of the training loop.
@@ -100,7 +100,7 @@ TRAIN_VARIANTS = {
     "bf16": ("bf16 autocast", False, True, False, False),
     "channels_last": ("channels-last", True, False, False, False),
     "channels_last_bf16": ("channels-last + bf16 autocast", True, True, False, False),
-    # Training leaves cudnn.benchmark off; this says what turning it on would give.
+    # Training turns cudnn.benchmark on (fixed shapes); the others say what it gives.
     "channels_last_bf16_cudnn_benchmark": (
         "channels-last + bf16 autocast + cudnn.benchmark",
         *(True, True, False, True),
