@@ -248,7 +248,7 @@ def training_step(
     optimizer = make_optimizer("adam", model.parameters(), 1e-3)
     mark_step = None
     if compile_options is not None:
-        # The encoder only, as training would compile it.
+        # The encoder only: the loss is small next to it.
         model.mscl = torch.compile(model.mscl, **compile_options)
         if device.type == "cuda" and "reduce-overhead" in str(compile_options.get("mode")):
             # Tells the CUDA-graph trees that a new iteration starts (no output is reused).
