@@ -23,7 +23,8 @@ The augmentation is split in two so that a minibatch stays a pure function of
 - :meth:`SpecAugmentation.draw` draws every random parameter for the *global* batch with
   a numpy generator (small integer arrays, cheap);
 - :meth:`SpecAugmentation.apply` applies them to any slice of that batch with vectorised
-  torch operations (no per-crop Python loop), on whatever device the crops are on.
+  torch operations (no per-crop Python loop), on whatever device the crops are on; off
+  the CPU at fixed shapes, so that the host never waits for it.
 """
 
 from __future__ import annotations
@@ -225,14 +226,10 @@ class SpecAugmentation:
         for name, value in params.items():
             if len(value) != n:
                 raise ValueError(f"params[{name!r}] was drawn for {len(value)} crops, got {n}")
-        dev = x.device
-
-        def t(name: str) -> torch.Tensor:
-            return torch.as_tensor(params[name]).to(dev)
-
+        p = _on_device(params, n, x.device)
         fill = float(self.fill_value)
-        keep_frames = ~_span_mask(t("time_mask_start"), t("time_mask_width"), frames)
-        keep_bins = ~_span_mask(t("freq_mask_start"), t("freq_mask_width"), bins)
+        keep_frames = ~_span_mask(p["time_mask_start"], p["time_mask_width"], frames)
+        keep_bins = ~_span_mask(p["freq_mask_start"], p["freq_mask_width"], bins)
         # One broadcast product of 0/1 factors masks both axes in a single pass over x
         # (about twice as fast on the CPU as two masked_fill_ calls); crops are finite
         # log-mels, so x * 0 is 0 and x * 1 is x exactly.
@@ -240,8 +237,37 @@ class SpecAugmentation:
         x.mul_(keep)
         if fill != 0.0:
             x.add_((1.0 - keep) * fill)
-        x = _freq_shift(x, t("freq_shift"), fill)
-        return _time_warp(x, t("time_warp_pivot"))
+        x = _freq_shift(x, p["freq_shift"], fill)
+        return _time_warp(x, p["time_warp_pivot"])
+
+
+_PARAM_NAMES = (
+    "time_mask_start",
+    "time_mask_width",
+    "freq_mask_start",
+    "freq_mask_width",
+    "freq_shift",
+    "time_warp_pivot",
+)
+
+
+def _on_device(params: AugmentParams, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The parameters as int64 tensors on ``device``, in one copy.
+
+    Six small copies from the host would each make it wait; one packed copy from pinned
+    memory to a GPU is queued like a kernel.
+    """
+    parts = [torch.as_tensor(params[name]).reshape(n, -1).long() for name in _PARAM_NAMES]
+    packed = torch.cat([part.to(parts[0].device) for part in parts], dim=1)
+    if packed.device != device:
+        if device.type == "cuda" and packed.device.type == "cpu":
+            packed = packed.pin_memory()
+        packed = packed.to(device, non_blocking=True)
+    columns = packed.split([part.shape[1] for part in parts], dim=1)
+    out = dict(zip(_PARAM_NAMES, columns, strict=True))
+    out["freq_shift"] = out["freq_shift"][:, 0]
+    out["time_warp_pivot"] = out["time_warp_pivot"][:, 0]
+    return out
 
 
 def _span_mask(start: torch.Tensor, width: torch.Tensor, length: int) -> torch.Tensor:
@@ -257,17 +283,26 @@ def _span_mask(start: torch.Tensor, width: torch.Tensor, length: int) -> torch.T
 def _freq_shift(x: torch.Tensor, shift: torch.Tensor, fill: float) -> torch.Tensor:
     """Bin b takes bin b + shift (content moves down); the top ``shift`` bins take ``fill``.
 
-    One gather over the shifted crops only; ``x`` is modified in place and returned.
+    On the CPU one gather over the shifted crops only, ``x`` modified in place. Elsewhere
+    one gather over every crop (a zero shift gathers each bin from itself, exactly): the
+    same work whatever was drawn, so the host never waits for a count of shifted crops.
     """
-    rows = torch.nonzero(shift > 0).flatten()
-    if rows.numel() == 0:
-        return x
     frames, bins = x.shape[1], x.shape[2]
-    src = torch.arange(bins, device=x.device)[None, :] + shift[rows][:, None]  # (rows, bins)
+    rows = _picked_rows(x, shift > 0)
+    if rows is not None and rows.numel() == 0:
+        return x
+    part, shift = (x, shift) if rows is None else (x[rows], shift[rows])
+    src = torch.arange(bins, device=x.device)[None, :] + shift[:, None]  # (crops, bins)
     index = src.clamp(max=bins - 1)[:, None, :].expand(-1, frames, -1)
-    part = x[rows].gather(2, index)
-    part.masked_fill_((src >= bins)[:, None, :], fill)
-    return x.index_copy_(0, rows, part)
+    part = part.gather(2, index).masked_fill_((src >= bins)[:, None, :], fill)
+    return part if rows is None else x.index_copy_(0, rows, part)
+
+
+def _picked_rows(x: torch.Tensor, picked: torch.Tensor) -> torch.Tensor | None:
+    """The indices of the picked crops on the CPU (computing only those is about twice as
+    fast there); ``None`` on other devices, where counting them would make the host wait
+    for the device, and every crop is computed instead."""
+    return torch.nonzero(picked).flatten() if x.device.type == "cpu" else None
 
 
 def _time_warp(x: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor:
@@ -277,15 +312,20 @@ def _time_warp(x: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor:
     tc * j / (h - 1) and output frame h + k reads (tc + 1) + (T - 2 - tc) * k / (T - h - 1),
     i.e. linspace(0, tc, h) then linspace(tc + 1, T - 1, T - h), interpolated linearly.
     Positions are split into an integer frame and a fraction with integer arithmetic, so
-    the frame index is exact and the fraction is one correctly rounded division. Only the
-    warped crops are computed; ``x`` is modified in place and returned.
+    the frame index is exact and the fraction is one correctly rounded division. On the
+    CPU only the warped crops are computed (``x`` modified in place); elsewhere every crop
+    is warped (the unwarped ones around a stand-in pivot) and the unwarped ones are taken
+    back unchanged, at fixed shapes.
     """
-    rows = torch.nonzero(pivot >= 0).flatten()
-    if rows.numel() == 0:
-        return x
     frames, bins = x.shape[1], x.shape[2]
+    warped = pivot >= 0
+    rows = _picked_rows(x, warped)
+    if rows is not None and rows.numel() == 0:
+        return x
+    xs = x if rows is None else x[rows]
+    # Any valid pivot stands in for the unwarped crops (their result is not used).
+    tc = (pivot.long().clamp(min=0) if rows is None else pivot[rows].long())[:, None]
     head, tail = frames // 2, frames - frames // 2
-    tc = pivot[rows].long()[:, None]
     k_head = torch.arange(head, device=x.device)[None, :]
     k_tail = torch.arange(tail, device=x.device)[None, :]
     num_head = tc * k_head  # position * (head - 1)
@@ -302,9 +342,11 @@ def _time_warp(x: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor:
     weight = frac[:, :, None].expand(-1, -1, bins)
     # Rows of the flattened (crops * frames, bins) view: index_select + lerp is far faster
     # on the CPU than advanced indexing with broadcast weights.
-    xs = x[rows]
-    base = torch.arange(len(rows), device=x.device)[:, None] * frames
+    base = torch.arange(xs.shape[0], device=x.device)[:, None] * frames
     flat = xs.reshape(-1, bins)
     lower = flat.index_select(0, (base + i0).flatten()).view_as(xs)
     upper = flat.index_select(0, (base + i1).flatten()).view_as(xs)
-    return x.index_copy_(0, rows, lower.lerp_(upper, weight))
+    out = lower.lerp_(upper, weight)
+    if rows is None:
+        return torch.where(warped[:, None, None], out, x)
+    return x.index_copy_(0, rows, out)

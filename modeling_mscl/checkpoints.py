@@ -21,6 +21,7 @@ from ._files import (
     MARKER_FILE,
     TEMP_FOLDER_PREFIX,
     ForeignFolderError,
+    atomic_write,
     claim_folder,
     folder_kind,
     replace_folder,
@@ -32,6 +33,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "DATA_FILE",
     "RUN_KIND",
+    "check_shared_output_dir",
     "TRAINER_STATE",
     "RUN_OUTPUTS",
     "check_data",
@@ -198,6 +200,49 @@ def claim_output_dir(output_dir: str | os.PathLike, resume: bool) -> Path:
         raise ValueError(f"output_dir {out} cannot be written: {err}") from err
 
 
+SHARED_PROBE = ".shared-output-dir-check"
+
+
+def check_shared_output_dir(accelerator: Any, output_dir: str | os.PathLike) -> None:
+    """Raise ValueError on every process unless all of them see the same ``output_dir``.
+
+    Checkpoints are written by the main process and read back by every process on
+    resume, and the final model is saved once: under several nodes ``output_dir`` must be
+    one folder every node mounts (a shared filesystem), not each node's local disk of the
+    same name. The main process writes a random token there; every process reads it.
+    One broadcast and one gather at the start of a multi-process run.
+    """
+    import secrets
+
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    if accelerator.num_processes == 1:
+        return
+    probe = Path(output_dir).expanduser() / SHARED_PROBE
+    token = [secrets.token_hex(16) if accelerator.is_main_process else None]
+    if accelerator.is_main_process:
+        with atomic_write(probe) as handle:
+            handle.write(token[0])
+    broadcast_object_list(token)  # after the write: every process looks once it has it
+    try:
+        seen = probe.read_text() == token[0]
+    except OSError:
+        seen = False
+    flags = accelerator.gather(torch.tensor([int(seen)], device=accelerator.device))
+    if accelerator.is_main_process:  # every process has looked (the gather waited)
+        probe.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    blind = [rank for rank, ok in enumerate(flags.tolist()) if not ok]
+    if blind:
+        raise ValueError(
+            f"output_dir {output_dir} is not the same folder on every process: process(es) "
+            f"{blind} do not see the file the main process wrote there. Under several nodes "
+            "put output_dir on a filesystem that every node mounts (checkpoints are written "
+            "by the main process and read by all of them on resume)."
+        )
+
+
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
     """Delete the temporary folders a killed run left behind (main process only)."""
     for stale in (Path(output_dir) / CHECKPOINT_DIR).glob(f"{TEMP_FOLDER_PREFIX}*"):
@@ -281,19 +326,46 @@ def check_data(
     ]
 
 
+def _check_precision(
+    checkpoint: Path, state: dict[str, Any], args: PretrainingArguments, precision: str | None
+) -> None:
+    """Refuse a resume whose precision 'auto' resolved differently; warn if asked for."""
+    saved = state.get("mixed_precision")  # absent from checkpoints of older versions
+    if precision is None or saved is None or saved == precision:
+        return
+    message = (
+        f"resume: {checkpoint} was trained with mixed precision {saved!r}, this run's is "
+        f"{precision!r}"
+    )
+    from .precision import launcher_precision
+
+    if args.training.mixed_precision != "auto" or launcher_precision() in ("no", "bf16"):
+        logger.warning("%s, as asked for", message)
+        return
+    raise ValueError(
+        f"{message} (what mixed_precision: auto gives here). Pass --mixed_precision "
+        f"{saved} to pretrain.py to continue as the run was trained, or --mixed_precision "
+        f"{precision} to change it deliberately."
+    )
+
+
 def resume(
     accelerator: Any,
     args: PretrainingArguments,
     fingerprint: str,
     data: dict[str, Any] | None = None,
+    precision: str | None = None,
 ) -> tuple[int, int, int, list[dict[str, Any]]]:
     """Load the newest checkpoint into ``accelerator``'s prepared objects.
 
     Returns (step, skipped steps, skipped steps in a row, data history); (0, 0, 0, [])
     without a checkpoint. Raises ValueError when an argument that defines the
-    learning-rate schedule changed (see :data:`SCHEDULE_KEYS`) or when ``data`` (this
-    run's ``{"data_dir", "fingerprint"}``) is not the checkpoint's (:func:`check_data`);
-    warns when the sampler's fingerprint or other arguments that shape the run changed.
+    learning-rate schedule changed (see :data:`SCHEDULE_KEYS`), when ``data`` (this
+    run's ``{"data_dir", "fingerprint"}``) is not the checkpoint's (:func:`check_data`),
+    or when ``mixed_precision: auto`` resolves to another ``precision`` than the
+    checkpoint's run had (a bf16 run resumed in float32 on another machine, say); warns
+    when the precision changed because it was asked for, or when the sampler's
+    fingerprint or other arguments that shape the run changed.
     """
     out_dir = Path(args.training.output_dir).expanduser()
     checkpoints = complete_checkpoints(out_dir)
@@ -314,6 +386,7 @@ def resume(
             if (data is not None)
             else []
         )
+        _check_precision(checkpoint, state, args, precision)
         changed_schedule = schedule_changes(saved_args, args.to_dict())
         if changed_schedule:
             raise ValueError(

@@ -55,6 +55,7 @@ __all__ = [
     "StemChunker",
     "prepare_chunks",
     "presence_flags",
+    "worker_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,21 @@ def _undecoded(tracks: Dataset) -> Dataset:
     return tracks
 
 
+def worker_device(device: str | None, rank: int | None, gpus: int) -> torch.device:
+    """The device of map worker ``rank`` (None: no worker pool) on a machine with ``gpus``.
+
+    ``None`` or a bare ``"cuda"`` spreads the workers over the GPUs, worker ``rank`` on
+    ``cuda:{rank % gpus}`` (so ``num_proc`` = the GPU count uses each once); a device with
+    an index (``"cuda:1"``) or another type is taken as given.
+    """
+    if device is None:
+        return torch.device("cuda", (rank or 0) % gpus) if gpus else torch.device("cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None and rank is not None and gpus > 1:
+        return torch.device("cuda", rank % gpus)
+    return resolved
+
+
 def _to_16k_mono(wav: np.ndarray, rate: int, device: torch.device) -> torch.Tensor:
     return resample_audio(torch.from_numpy(wav).to(device).mean(0), rate, SAMPLING_RATE)
 
@@ -150,8 +166,9 @@ class StemChunker:
             Presence threshold on the mean absolute amplitude of a chunk.
         device (`str`, *optional*):
             Where to separate and compute log-mels. By default the separator's device;
-            if it has none, ``cuda:{rank % device_count}`` when GPUs exist (so
-            ``num_proc`` = number of GPUs uses each once), else the CPU.
+            if it has none, or it is a bare ``"cuda"``, worker ``rank`` takes
+            ``cuda:{rank % device_count}`` when GPUs exist (so ``num_proc`` = number of
+            GPUs uses each once), else the CPU (see :func:`worker_device`).
         records (`bool`, *optional*, defaults to `False`):
             Also emit one bookkeeping row per track (``chunk_index`` -1) with its
             duration and skip reason; :func:`prepare_chunks` uses them for its report.
@@ -221,11 +238,8 @@ class StemChunker:
 
     def _device(self, rank: int | None) -> torch.device:
         device = self.device or getattr(self.separator, "device", None)
-        if device is not None:
-            return torch.device(device)
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{(rank or 0) % torch.cuda.device_count()}")
-        return torch.device("cpu")
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return worker_device(device, rank, gpus)
 
     def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, list]:
         """Separate and chunk a batch of track rows (see the class docstring)."""

@@ -101,13 +101,15 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.local : (ctx.rank + 1) * ctx.local]
 
 
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+def gather_with_grad(tensor: torch.Tensor, check_shapes: bool = True) -> torch.Tensor:
     """Concatenate ``tensor`` from all processes along dim 0, keeping the gradient path.
 
     Args:
         tensor: `(n, ...)` local tensor; `n` and the trailing dims must match on every
             process (checked with a small all_gather; a mismatch raises ValueError on all
             processes).
+        check_shapes: compare the shapes first (one more collective and a wait for its
+            result on the host); only every process at once may leave it out.
 
     Returns:
         `(world_size * n, ...)`: process 0's rows first. In backward, each process receives
@@ -117,8 +119,31 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     _, world = _world()
     if world == 1:
         return tensor
-    _check_equal_shapes(tensor, "gather_with_grad")
+    if check_shapes:
+        _check_equal_shapes(tensor, "gather_with_grad")
     return _GatherWithGrad.apply(tensor)
+
+
+class _CheckedOnce:
+    """:func:`gather_with_grad` that compares the shapes on the first gather of each kind
+    (number of dims, dtype) only.
+
+    The shape check makes the host wait for a collective: once per step is a stall of the
+    device's queue (and no CUDA graph can hold it). A training run gathers the same
+    shapes at every step (``batch_size / processes`` rows everywhere), so the first step's
+    check covers the run. The kind, unlike the sizes, is the same on every process that
+    runs the same code, so all processes skip the same checks and their collectives stay
+    matched.
+    """
+
+    def __init__(self) -> None:
+        self.checked: set[tuple[int, torch.dtype]] = set()
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        kind = (tensor.dim(), tensor.dtype)
+        first = kind not in self.checked
+        self.checked.add(kind)
+        return gather_with_grad(tensor, check_shapes=first)
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -139,6 +164,10 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 def process_gather() -> ProcessGather | None:
     """What the loss needs to contrast against every process's rows; ``None`` (the
-    single-process loss) without an initialised torch.distributed or with one process."""
+    single-process loss) without an initialised torch.distributed or with one process.
+
+    Its gather compares shapes across processes on the first gather of each kind only
+    (see :class:`_CheckedOnce`): make one per run (or per evaluation), on every process.
+    """
     rank, world = _world()
-    return ProcessGather(gather_with_grad, rank) if world > 1 else None
+    return ProcessGather(_CheckedOnce(), rank) if world > 1 else None

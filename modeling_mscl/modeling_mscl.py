@@ -102,8 +102,10 @@ class MSCLForPreTrainingOutput(ModelOutput):
             Mean cross-entropy of the anchors' logits (InfoNCE, with the null column when
             some sources are absent).
         logits (`torch.FloatTensor` of shape `(batch, columns)`):
-            Similarities of each anchor to every positive column (gathered over processes)
-            and, when some source is absent, the null column last.
+            Similarities of each anchor to every positive column (gathered over processes).
+            With `source_present`, at fixed shapes whatever is present: one column per row
+            of the global batch, then the null column, at `-inf` where a column does not
+            count (an absent row's positive; the null column when nothing is absent).
         targets (`torch.LongTensor` of shape `(batch,)`):
             The column each anchor must pick.
         accuracy (`torch.FloatTensor` of shape `()`):
@@ -181,9 +183,20 @@ def _activation(name: str) -> nn.Module:
 # anything that needs gradients take the layer-by-layer path.
 
 # Input elements (windows x frames x mel bins) encoded at once: bounds the activations
-# (about 25x the input at the widest stage, 80 MB here) whatever the batch. 128 one-second
-# windows; smaller chunks were slower on 2 threads (less work per parallel region).
+# (about 25x the input at the widest stage, 80 MB here) whatever the batch. On the CPU 128
+# one-second windows; smaller chunks were slower on 2 threads (less work per parallel
+# region). A GPU needs more rows per kernel to fill its cores: 1024 windows (640 MB).
 _INFERENCE_CHUNK_ELEMENTS = 128 * 98 * 64
+_INFERENCE_CHUNK_ELEMENTS_ACCELERATOR = 1024 * 98 * 64
+
+
+def _inference_chunk_rows(device: torch.device, row_elements: int) -> int:
+    """Rows of ``row_elements`` input elements the fused eval forward takes at once."""
+    cpu = device.type == "cpu"
+    budget = _INFERENCE_CHUNK_ELEMENTS if cpu else _INFERENCE_CHUNK_ELEMENTS_ACCELERATOR
+    return max(1, budget // max(1, row_elements))
+
+
 # oneDNN post-ops for the activations it can fuse; other activations run after the conv.
 _FUSED_ACTIVATIONS = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Identity: "none"}
 _onednn_conv: list[bool] = []  # [False] once oneDNN's fused convolution failed here
@@ -581,7 +594,7 @@ class MSCLEncoder(nn.Module):
         self, pixel_values: torch.Tensor, output_hidden_states: bool
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """The fused eval forward, a chunk of rows at a time (see ``_INFERENCE_CHUNK_ELEMENTS``)."""
-        rows = max(1, _INFERENCE_CHUNK_ELEMENTS // max(1, pixel_values[0].numel()))
+        rows = _inference_chunk_rows(pixel_values.device, pixel_values[0].numel())
         maps, hidden = [], []
         for chunk in pixel_values.split(rows):
             # Channels-last strides, which one channel leaves ambiguous: oneDNN then keeps
@@ -1010,9 +1023,14 @@ def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def _contrast(
-    anchors: torch.Tensor, columns: torch.Tensor, targets: torch.Tensor, similarity: Similarity
+    anchors: torch.Tensor,
+    columns: torch.Tensor,
+    targets: torch.Tensor,
+    similarity: Similarity,
+    counts: torch.Tensor | None = None,
 ) -> ContrastiveLossOutput:
-    """Cross-entropy of float32 logits of ``anchors`` (B, D) against ``columns`` (C, D)."""
+    """Cross-entropy of float32 logits of ``anchors`` (B, D) against ``columns`` (C, D);
+    columns where the bool ``counts`` (C,) is False get the logit ``-inf``."""
     batch, num_columns = anchors.shape[0], columns.shape[0]
     if batch == 0 or num_columns == 0:
         # Nothing to contrast (an empty batch). A zero loss that still touches the inputs
@@ -1027,6 +1045,9 @@ def _contrast(
             f"similarity must return logits of shape ({batch}, {num_columns}); "
             f"got {tuple(logits.shape)}"
         )
+    if counts is not None:
+        # `where`, not a sum with -inf: no gradient reaches a column that does not count.
+        logits = torch.where(counts[None, :], logits, float("-inf"))
     loss = F.cross_entropy(logits, targets)
     accuracy = (logits.detach().argmax(dim=-1) == targets).float().mean()
     return ContrastiveLossOutput(loss, logits, targets, accuracy)
@@ -1076,13 +1097,20 @@ def null_source_contrastive_loss(
 ) -> ContrastiveLossOutput:
     """MSCL's InfoNCE with one shared "null" column for absent sources (the method, section 4).
 
-    Columns are the positives of the rows whose source is present, in global order (process
-    0's rows first), then one null column if any row of the global batch is absent: the
-    mean of the embeddings of *all* absent rows of the global batch, as the reference
-    computes it (in training mode stochastic depth makes those rows differ, and the mean
-    sends the gradient to every one of them). A present anchor must pick its own positive;
-    an absent anchor must pick the null column. With every source present this is exactly
-    :func:`info_nce_loss`.
+    The columns that count are the positives of the rows whose source is present, in global
+    order (process 0's rows first), then one null column if any row of the global batch is
+    absent: the mean of the embeddings of *all* absent rows of the global batch, as the
+    reference computes it (in training mode stochastic depth makes those rows differ, and
+    the mean sends the gradient to every one of them). A present anchor must pick its own
+    positive; an absent anchor must pick the null column. With every source present the
+    loss is that of :func:`info_nce_loss`.
+
+    Everything has a fixed shape, whatever is present, so that the loss never makes the
+    host wait for the device (no boolean-mask indexing, no branch on a tensor's value):
+    there is one column per row of the global batch plus the null column, and the columns
+    that do not count (absent rows; the null column when nothing is absent) have the logit
+    ``-inf``, which adds exactly nothing to the softmax. The loss, the accuracy and every
+    gradient are those of the reference's compacted columns.
 
     Args:
         anchor_embeds: `(B, D)` local anchors (mixture crops).
@@ -1096,7 +1124,10 @@ def null_source_contrastive_loss(
             `None`: this process's rows only.
 
     Returns:
-        :class:`ContrastiveLossOutput`; the loss is the mean over the local rows.
+        :class:`ContrastiveLossOutput` whose logits have `world * B + 1` columns (global
+        row j's positive at column j, the null column last; ``-inf`` where a column does
+        not count) and whose targets index those columns; the loss is the mean over the
+        local rows.
     """
     _check_pairs(anchor_embeds, positive_embeds)
     batch = positive_embeds.shape[0]
@@ -1111,20 +1142,25 @@ def null_source_contrastive_loss(
     if gather is None:
         all_present, all_positives = present, positive_embeds
     else:
-        all_present = gather.all_gather(present.to(positive_embeds.dtype)) > 0.5
-        all_positives = gather.all_gather(positive_embeds)
+        # One collective for both: the flag rides along as a last column (0/1 is exact in
+        # any float type; its gradient is dropped).
+        flagged = torch.cat([positive_embeds, present[:, None].to(positive_embeds.dtype)], 1)
+        gathered = gather.all_gather(flagged)
+        all_positives, all_present = gathered[:, :-1], gathered[:, -1] > 0.5
 
-    columns = all_positives[all_present]
-    num_present = columns.shape[0]
-    if not bool(all_present.all()):
-        null_column = all_positives[~all_present].float().mean(dim=0)
-        columns = torch.cat([columns.float(), null_column[None]])
+    # The null column: the mean of the absent rows, as a masked sum over a count clamped
+    # at 1 (with nothing absent it is the zero vector, and its column does not count).
+    absent = ~all_present
+    num_absent = absent.sum()
+    null_column = torch.where(absent[:, None], all_positives.float(), 0.0).sum(dim=0)
+    null_column = null_column / num_absent.clamp(min=1)
+    columns = torch.cat([all_positives.float(), null_column[None]])
+    counts = torch.cat([all_present, (num_absent > 0)[None]])
 
-    # Global column index of each present row = number of present rows before it.
     rows = torch.arange(batch, device=device) + rank * batch
-    column_of_row = torch.cumsum(all_present.long(), dim=0) - 1
-    targets = torch.where(present, column_of_row[rows], torch.full_like(rows, num_present))
-    return _contrast(anchor_embeds, columns, targets, similarity)
+    null_index = all_present.shape[0]
+    targets = torch.where(present, rows, torch.full_like(rows, null_index))
+    return _contrast(anchor_embeds, columns, targets, similarity, counts)
 
 
 class MSCLSimilarity(nn.Module):

@@ -42,7 +42,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from .checkpoints import (
     ARGS_FILE,
     DATA_FILE,
     claim_output_dir,
+    check_shared_output_dir,
     latest_checkpoint,
     prepare_output_dir,
     remove_partial_checkpoints,
@@ -78,6 +78,7 @@ from .pairs import (
     holdout_mask,
 )
 from .run_lock import RunLock
+from .precision import resolve_precision
 from .training_args import PretrainingArguments
 from .training_metrics import (
     Meter,
@@ -315,8 +316,8 @@ class _Run:
                     handle.write(json.dumps({"step": at_step, **logs}) + "\n")
 
 
-def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str]:
-    """The ``Accelerator`` of a run and its mixed precision ('no' or 'bf16')."""
+def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str, str]:
+    """The ``Accelerator`` of a run, its mixed precision ('no' or 'bf16') and why."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
@@ -325,15 +326,7 @@ def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str]:
         keep_freed_memory()
     out_dir = Path(t.output_dir).expanduser()
     on_cpu = t.cpu or not _has_accelerator()
-    precision = t.mixed_precision
-    if precision == "auto":
-        # `accelerate launch --mixed_precision X` (or its config) decides when it says
-        # bf16 or no; fp16 needs loss scaling, which this loop does not do.
-        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
-        if launched in ("no", "bf16"):
-            precision = launched
-        else:
-            precision = "bf16" if not on_cpu and torch.cuda.is_bf16_supported() else "no"
+    precision, why = resolve_precision(t.mixed_precision, on_cpu)
     accelerator = Accelerator(
         cpu=on_cpu,
         mixed_precision=precision,
@@ -346,7 +339,19 @@ def setup_accelerator(args: PretrainingArguments) -> tuple[Any, str]:
         # once per optimizer step (not once per process).
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
-    return accelerator, precision
+    configure_backends(accelerator.device)
+    return accelerator, precision, why
+
+
+def configure_backends(device: torch.device) -> None:
+    """Backend settings for training on ``device``.
+
+    On CUDA, ``cudnn.benchmark``: every step has the same shapes (fixed crops, a fixed
+    batch), so cuDNN's search for the fastest convolution algorithms runs once, in the
+    first step, and its picks serve the whole run.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def _check_run(run: _Run) -> None:
@@ -355,6 +360,7 @@ def _check_run(run: _Run) -> None:
     # A used or unwritable folder fails fast.
     prepare_output_dir(run.out_dir, t.resume, t.overwrite_output_dir, accelerator.is_main_process)
     accelerator.wait_for_everyone()
+    check_shared_output_dir(accelerator, run.out_dir)
     if t.batch_size % accelerator.num_processes:
         raise ValueError(
             f"batch_size={t.batch_size} must be a multiple of the "
@@ -409,7 +415,7 @@ def prepare_model(run: _Run) -> None:
     history: list[dict[str, Any]] = []
     if t.resume:
         run.start_step, run.skipped, run.bad_in_row, history = resume(
-            accelerator, args, run.fingerprint, run.data
+            accelerator, args, run.fingerprint, run.data, run.precision
         )
     run.data_history = history or [{"step": run.start_step, **run.data}]
     run.step = run.start_step
@@ -622,6 +628,7 @@ def _after_step(run: _Run, state: _Interval, meter: Meter, bar: Any) -> None:
             "sampler_fingerprint": run.fingerprint,
             "data": run.data,
             "data_history": run.data_history,
+            "mixed_precision": run.precision,
         }
         save_checkpoint(accelerator, run.args, step, trainer_state)
 
@@ -748,7 +755,7 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
     args.validate()
     t = args.training
     hook = probe_hook or resolve_probe_hook(t.probe_hook)
-    accelerator, precision = setup_accelerator(args)
+    accelerator, precision, why = setup_accelerator(args)
     run = _Run(args, accelerator, precision, Path(t.output_dir).expanduser(), hook)
     lock = None
     if accelerator.is_main_process:
@@ -764,7 +771,7 @@ def pretrain(args: PretrainingArguments, probe_hook: ProbeHook | None = None) ->
         accelerator.print(
             f"pretraining {args.data.objective} on {len(run.store)} chunks "
             f"({len(run.val_store or [])} for validation): {accelerator.num_processes} "
-            f"process(es) on {accelerator.device}, mixed precision {precision}, "
+            f"process(es) on {accelerator.device}, mixed precision {precision} ({why}), "
             f"{t.batch_size} pairs per minibatch, steps {run.start_step} -> {t.max_steps}"
         )
         accelerator.init_trackers("pretrain", config=_tracker_config(args))

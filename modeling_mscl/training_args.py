@@ -172,8 +172,9 @@ class TrainingArguments:
     warmup_steps: int = _help("linear warm-up steps", 0)
     max_grad_norm: float = _help("clip the gradient norm to this (0 = no clipping)", 0.0)
     mixed_precision: str = _help(
-        "'auto' (accelerate launch's --mixed_precision if bf16/no, else bf16 on a GPU that "
-        "has it), 'no' or 'bf16' (fp16 is not supported: it needs loss scaling)",
+        "'auto' (accelerate launch's --mixed_precision or config if it names bf16/no, else "
+        "bf16 on a GPU that computes it natively, compute capability >= 8.0), 'no' or "
+        "'bf16' (fp16 is not supported: it needs loss scaling)",
         "auto",
     )
     cpu: bool = _help("train on the CPU even if a GPU is present", False)

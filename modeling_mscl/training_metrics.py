@@ -30,7 +30,8 @@ def batch_inputs(
     moved["anchor"] = batch["anchor"].to(device, non_blocking=True).float()
     moved["positive"] = batch["positive"].to(device, non_blocking=True).float()
     moved = apply_augmentation(moved, augmentation)  # s3t parameters still in the batch
-    present = batch["present"].to(device) if objective == "mscl" else None
+    # Asynchronous from pinned memory (a blocking copy would make the host wait).
+    present = batch["present"].to(device, non_blocking=True) if objective == "mscl" else None
     return moved["anchor"], moved["positive"], present
 
 

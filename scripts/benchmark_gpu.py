@@ -11,8 +11,8 @@ go on, and the exit status is 1.
    :class:`~modeling_mscl.MSCLConfig`, bilinear similarity): 128 pairs per step, one encoder
    pass over anchors and positives, the null-source loss with 25 % absent sources and the
    project's Adam (:func:`~modeling_mscl.optim.make_optimizer`), in fp32, bf16 autocast,
-   channels-last (fp32 and bf16; bf16 also with ``cudnn.benchmark``, which training leaves
-   off) and ``torch.compile`` of the encoder (channels-last + bf16; ``--compile-mode
+   channels-last (fp32 and bf16; bf16 also with ``cudnn.benchmark``, which training turns
+   on) and ``torch.compile`` of the encoder (channels-last + bf16; ``--compile-mode
    reduce-overhead`` captures CUDA graphs). Warm-up excluded, the device
    synchronised around every timed window, median of the repetitions. Not included:
    gradient clipping, metering and logging of the training loop.
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import math
 import platform
@@ -63,9 +64,11 @@ from typing import Any
 
 import torch
 
+# Only what every section needs: the data path and Demucs import their packages (datasets,
+# pyarrow, soundfile, demucs, julius) when they run, so that an image without them still
+# measures the rest; the preflight names what is missing.
 from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLForPreTraining
 from modeling_mscl.optim import make_optimizer
-from modeling_mscl.pairs import CROP_FRAMES, PairDataset, synthetic_chunk_dataset
 
 # Run in this order whatever the command line's: compiling, the one step that may take
 # minutes, comes last, so that a run cut short has every other figure.
@@ -73,13 +76,31 @@ SECTIONS = ("train", "data", "logmel", "demucs", "compile")
 TRAIN_GOAL = 10_000.0  # bf16 pairs/s on one H200
 DATA_GOAL = 1.5  # data path pairs/s over the model step's
 DEMUCS_GOAL = 0.95  # our separation over bare apply_model
+# What each section imports beyond torch, transformers and the package's model, checked
+# by the preflight before anything runs.
+SECTION_IMPORTS = {
+    "train": (),
+    "data": ("pyarrow", "datasets", "modeling_mscl.pairs", "modeling_mscl.training"),
+    "logmel": (),
+    "demucs": (
+        "soundfile",
+        "julius",
+        "demucs.apply",
+        "demucs.htdemucs",
+        "modeling_mscl.chunks",
+        "benchmark_separation",
+    ),
+    "compile": (),
+}
+# The figure a skipped section stands for in the JSON and the table.
+SECTION_KEYS = {"data": "data/loader", "demucs": "demucs/apply_model"}
 # key: (label, channels-last, bf16 autocast, compiled, cudnn.benchmark)
 TRAIN_VARIANTS = {
     "fp32": ("fp32", False, False, False, False),
     "bf16": ("bf16 autocast", False, True, False, False),
     "channels_last": ("channels-last", True, False, False, False),
     "channels_last_bf16": ("channels-last + bf16 autocast", True, True, False, False),
-    # Training leaves cudnn.benchmark off; this says what turning it on would give.
+    # Training turns cudnn.benchmark on (fixed shapes); the others say what it gives.
     "channels_last_bf16_cudnn_benchmark": (
         "channels-last + bf16 autocast + cudnn.benchmark",
         *(True, True, False, True),
@@ -151,12 +172,15 @@ class Report:
         }
         print(f"  {label}: {value:,.3g} {unit}", flush=True)
 
-    def fail(self, key: str, section: str, label: str, err: BaseException) -> None:
+    def fail(
+        self, key: str, section: str, label: str, err: BaseException, trace: bool = True
+    ) -> None:
         """Record a failed measurement; the run goes on."""
         message = f"{type(err).__name__}: {err}".strip()
         self.errors[key] = {"section": section, "label": label, "error": message[:2000]}
         print(f"  {label}: FAILED ({message[:300]})", flush=True)
-        traceback.print_exc(limit=4, file=sys.stdout)
+        if trace:
+            traceback.print_exc(limit=4, file=sys.stdout)
 
     def save(self) -> None:
         if self.out is not None:
@@ -224,14 +248,14 @@ def training_step(
     optimizer = make_optimizer("adam", model.parameters(), 1e-3)
     mark_step = None
     if compile_options is not None:
-        # The encoder only: the null-source loss has data-dependent shapes (one column
-        # per present source), which CUDA graphs cannot capture.
+        # The encoder only: the loss is small next to it.
         model.mscl = torch.compile(model.mscl, **compile_options)
         if device.type == "cuda" and "reduce-overhead" in str(compile_options.get("mode")):
             # Tells the CUDA-graph trees that a new iteration starts (no output is reused).
             mark_step = torch.compiler.cudagraph_mark_step_begin
     gen = torch.Generator().manual_seed(0)
-    shape = (batch, CROP_FRAMES, config.num_mel_bins)
+    crop_frames = MSCLFeatureExtractor().window_frames  # a training crop is one window
+    shape = (batch, crop_frames, config.num_mel_bins)
     anchor = (torch.randn(shape, generator=gen) - 5.0).to(device)
     positive = (torch.randn(shape, generator=gen) - 5.0).to(device)
     # Exactly a quarter of the sources absent, at random rows.
@@ -315,6 +339,7 @@ def make_chunk_set(folder: Path, rows: int) -> None:
     from datasets import concatenate_datasets, disable_progress_bars
 
     from modeling_mscl.chunk_set import save_chunk_set
+    from modeling_mscl.pairs import synthetic_chunk_dataset
 
     disable_progress_bars()
     per = min(rows, 256)  # built in parts to bound the generator's float64 intermediates
@@ -335,6 +360,7 @@ def open_training_loader(
     Mirrors ``load_chunk_stores``, ``build_sampler`` and ``make_batches`` of
     :mod:`modeling_mscl.training` for one process, the mscl objective, no validation split.
     """
+    from modeling_mscl.pairs import PairDataset
     from modeling_mscl.training import build_sampler, load_chunk_stores
     from modeling_mscl.training_args import PretrainingArguments
 
@@ -528,6 +554,36 @@ def bench_demucs(
 # ---------------------------------------------------------------------------------- main
 
 
+def preflight(sections: list[str], device: torch.device, backend: str) -> dict[str, str]:
+    """Import what the chosen sections need and print one line per package; returns
+    ``{section: why it cannot run}`` for the sections that lack one."""
+    wanted = {s: list(SECTION_IMPORTS[s]) for s in sections}
+    if "compile" in wanted and device.type == "cuda" and backend == "inductor":
+        wanted["compile"].append("triton")  # inductor's GPU kernels
+    print("== preflight", flush=True)
+    print(f"  torch {torch.__version__}, device {device}", flush=True)
+    found: dict[str, str] = {}
+    for module in dict.fromkeys(m for names in wanted.values() for m in names):
+        try:
+            importlib.import_module(module)
+            found[module] = "ok"
+        except Exception as err:  # noqa: BLE001 - an import may fail in any way
+            missing = getattr(err, "name", None) if isinstance(err, ImportError) else None
+            found[module] = (
+                f"missing {missing}" if missing else f"{type(err).__name__}: {err}"
+            ).splitlines()[0]
+        print(f"  {module}: {found[module]}", flush=True)
+    blocked = {}
+    for section, names in wanted.items():
+        bad = [f"{m} ({found[m]})" for m in names if found[m] != "ok"]
+        if bad:
+            blocked[section] = (
+                f"cannot run: {', '.join(bad)}; install the wheels of `make bench-gpu`"
+            )
+            print(f"  section {section} will be skipped", flush=True)
+    return blocked
+
+
 def describe(device: torch.device, quick: bool) -> dict[str, Any]:
     """What the figures depend on: versions, the device, the mode."""
     meta: dict[str, Any] = {
@@ -587,6 +643,11 @@ def main(argv: list[str] | None = None) -> int:
 
     report = Report(args.out, describe(device, args.quick))
     report.meta["sizes"] = asdict(sizes)
+    # The sibling benchmark (Demucs' random model, tracks) is imported from this folder.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    blocked = preflight([n for n in SECTIONS if n in args.sections], device, args.compile_backend)
+    report.meta["preflight"] = blocked
+    report.save()
     started = time.perf_counter()
     benches = {
         "train": bench_training,
@@ -597,6 +658,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in (n for n in SECTIONS if n in args.sections):
         print(f"== {name}", flush=True)
+        if name in blocked:
+            key = SECTION_KEYS.get(name, f"{name}/section")
+            report.fail(
+                key, name, f"section {name}", ModuleNotFoundError(blocked[name]), trace=False
+            )
+            report.save()
+            continue
         section_start = time.perf_counter()
         benches[name](args, sizes, device, report)
         seconds = round(time.perf_counter() - section_start, 1)

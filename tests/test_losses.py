@@ -56,6 +56,14 @@ def naive_null_source(anchors, positives, present, similarity):
     return torch.stack(losses).mean(), torch.stack(rows), torch.tensor(targets)
 
 
+def counted(out):
+    """(logits, targets) over the columns that count, as the reference compacts them: the
+    loss keeps one column per row (and the null column) at ``-inf`` where it does not count."""
+    keep = torch.isfinite(out.logits).all(dim=0)
+    column = torch.cumsum(keep.long(), dim=0) - 1  # compacted index of each kept column
+    return out.logits[:, keep], column[out.targets]
+
+
 def random_case(seed: int, batch: int = 7, dim: int = 5):
     gen = torch.Generator().manual_seed(seed)
     anchors = torch.randn(batch, dim, generator=gen)
@@ -80,10 +88,13 @@ def test_null_source_matches_naive_loop(kind, seed):
     out = null_source_contrastive_loss(anchors, positives, present, similarity)
     loss, logits, targets = naive_null_source(anchors, positives, present, similarity)
     torch.testing.assert_close(out.loss, loss)
-    torch.testing.assert_close(out.logits, logits)
+    # Fixed shape: one column per row and the null column, -inf where absent.
+    assert out.logits.shape == (anchors.shape[0], anchors.shape[0] + 1)
+    assert torch.isinf(out.logits[:, :-1][:, ~present]).all()
+    compact_logits, compact_targets = counted(out)
+    torch.testing.assert_close(compact_logits, logits)
     assert out.targets.dtype == torch.int64
-    assert out.targets.tolist() == targets.tolist()
-    assert out.logits.shape == (anchors.shape[0], int(present.sum()) + 1)
+    assert compact_targets.tolist() == targets.tolist()
     expected_accuracy = (logits.argmax(dim=1) == targets).float().mean()
     torch.testing.assert_close(out.accuracy, expected_accuracy)
 
@@ -117,8 +128,11 @@ def test_all_present_equals_info_nce(kind):
     present = torch.ones(anchors.shape[0], dtype=torch.bool)
     out = null_source_contrastive_loss(anchors, positives, present, similarity)
     ref = info_nce_loss(anchors, positives, similarity)
-    assert torch.equal(out.loss, ref.loss)
-    assert torch.equal(out.logits, ref.logits)
+    # The null column is there, at -inf: it adds exactly 0 to the softmax's sum (the
+    # matmul over one more column may round differently).
+    torch.testing.assert_close(out.loss, ref.loss)
+    torch.testing.assert_close(out.logits[:, :-1], ref.logits)
+    assert torch.isinf(out.logits[:, -1]).all()
     assert torch.equal(out.targets, ref.targets)
     assert torch.equal(out.accuracy, ref.accuracy)
 
@@ -144,11 +158,13 @@ def test_all_absent_rows_pick_the_null_column():
     anchors, positives, _, weight = random_case(6)
     present = torch.zeros(anchors.shape[0], dtype=torch.bool)
     out = null_source_contrastive_loss(anchors, positives, present, bilinear(weight))
-    assert out.logits.shape == (anchors.shape[0], 1)
-    assert out.targets.tolist() == [0] * anchors.shape[0]
+    logits, targets = counted(out)
+    assert logits.shape == (anchors.shape[0], 1)
+    assert targets.tolist() == [0] * anchors.shape[0]
+    assert out.targets.tolist() == [anchors.shape[0]] * anchors.shape[0]
     assert out.loss.item() == pytest.approx(0.0, abs=1e-7)  # softmax over a single column
     assert out.accuracy.item() == 1.0
-    torch.testing.assert_close(out.logits[:, 0], anchors @ weight @ positives.mean(0))
+    torch.testing.assert_close(logits[:, 0], anchors @ weight @ positives.mean(0))
 
 
 def test_bad_shapes_raise():
@@ -178,7 +194,7 @@ def test_low_precision_embeds_give_float32_logits(dtype):
     out = null_source_contrastive_loss(anchors, positives, present, sim)
     ref, logits, _ = naive_null_source(anchors.float(), positives.float(), present, sim)
     assert out.logits.dtype == torch.float32 and out.loss.dtype == torch.float32
-    torch.testing.assert_close(out.logits, logits)
+    torch.testing.assert_close(counted(out)[0], logits)
     torch.testing.assert_close(out.loss, ref)
 
 
@@ -199,7 +215,7 @@ def test_empty_batch_gives_a_zero_loss_that_backpropagates():
     out = null_source_contrastive_loss(
         anchors, positives, torch.zeros(0, dtype=torch.bool), bilinear(torch.eye(5))
     )
-    assert out.loss.item() == 0.0 and out.logits.shape == (0, 0)
+    assert out.loss.item() == 0.0 and out.logits.shape == (0, 1)  # the null column only
     out.loss.backward()
     assert anchors.grad is not None and anchors.grad.shape == (0, 5)
 
@@ -412,10 +428,12 @@ def test_two_process_null_column_is_shared(dist_results):
     """All absent anchors, on both processes, point at the same (last) column."""
     got = dist_results[0]["absent_on_both"], dist_results[1]["absent_on_both"]
     mask = torch.tensor(DIST_CASES["absent_on_both"], dtype=torch.bool).view(WORLD, -1)
-    num_columns = int(mask.sum()) + 1
+    num_columns = mask.numel() + 1  # one per row of the global batch, the null column
     for result, local_mask in zip(got, mask, strict=True):
         assert result["logits"].shape[1] == num_columns
         assert set(result["targets"][~local_mask].tolist()) == {num_columns - 1}
+        assert torch.isinf(result["logits"][:, :-1][:, ~mask.flatten()]).all()
+        assert torch.isfinite(result["logits"][:, -1]).all()
 
 
 def test_gather_with_grad_sums_the_gradient_of_each_slice(dist_results):

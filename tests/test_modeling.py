@@ -225,8 +225,10 @@ def test_pretraining_null_column_and_zeroed_absent_positives():
     anchors, positives = torch.randn(6, 98, 64), torch.randn(6, 98, 64)
     present = torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)
     out = model(anchors, positives, source_present=present)
-    assert out.logits.shape == (6, 5)  # 4 present columns + the null column
-    assert out.targets.tolist() == [0, 1, 4, 2, 4, 3]
+    # One column per row (-inf where absent) and the null column, at fixed shapes.
+    assert out.logits.shape == (6, 7)
+    assert torch.isinf(out.logits[:, [2, 4]]).all() and torch.isfinite(out.logits[:, -1]).all()
+    assert out.targets.tolist() == [0, 1, 6, 3, 6, 5]
     assert torch.isfinite(out.loss)
     # Absent positives are replaced by the zero input: their content cannot matter.
     noisy = positives.clone()
@@ -281,7 +283,7 @@ def test_null_column_is_the_mean_of_the_absent_rows_in_training_mode():
     torch.testing.assert_close(out.logits[:, -1], expected)
     present_rows = out.positive_embeds[present]
     torch.testing.assert_close(
-        out.logits[:, :-1], out.anchor_embeds @ model.similarity.weight @ present_rows.T
+        out.logits[:, :-1][:, present], out.anchor_embeds @ model.similarity.weight @ present_rows.T
     )
     # The gradient reaches every absent row, not only one of them.
     grads = torch.autograd.grad(out.loss, out.positive_embeds)[0]

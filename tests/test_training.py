@@ -674,3 +674,72 @@ def test_a_fresh_run_starts_its_history_anew_and_a_resume_appends(data_dir, tmp_
                        "--lr_schedule", "constant", "--resume", "true"))  # fmt: skip
     steps = [json.loads(line)["step"] for line in (out / "history.jsonl").read_text().splitlines()]
     assert steps[-1] == 3 and 1 in steps
+
+
+def test_resume_refuses_a_precision_that_auto_changed(data_dir, tmp_path, caplog, monkeypatch):
+    """A bf16 run resumed where auto resolves to float32 (launched without a flag, or on
+    another GPU) is refused; asked for explicitly, it goes on with a warning."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    common = ("--max_steps", "2", "--checkpoint_every", "2", "--eval_every", "0")
+    pretrain(tiny_argv(data_dir, tmp_path / "run", *common, "--mixed_precision", "auto"))
+    state_file = latest_checkpoint(tmp_path / "run") / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["mixed_precision"] == "no"  # auto on the CPU
+    state_file.write_text(json.dumps({**state, "mixed_precision": "bf16"}))
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    resume = (*common, "--resume")
+    with pytest.raises(
+        ValueError, match="trained with mixed precision 'bf16'.*--mixed_precision bf16"
+    ):
+        pretrain(tiny_argv(data_dir, tmp_path / "run", *resume, "--mixed_precision", "auto"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    with caplog.at_level("WARNING"):
+        result = pretrain(tiny_argv(data_dir, tmp_path / "run", *resume, "--mixed_precision", "no"))
+    assert result.step == 2
+    assert "trained with mixed precision 'bf16', this run's is 'no', as asked for" in caplog.text
+
+
+SHARED_DIR_SCRIPT = """
+import sys
+from pathlib import Path
+from accelerate import Accelerator
+from modeling_mscl.checkpoints import SHARED_PROBE, check_shared_output_dir
+
+accelerator = Accelerator(cpu=True)
+rank, base = accelerator.process_index, Path(sys.argv[1])
+shared = base / "shared"
+shared.mkdir(parents=True, exist_ok=True)
+check_shared_output_dir(accelerator, shared)
+assert not (shared / SHARED_PROBE).exists()
+local = base / f"node{rank}"  # each process's own folder: what separate disks look like
+local.mkdir(parents=True, exist_ok=True)
+try:
+    check_shared_output_dir(accelerator, local)
+    print(f"rank {rank}: not refused")
+except ValueError as err:
+    print(f"rank {rank}: refused: {err}")
+"""
+
+
+def test_multi_node_runs_need_a_shared_output_dir(tmp_path):
+    """Two processes: one folder for both passes; one folder each (a node's local disk)
+    is refused on both processes, naming the one that cannot see the main's file."""
+    script = tmp_path / "check.py"
+    script.write_text(SHARED_DIR_SCRIPT)
+    launch = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"),
+        *("--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"),
+        *("--dynamo_backend", "no", "--main_process_port", str(free_port())),
+    ]
+    done = subprocess.run(
+        [*launch, str(script), str(tmp_path / "runs")],
+        env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: refused: output_dir" in done.stdout, done.stdout
+    assert "process(es) [1] do not see" in done.stdout

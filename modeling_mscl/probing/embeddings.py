@@ -169,7 +169,10 @@ def recalibrate_batch_norm(
     training mode uses; nothing else changes (stochastic depth stays off) and ``model``
     itself is left as it was.
     """
-    encoder = copy.deepcopy(_encoder_of(model)).eval()
+    # Plain batch norm in the copy: a SyncBatchNorm layer (multi-GPU pre-training) in
+    # training mode would all-gather its statistics with the other processes, which do not
+    # take part in this (the probe hook runs on the main process alone): a hang.
+    encoder = plain_batch_norm(copy.deepcopy(_encoder_of(model))).eval()
     norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [norm.momentum for norm in norms]
     for norm in norms:
@@ -180,6 +183,33 @@ def recalibrate_batch_norm(
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     return encoder.eval()
+
+
+def plain_batch_norm(module: nn.Module) -> nn.Module:
+    """``module`` with every ``SyncBatchNorm`` replaced, in place, by a ``BatchNorm2d`` of
+    the same settings, parameters and statistics (the inverse of
+    ``SyncBatchNorm.convert_sync_batchnorm`` for this model's 2-D batch norms)."""
+    if isinstance(module, nn.SyncBatchNorm):
+        plain = nn.BatchNorm2d(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+        )
+        like = module.weight if module.affine else module.running_mean
+        if like is not None:
+            plain = plain.to(like.device, like.dtype)
+        plain.load_state_dict(module.state_dict())
+        if module.affine:
+            plain.weight.requires_grad_(module.weight.requires_grad)
+            plain.bias.requires_grad_(module.bias.requires_grad)
+        return plain.train(module.training)
+    for name, child in module.named_children():
+        replaced = plain_batch_norm(child)
+        if replaced is not child:
+            setattr(module, name, replaced)
+    return module
 
 
 def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
