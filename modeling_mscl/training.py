@@ -55,8 +55,8 @@ from ._files import atomic_folder, write_json_atomic
 from .checkpoints import (
     ARGS_FILE,
     DATA_FILE,
-    claim_output_dir,
     check_shared_output_dir,
+    claim_output_dir,
     latest_checkpoint,
     prepare_output_dir,
     remove_partial_checkpoints,
@@ -77,8 +77,8 @@ from .pairs import (
     SourceBatchSampler,
     holdout_mask,
 )
-from .run_lock import RunLock
 from .precision import resolve_precision
+from .run_lock import RunLock
 from .training_args import PretrainingArguments
 from .training_metrics import (
     Meter,
