@@ -92,6 +92,9 @@ def run_variant(args: PretrainingArguments, variant: dict[str, float], steps: in
         out.loss.backward()
         logits = out.logits.detach().float()
         probs = logits.softmax(-1)
+        # Columns that do not count (absent rows, an unused null column) hold -inf at fixed
+        # shapes: the statistics are over the columns that do.
+        live = logits[torch.isfinite(logits)]
         w_grad = float(weight.grad.norm())
         rest = [p.grad.norm() ** 2 for p in model.parameters() if p.grad is not None]
         total = float(torch.stack(rest).sum().sqrt())
@@ -103,14 +106,14 @@ def run_variant(args: PretrainingArguments, variant: dict[str, float], steps: in
             {
                 "step": step,
                 "loss": float(out.loss.detach()),
-                "logit_std": float(logits.std()),
-                "logit_absmax": float(logits.abs().max()),
+                "logit_std": float(live.std()),
+                "logit_absmax": float(live.abs().max()),
                 "max_prob": float(probs.max(-1).values.mean()),
                 "saturated_rows": float((probs.max(-1).values > 0.99).float().mean()),
                 "grad_norm_W": w_grad,
                 "grad_norm_total": total,
                 "embed_norm": float(out.anchor_embeds.detach().norm(dim=-1).mean()),
-                "logit_shift": float((after - before).abs().mean()),
+                "logit_shift": float((after - before)[torch.isfinite(before)].abs().mean()),
             }
         )
     return records
