@@ -420,9 +420,14 @@ def _test_sizes(scores: dict[str, Any]) -> str:
     return "n/a"
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 def plot_budget_curve(summary: dict[Any, Any], out: Path) -> None:
     """One panel per metric, steps on a log axis; baselines as horizontal bands."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -440,7 +445,9 @@ def plot_budget_curve(summary: dict[Any, Any], out: Path) -> None:
             if name in baselines:
                 mean, std, n = points[0][1]
                 colour = baselines[name]
-                ax.axhline(100 * mean, color=colour, ls="--", label=f"{name} ({n} seeds)")
+                ax.axhline(
+                    100 * mean, color=colour, ls="--", label=f"{name} ({n} seed{'s' * (n > 1)})"
+                )
                 ax.axhspan(100 * (mean - std), 100 * (mean + std), color=colour, alpha=0.1)
                 continue
             x = np.array([b for b, _ in points])
@@ -448,13 +455,18 @@ def plot_budget_curve(summary: dict[Any, Any], out: Path) -> None:
             std = np.array([100 * v[1] for _, v in points])
             colour = colours.get(name)
             if steps == short:
-                label = f"{name} ({steps}-step runs, {points[-1][1][2]} seeds)"
+                label = f"{name} ({steps}-step runs, {_seeds(points[-1][1][2])})"
                 ax.plot(x, mean, marker="o", markersize=4, color=colour, label=label)
                 ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2)
             else:
-                label = f"{name} ({steps}-step runs, {points[-1][1][2]} seeds)"
+                label = f"{name} ({steps}-step runs, {_seeds(points[-1][1][2])})"
                 ax.errorbar(x, mean, yerr=std, fmt="s", mfc="none", color=colour, label=label)
         ax.set_xscale("log")
+        # The budgets themselves as ticks, written out (log axes default to powers of 10).
+        steps = sorted({b for (_, n), bs in summary.items() if n for b in bs})
+        if steps:
+            ax.set_xticks(steps, [str(b) for b in steps])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(metric.replace("/", ": "), fontsize=10)
         ax.set_xlabel("pre-training steps (log)")
         ax.grid(True, alpha=0.3, which="both")
