@@ -7,7 +7,7 @@ dynamic, the window length fixed at export. It is written with torch's ONNX expo
 (`torch.onnx.export`, through `torch.export`), which needs the `onnx` extra.
 
 It is not a speed-up: ONNX Runtime on the CPU runs it at about the speed of the package's
-own eval path (see the README's benchmarks).
+own eval path (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
