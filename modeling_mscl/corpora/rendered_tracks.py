@@ -90,10 +90,12 @@ def run_jobs(fn: Callable, jobs: Sequence[Any], num_workers: int, desc: str) -> 
         return [fn(job) for job in tqdm(jobs, desc=desc, unit="item")]
     import multiprocessing as mp
 
-    # fork where there is one: spawn re-imports __main__, which fails for code run from
-    # stdin or a notebook. Safe here because the parent never starts FluidSynth or MMA;
-    # every job builds its own synthesiser.
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    # forkserver where there is one: workers are forked from a fresh single-threaded
+    # server, never from this process. A plain fork copies this process's locks in
+    # whatever state its other threads (torch, tqdm, datasets, a test runner) held them,
+    # and FluidSynth's SoundFont loader was seen to hang for good in such a child. Every
+    # job builds its own synthesiser, and `fn` is a module-level function (it is pickled).
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     with mp.get_context(method).Pool(num_workers) as pool:
         return list(tqdm(pool.imap(fn, jobs, chunksize=1), total=len(jobs), desc=desc, unit="item"))
 
