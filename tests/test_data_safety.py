@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from datasets import DatasetDict
 
 from modeling_mscl.chunk_set import load_chunk_set, save_chunk_set
@@ -24,6 +23,7 @@ from modeling_mscl.chunk_shards import merge_chunk_sets
 from modeling_mscl.feature_extraction_mscl import MSCLFeatureExtractor
 from modeling_mscl.pairs import synthetic_chunk_dataset
 from modeling_mscl.training_args import parse_args
+from tests.test_training import one_thread_and_fresh_accelerate  # noqa: F401 (autouse)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "scripts" / "configs" / "tiny.yaml")
@@ -57,18 +57,6 @@ def fake_shards(root: Path) -> list[Path]:
         (folder / "report.json").write_text(json.dumps(report))
         shards.append(folder)
     return shards
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def pretrain(data_dir: Path, output_dir: Path, *extra: str):
