@@ -31,7 +31,7 @@ import numbers
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -603,7 +603,12 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
 
     # ------------------------------------------------------------------ spectrograms
 
-    def log_mel(self, waveforms: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
+    def log_mel(
+        self,
+        waveforms: torch.Tensor,
+        normalize: bool | None = None,
+        sum_of_squares: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Batched torch log-mel spectrogram.
 
         Args:
@@ -612,6 +617,10 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
             normalize (`bool`, *optional*):
                 L2-normalise each waveform (over its last axis) first; defaults to
                 `normalize_waveform`.
+            sum_of_squares (`torch.Tensor`, *optional*):
+                One value per waveform: normalise by this sum of squares instead of the
+                waveform's own (a piece of a longer clip normalised as the whole clip is,
+                see `iter_clip_features`).
 
         Returns:
             `torch.Tensor` of shape `(..., frames, feature_size)`, float32, on the device of
@@ -638,7 +647,9 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
             if normalize:
                 # Each clip's 1 / L2 norm goes into its copy of the window: one pass over
                 # the samples fewer than scaling the waveform.
-                norm2 = torch.matmul(x[:, None], x[:, :, None]).clamp_min(_L2_EPSILON)
+                if sum_of_squares is None:
+                    sum_of_squares = torch.matmul(x[:, None], x[:, :, None])
+                norm2 = sum_of_squares.to(x).reshape(-1, 1, 1).clamp_min(_L2_EPSILON)
                 window = window * torch.rsqrt(norm2)
             frames = x.unfold(-1, self.frame_length, self.hop_length)  # a view, no copy
             step = max(1, _CHUNK_FRAMES // x.shape[0])
@@ -821,6 +832,33 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
         if not clip.is_floating_point():
             clip = clip.float()
         return self._features_torch([clip])[0]
+
+    def iter_clip_features(
+        self, clip: np.ndarray | torch.Tensor, max_frames: int = 8 * _CHUNK_FRAMES
+    ) -> Iterator[torch.Tensor]:
+        """`clip_features(clip)` a piece at a time: blocks of frames whose concatenation
+        equals it exactly, so that a long clip never holds all its features at once.
+
+        Pieces are whole multiples of the blocks `log_mel` computes in (at least one, at
+        most `max_frames` frames when that allows), each normalised by the whole clip's
+        sum of squares: every frame goes through the same operations as in one call.
+        """
+        clip = torch.as_tensor(clip)
+        if clip.ndim != 1:
+            raise ValueError(f"`clip` must be 1-D (samples,), got shape {tuple(clip.shape)}.")
+        if not clip.is_floating_point():
+            clip = clip.float()
+        total = self.num_frames(clip.shape[0])
+        step = max(1, max_frames // _CHUNK_FRAMES) * _CHUNK_FRAMES
+        if clip.shape[0] <= self.window_num_samples or total <= step:
+            yield self.clip_features(clip)
+            return
+        x = clip[None].to(torch.float64 if clip.dtype == torch.float64 else torch.float32)
+        squares = torch.matmul(x[:, None], x[:, :, None]) if self.normalize_waveform else None
+        for start in range(0, total, step):
+            stop = min(start + step, total)
+            piece = x[:, start * self.hop_length : (stop - 1) * self.hop_length + self.frame_length]
+            yield self.log_mel(piece, self.normalize_waveform, squares)[0]
 
     # ------------------------------------------------------------------ call
 

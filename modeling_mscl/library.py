@@ -34,6 +34,7 @@ inputs, in ``OUT/shard-ii-of-NN``) and :func:`merge_libraries`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,6 +55,7 @@ from .feature_extraction_mscl import (
     MSCLFeatureExtractor,
     audio_name,
     decode_audio,
+    frame_windows,
     resample_audio,
 )
 from .modeling_mscl import MSCLModel, encode_windows, eval_mode, pool_windows
@@ -78,6 +80,9 @@ PARQUET_FILE = "embeddings.parquet"
 # What a folder input picks up: the formats decode_audio reads without FFmpeg, and the
 # common ones it reads with torchcodec where installed (the others are reported as skipped).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".opus", ".m4a", ".aac")
+# Log-mel frames a decoding worker computes and hands over at a time (about 80 s of audio):
+# a 30 s file comes whole, an hour in 44 pieces, so memory holds a piece, not a whole log-mel.
+PIECE_FRAMES = 8 * 1024
 # Below this many rows an exact numpy product beats building a faiss index.
 FAISS_MIN_ROWS = 20_000
 # Keys of a config / feature extractor dict that do not change what the model computes.
@@ -213,42 +218,68 @@ def _load_model(model: str | os.PathLike | MSCLModel) -> tuple[MSCLModel, str]:
 # ------------------------------------------------------------------------------ decoding
 
 
-class _Files(torch.utils.data.Dataset):
-    """Item ``i``: the log-mel windows of file ``order[i]``, or why it could not be read.
+class _Pieces(torch.utils.data.IterableDataset):
+    """The log-mel windows of files ``order``, a piece at a time, or why a file could not
+    be read. Runs in DataLoader workers (worker ``w`` of ``n`` takes every ``n``-th file).
 
     Decoded as ``embed_audio`` decodes (mono, resampled to the front end's rate), with the
-    file's own rate and duration kept for the library's columns. Runs in DataLoader workers.
+    file's own rate and duration kept for the library's columns. A file's log-mels are
+    computed ``piece_frames`` at a time (:meth:`MSCLFeatureExtractor.iter_clip_features`,
+    equal to the whole clip's): a long file holds its decoded audio, not its whole
+    log-mel. Each item is one piece: ``{"index", "windows", "last"}``, the first piece of a
+    file also with ``duration`` and ``sampling_rate``; a file that fails gives one item with
+    ``reason`` and no windows.
     """
 
-    def __init__(self, inputs: LibraryInput, order: list[int], fe: MSCLFeatureExtractor) -> None:
-        self.inputs, self.order, self.fe = inputs, order, fe
+    def __init__(
+        self,
+        inputs: LibraryInput,
+        order: list[int],
+        fe: MSCLFeatureExtractor,
+        piece_frames: int,
+    ) -> None:
+        self.inputs, self.order, self.fe, self.piece_frames = inputs, order, fe, piece_frames
 
-    def __len__(self) -> int:
-        return len(self.order)
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = torch.utils.data.get_worker_info()
+        order = self.order if worker is None else self.order[worker.id :: worker.num_workers]
+        for index in order:
+            yield from self._file(index)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        index = self.order[i]
-        out: dict[str, Any] = {"index": index, "windows": None, "reason": None}
+    def _file(self, index: int) -> Iterator[dict[str, Any]]:
         item = self.inputs.items[index]
+        fe = self.fe
         try:
             wave, rate = decode_audio(item, None, mono=True)
-            out["duration"], out["sampling_rate"] = wave.shape[-1] / rate, rate
-            if rate != self.fe.sampling_rate:
+            head = {"duration": wave.shape[-1] / rate, "sampling_rate": rate}
+            if rate != fe.sampling_rate:
                 wave = np.ascontiguousarray(
-                    resample_audio(wave, rate, self.fe.sampling_rate), dtype=np.float32
+                    resample_audio(wave, rate, fe.sampling_rate), dtype=np.float32
                 )
-            features = self.fe(
-                wave,
-                sampling_rate=self.fe.sampling_rate,
-                return_windows=True,
-                return_tensors="pt",
-            )
-            out["windows"] = features["input_features"]
         except (AudioDecodeError, ValueError, OSError, RuntimeError, MemoryError) as err:
             message = str(err)
             name = audio_name(item)
-            out["reason"] = message if name in message else f"{name}: {message}"
-        return out
+            reason = message if name in message else f"{name}: {message}"
+            yield {"index": index, "windows": None, "reason": reason, "last": True}
+            return
+        # Windows are cut across pieces: a piece's last frames wait for the next one.
+        carry = None
+        pieces = fe.iter_clip_features(torch.from_numpy(wave), self.piece_frames)
+        piece = next(pieces)
+        while piece is not None:
+            following = next(pieces, None)
+            frames = piece if carry is None else torch.cat([carry, piece])
+            count = len(frames) // fe.window_frames
+            carry = frames[count * fe.window_frames :]
+            if count:
+                cut = frames[None, : count * fe.window_frames]
+                windows = frame_windows(cut, fe.window_frames)[0]
+            else:
+                windows = frames.new_empty((0, fe.window_frames, frames.shape[1]))
+            out = {"index": index, "windows": windows, "last": following is None}
+            yield {**head, **out}
+            head = {}
+            piece = following
 
 
 def _identity(item: Any) -> Any:
@@ -404,6 +435,28 @@ def _clean_temporaries(folder: Path) -> None:
     shutil.rmtree(folder / f"{TEMP_FOLDER_PREFIX}data", ignore_errors=True)
 
 
+def _available_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _encoder_threads(num_workers: int, device: torch.device) -> Iterator[None]:
+    """Leave the decoding workers their cores: torch's threads in this process, which runs
+    the encoder, are cut to the CPUs the workers (one thread each) do not take, so that
+    threads do not outnumber cores (oversubscribed intra-op threads wait on each other
+    and run slower than fewer threads would). Restored afterwards."""
+    before = torch.get_num_threads()
+    threads = max(1, _available_cpus() - num_workers)
+    if num_workers and device.type == "cpu" and threads < before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _embed_files(
     model: MSCLModel,
     fe: MSCLFeatureExtractor,
@@ -418,7 +471,7 @@ def _embed_files(
 ) -> None:
     """Embed the files ``order`` (indices into ``inputs``) into shards of ``folder``."""
     loader = torch.utils.data.DataLoader(
-        _Files(inputs, order, fe),
+        _Pieces(inputs, order, fe, PIECE_FRAMES),
         batch_size=None,
         num_workers=num_workers,
         collate_fn=_identity,
@@ -427,63 +480,64 @@ def _embed_files(
     )
     hop_seconds = fe.window_frames * fe.hop_length / fe.sampling_rate
     key, output = job["key"], job["output"]
-    pending: list[dict[str, Any]] = []  # files whose windows are not all encoded yet
-    queue: list[torch.Tensor] = []  # windows waiting for a batch, in file order
+    files: dict[int, dict[str, Any]] = {}  # files whose windows are not all encoded yet
+    queue: list[tuple[int, torch.Tensor]] = []  # (file, windows) waiting for a batch, in order
     queued = 0
-    encoded: list[torch.Tensor] = []  # window embeddings not yet handed to their file
-    encoded_count = 0
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     bar = _Progress(len(order), progress)
 
-    def take(count: int) -> torch.Tensor:
-        """The first ``count`` queued windows (views of the files' tensors, one copy)."""
-        nonlocal queued
-        parts, need = [], count
-        while need:
-            head = queue[0]
-            if len(head) <= need:
-                parts.append(queue.pop(0))
-                need -= len(head)
-            else:
-                parts.append(head[:need])
-                queue[0] = head[need:]
-                need = 0
-        queued -= count
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+    def finish(index: int) -> None:
+        """The file's row, once its last piece came and all its windows are encoded."""
+        state = files.get(index)
+        if state is None or not state["last"] or state["encoded"] < state["count"]:
+            return
+        del files[index]
+        parts = state["embeds"]
+        window_embeds = torch.cat(parts) if len(parts) > 1 else parts[0]
+        # The clip embedding as embed_audio pools it: on the encoder's device, in order.
+        zeros = torch.zeros(state["count"], dtype=torch.long, device=window_embeds.device)
+        clip = pool_windows(window_embeds, zeros, 1, "mean")[0]
+        row = {
+            key: inputs.keys[index],
+            "duration": state["duration"],
+            "sampling_rate": state["sampling_rate"],
+            "embedding": clip.cpu().numpy(),
+        }
+        if job["windows"]:
+            row["window_embeddings"] = window_embeds.cpu().numpy()
+            row["window_starts"] = np.arange(state["count"], dtype=np.float32) * np.float32(
+                hop_seconds
+            )
+        rows.append(row)
+        bar.update(state["duration"])
 
     def encode(count: int) -> None:
-        nonlocal encoded_count
-        encoded.append(encode_windows(model, take(count), count, output))
-        encoded_count += count
-        if not pending or encoded_count < pending[0]["count"]:
-            return  # a long file: its embeddings are joined once all are there
-        done = torch.cat(encoded) if len(encoded) > 1 else encoded[0]
-        taken = 0
-        while pending and done.shape[0] - taken >= pending[0]["count"]:
-            item = pending.pop(0)
-            window_embeds = done[taken : taken + item["count"]]
-            taken += item["count"]
-            # The clip embedding as embed_audio pools it: on the encoder's device, in order.
-            zeros = torch.zeros(item["count"], dtype=torch.long, device=window_embeds.device)
-            clip = pool_windows(window_embeds, zeros, 1, "mean")[0]
-            row = {
-                key: inputs.keys[item["index"]],
-                "duration": item["duration"],
-                "sampling_rate": item["sampling_rate"],
-                "embedding": clip.cpu().numpy(),
-            }
-            if job["windows"]:
-                row["window_embeddings"] = window_embeds.cpu().numpy()
-                row["window_starts"] = np.arange(item["count"], dtype=np.float32) * np.float32(
-                    hop_seconds
-                )
-            rows.append(row)
-            bar.update(item["duration"])
-        encoded.clear()
-        encoded_count = done.shape[0] - taken
-        if encoded_count:
-            encoded.append(done[taken:])
+        """Encode the first ``count`` queued windows (views of the pieces, one copy) and
+        hand each file its rows."""
+        nonlocal queued
+        parts, owners, need = [], [], count
+        while need:
+            index, head = queue[0]
+            if len(head) <= need:
+                queue.pop(0)
+            else:
+                queue[0] = (index, head[need:])
+                head = head[:need]
+            parts.append(head)
+            owners.append((index, len(head)))
+            need -= len(head)
+        queued -= count
+        batch = torch.cat(parts) if len(parts) > 1 else parts[0]
+        embeds = encode_windows(model, batch, count, output)
+        start = 0
+        for index, size in owners:
+            state = files[index]
+            state["embeds"].append(embeds[start : start + size])
+            state["encoded"] += size
+            start += size
+        for index in dict.fromkeys(i for i, _ in owners):
+            finish(index)
 
     def flush() -> None:
         if rows or skipped:
@@ -492,22 +546,36 @@ def _embed_files(
             skipped.clear()
 
     try:
-        for item in loader:
-            if item["windows"] is None:
-                skipped.append({key: inputs.keys[item["index"]], "reason": item["reason"]})
-                bar.update(0.0)
-            else:
-                windows = item.pop("windows")
-                item["count"] = len(windows)
-                pending.append(item)
-                queue.append(windows)
-                queued += len(windows)
-                while queued >= batch_size:
-                    encode(batch_size)
-            if len(rows) + len(skipped) >= shard_size:
-                flush()
-        while queued:
-            encode(min(queued, batch_size))
+        with _encoder_threads(num_workers, model.device):
+            for item in loader:
+                index = item["index"]
+                if item["windows"] is None:
+                    skipped.append({key: inputs.keys[index], "reason": item["reason"]})
+                    bar.update(0.0)
+                else:
+                    if index not in files:
+                        files[index] = {
+                            "duration": item["duration"],
+                            "sampling_rate": item["sampling_rate"],
+                            "count": 0,
+                            "encoded": 0,
+                            "embeds": [],
+                            "last": False,
+                        }
+                    state = files[index]
+                    windows = item["windows"]
+                    state["count"] += len(windows)
+                    state["last"] = item["last"]
+                    if len(windows):
+                        queue.append((index, windows))
+                        queued += len(windows)
+                    while queued >= batch_size:
+                        encode(batch_size)
+                    finish(index)  # a last piece without windows of its own
+                if len(rows) + len(skipped) >= shard_size:
+                    flush()
+            while queued:
+                encode(min(queued, batch_size))
         flush()
     finally:
         bar.close()

@@ -109,18 +109,55 @@ def test_rows_are_embed_audio_of_each_file_and_bad_files_are_reported(tmp_path, 
     )
 
 
+def test_long_files_come_in_pieces_and_equal_embed_audio(tmp_path, model_dir, monkeypatch):
+    # Pieces of one log-mel block (1024 frames, ~10 s): the files below are cut into 2-3
+    # pieces whose windows straddle the cuts, two workers interleave their pieces, and
+    # batches of 7 windows span pieces and files. Each row must still be embed_audio's.
+    monkeypatch.setattr(lib, "PIECE_FRAMES", 1024)
+    folder = tmp_path / "long"
+    folder.mkdir()
+    sf.write(folder / "a.wav", _tone(25.3, 16000, 220.0, 1), 16000)
+    sf.write(folder / "b.flac", _tone(21.0, 44100, 330.0, 2, channels=2), 44100)
+    sf.write(folder / "c.wav", _tone(3.0, 16000, 440.0, 3), 16000)
+    sizes = []
+    original = MSCLFeatureExtractor.iter_clip_features
+
+    def spy(self, clip, max_frames):
+        for piece in original(self, clip, max_frames):
+            sizes.append(len(piece))
+            yield piece
+
+    monkeypatch.setattr(MSCLFeatureExtractor, "iter_clip_features", spy)
+    data = embed_library(
+        folder, tmp_path / "out", model_dir, windows=True, batch_size=7, num_workers=0,
+        progress=False,
+    )  # fmt: skip
+    assert max(sizes) == 1024 and len(sizes) == 3 + 3 + 1
+    model = MSCLModel.from_pretrained(model_dir).eval()
+    for row in data:
+        ref = model.embed_audio(row["path"])
+        assert np.array_equal(np.asarray(row["embedding"], np.float32), ref.clip_embeds[0].numpy())
+        windows = np.asarray(row["window_embeddings"], np.float32)
+        assert np.array_equal(windows, ref.window_embeds.numpy())
+    again = embed_library(
+        folder, tmp_path / "workers", model_dir, windows=True, batch_size=7, num_workers=2,
+        progress=False,
+    )  # fmt: skip
+    _same(data, again)
+
+
 def test_resume_embeds_only_new_files(tmp_path, model_dir, monkeypatch):
     _music(tmp_path / "music", 3)
     embed_library(tmp_path / "music", tmp_path / "out", model_dir, num_workers=0, progress=False)
     _music(tmp_path / "music", 2, start=3)
     decoded = []
-    original = lib._Files.__getitem__
+    original = lib._Pieces._file
 
-    def spy(self, i):
-        decoded.append(self.inputs.keys[self.order[i]])
-        return original(self, i)
+    def spy(self, index):
+        decoded.append(self.inputs.keys[index])
+        return original(self, index)
 
-    monkeypatch.setattr(lib._Files, "__getitem__", spy)
+    monkeypatch.setattr(lib._Pieces, "_file", spy)
     data = embed_library(
         tmp_path / "music", tmp_path / "out", model_dir, num_workers=0, progress=False
     )
