@@ -7,19 +7,26 @@ half-depth EfficientNet by default, random weights: timing does not depend on th
 format and per round, interleaved:
 
 - **bare**: ``encode_windows`` on the windows of all the files, cut beforehand (the
-  encoder alone, ``--batch-size`` windows a call);
+  encoder alone, ``--batch-size`` windows a call), with torch's threads and with one
+  thread: the faster of the two is the reference (on a loaded machine, intra-op threads
+  that wait on each other can make the default slower than one thread, and a slow
+  reference would flatter the ratios);
 - **embed**: ``embed_library`` from the folder of files into a fresh library (loading the
   model, decoding, resampling, log-mels, encoding, writing), what ``mscl embed`` runs;
 - **pipeline**: ``pipeline("mscl-embedding")`` called on each path in turn.
 
 Each is reported in windows per second (the same windows for all three) and as a ratio to
-bare, the median over ``--repeats`` rounds. Then one file of ``--long-hours`` hours is
+bare, the median over ``--repeats`` rounds. Before that, the work per file at one thread
+(decoding, resampling, log-mels, encoder) bounds what any overlap of the front end with
+the encoder can reach on this machine's cores: the printed ceiling. Then one file of ``--long-hours`` hours is
 embedded in a fresh process (no workers) and its peak resident memory is printed beside
 that of a process that only loads the model, and the size of the decoded audio.
 
     python scripts/benchmark_embed.py [--num-files 200] [--seconds 30] [--repeats 3]
         [--encoder demo|b0|tiny] [--num-workers N] [--batch-size 256]
-        [--device cuda --dtype bfloat16] [--long-hours 2] [--no-long]
+        [--device cuda --dtype bfloat16] [--long-hours 2] [--no-long] [--data-dir DIR]
+
+``--data-dir`` keeps the written files there and reuses them in a later run.
 """
 
 from __future__ import annotations
@@ -35,13 +42,14 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 import torch
 
 from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLModel
-from modeling_mscl.feature_extraction_mscl import decode_audio
+from modeling_mscl.feature_extraction_mscl import decode_audio, resample_audio
 from modeling_mscl.library import embed_library
 from modeling_mscl.modeling_mscl import encode_windows
 
@@ -63,17 +71,47 @@ def _music(rate: int, seconds: float, seed: int, channels: int) -> np.ndarray:
 
 
 def _write_files(folder: Path, count: int, seconds: float, fmt: str) -> list[str]:
-    folder.mkdir(parents=True)
+    folder = folder / f"{fmt}-{count}x{seconds:g}s"
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
-        if fmt == "wav":
-            path = folder / f"track{i:04d}.wav"
-            sf.write(path, _music(16000, seconds, i, 1), 16000)
-        else:
-            path = folder / f"track{i:04d}.mp3"
-            sf.write(path, _music(44100, seconds, i, 2), 44100, format="MP3")
+        path = folder / f"track{i:04d}.{fmt}"
+        if not path.is_file():  # a file of an earlier run (--data-dir) is reused
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                part = Path(tmp) / path.name
+                if fmt == "wav":
+                    sf.write(part, _music(16000, seconds, i, 1), 16000)
+                else:
+                    sf.write(part, _music(44100, seconds, i, 2), 44100, format="MP3")
+                os.replace(part, path)
         paths.append(str(path))
     return paths
+
+
+def _per_file_work(model: MSCLModel, fe: MSCLFeatureExtractor, paths: list[str]) -> dict:
+    """Milliseconds per file of each step at one thread (decode, resample, log-mel
+    windows, encoder), on ``paths``: what the cores must share, whatever the overlap."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    spent = dict.fromkeys(("decode", "resample", "log-mel", "encoder"), 0.0)
+    try:
+        for i, path in enumerate([paths[0], *paths]):  # the first twice: warm caches
+            start = time.perf_counter()
+            wave, rate = decode_audio(path, None)
+            decoded = time.perf_counter()
+            if rate != fe.sampling_rate:
+                wave = resample_audio(wave, rate, fe.sampling_rate)
+            resampled = time.perf_counter()
+            w = fe(wave, sampling_rate=fe.sampling_rate, return_windows=True, return_tensors="pt")
+            cut = time.perf_counter()
+            encode_windows(model, w["input_features"], len(w["input_features"]))
+            end = time.perf_counter()
+            steps = (decoded - start, resampled - decoded, cut - resampled, end - cut)
+            for name, value in zip(spent, steps, strict=True):
+                spent[name] += value if i else 0.0
+    finally:
+        torch.set_num_threads(threads)
+    return {name: 1000 * value / len(paths) for name, value in spent.items()}
 
 
 def _sync(device: str) -> None:
@@ -112,7 +150,7 @@ def _peak(model_dir: Path, listing: Path, out: Path, device: str, dtype: str, lo
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; print and return the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-files", type=int, default=200)
@@ -126,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--long-hours", type=float, default=2.0)
     parser.add_argument("--no-long", action="store_true", help="skip the long-file memory run")
     parser.add_argument("--formats", nargs="+", choices=("wav", "mp3"), default=["wav", "mp3"])
+    parser.add_argument("--data-dir", help="keep the audio files here, reuse them next time")
+    parser.add_argument("--work-files", type=int, default=20, help="files timed step by step")
     args = parser.parse_args(argv)
     from transformers import pipeline
 
@@ -135,9 +175,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"encoder {args.encoder}, {args.num_files} files x {args.seconds:g} s, "
         f"batch {args.batch_size} windows, {args.repeats} rounds"
     )
-    results: dict[str, float] = {}
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        data = Path(args.data_dir).expanduser() if args.data_dir else root
         torch.manual_seed(0)
         model = MSCLModel(MSCLConfig(**ENCODERS[args.encoder])).eval()
         model.save_pretrained(root / "model")
@@ -145,9 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         fe.save_pretrained(root / "model")
         dtype = getattr(torch, args.dtype)
         model = model.to(args.device, dtype)
-        files = {
-            fmt: _write_files(root / fmt, args.num_files, args.seconds, fmt) for fmt in args.formats
-        }
+        files = {fmt: _write_files(data, args.num_files, args.seconds, fmt) for fmt in args.formats}
+        folders = {fmt: Path(paths[0]).parent for fmt, paths in files.items()}
         windows = {
             fmt: torch.cat(
                 [
@@ -173,11 +213,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             encode_windows(model, windows[fmt], args.batch_size)
             _sync(args.device)
 
+        def bare_one_thread(fmt: str) -> None:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                bare(fmt)
+            finally:
+                torch.set_num_threads(threads)
+
         def embed(fmt: str) -> None:
             nonlocal run
             run += 1
             embed_library(
-                root / fmt, root / f"library-{run}", root / "model", batch_size=args.batch_size,
+                folders[fmt], root / f"library-{run}", root / "model", batch_size=args.batch_size,
                 num_workers=args.num_workers, device=args.device, dtype=args.dtype,
                 progress=False,
             )  # fmt: skip
@@ -188,11 +236,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 pipe(path, batch_size=args.batch_size)
             _sync(args.device)
 
-        variants = {"bare": bare, "embed": embed, "pipeline": loop}
+        variants = {"bare-all": bare, "bare-1": bare_one_thread, "embed": embed, "pipeline": loop}
+        if args.device != "cpu":
+            del variants["bare-1"]
+        label = {"wav": "16 kHz mono wav", "mp3": "44.1 kHz stereo mp3"}
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         for fmt in args.formats:  # warm-up: first calls build kernels and caches
             bare(fmt)
             embed(fmt)
             pipe(files[fmt][0])
+        per_window = {}
+        for fmt in args.formats:
+            work = _per_file_work(model, fe, files[fmt][: args.work_files])
+            per_window[fmt] = len(windows[fmt]) / len(files[fmt])
+            around = work["decode"] + work["resample"] + work["log-mel"]
+            steps = ", ".join(f"{k} {v:.1f}" for k, v in work.items())
+            print(
+                f"{label[fmt]}: ms per file at one thread: {steps}; the work around the "
+                f"encoder is {around / work['encoder']:.2f} x the encoder's"
+            )
+            results[f"{fmt} work"] = work
         rates: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.repeats):
             for fmt in args.formats:
@@ -201,11 +264,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     fn(fmt)
                     rate = len(windows[fmt]) / (time.perf_counter() - start)
                     rates.setdefault((fmt, name), []).append(rate)
+                bares = [rates[(fmt, n)][-1] for n in ("bare-all", "bare-1") if n in variants]
+                rates.setdefault((fmt, "bare"), []).append(max(bares))
+        names = ["bare", *variants]
         print(f"{'format':<28} {'variant':<9} {'windows/s':>10} {'x bare':>7}  (rounds)")
-        label = {"wav": "16 kHz mono wav", "mp3": "44.1 kHz stereo mp3"}
         for fmt in args.formats:
             base = statistics.median(rates[(fmt, "bare")])
-            for name in variants:
+            work = results[f"{fmt} work"]
+            if args.device == "cpu":
+                # Every core busy, the front end overlapped with the encoder, which costs
+                # what it costs at one thread in batches of --batch-size (bare-1).
+                encoder = per_window[fmt] / statistics.median(rates[(fmt, "bare-1")])
+                around = (work["decode"] + work["resample"] + work["log-mel"]) / 1000
+                ceiling = cpus * per_window[fmt] / (around + encoder) / base
+                results[f"{fmt} ceiling"] = min(1.0, ceiling)
+                print(
+                    f"{label[fmt]:<28} ceiling for embed on {cpus} cores at this work per "
+                    f"file: {min(1.0, ceiling):.2f} x bare"
+                )
+            for name in names:
                 value = statistics.median(rates[(fmt, name)])
                 ratio = value / base
                 results[f"{fmt} {name}"] = ratio
@@ -219,8 +296,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"ratios to the bare encoder: {line}")
 
         if not args.no_long:
-            long = root / "long.wav"
-            _long_file(long, args.long_hours)
+            long = data / f"long-{args.long_hours:g}h.wav"
+            if not long.is_file():
+                _long_file(long, args.long_hours)
             listing = root / "long.txt"
             listing.write_text(f"{long}\n")
             samples = sf.info(long).frames
