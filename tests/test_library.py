@@ -146,6 +146,31 @@ def test_long_files_come_in_pieces_and_equal_embed_audio(tmp_path, model_dir, mo
     _same(data, again)
 
 
+def test_the_encoder_leaves_the_workers_their_cores(tmp_path, model_dir, monkeypatch):
+    # On 2 CPUs with one decoding worker, the encoder runs on one thread (two would
+    # outnumber the cores with the worker's), and torch's setting comes back afterwards.
+    _music(tmp_path / "music", 2)
+    monkeypatch.setattr(lib, "_available_cpus", lambda: 2)
+    seen = []
+    original = lib.encode_windows
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lib, "encode_windows", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        embed_library(tmp_path / "music", tmp_path / "a", model_dir, num_workers=1, progress=False)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        embed_library(tmp_path / "music", tmp_path / "b", model_dir, num_workers=0, progress=False)
+        assert set(seen) == {2}  # no workers: the encoder keeps every thread
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_resume_embeds_only_new_files(tmp_path, model_dir, monkeypatch):
     _music(tmp_path / "music", 3)
     embed_library(tmp_path / "music", tmp_path / "out", model_dir, num_workers=0, progress=False)
