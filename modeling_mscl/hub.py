@@ -37,6 +37,7 @@ from .modeling_mscl import (
     MSCLModel,
     custom_pipelines,
 )
+from .objectives import get_objective, objective_names
 from .package_data import resource_dir
 
 if TYPE_CHECKING:  # the probing package (torch, datasets) loads only when results are read
@@ -222,35 +223,14 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str
 
 
 def _objective(args: Mapping[str, Any]) -> tuple[str, str]:
-    """A short name for the card's first line and a sentence for its training section."""
+    """A short name for the card's first line and a sentence for its training section:
+    the registered objective's own; arguments with sources but no known objective are
+    MSCL's."""
     objective, sources = args.get("objective"), args.get("sources")
-    if objective == "cola":
-        return "COLA, the baseline of the MSCL paper", (
-            "COLA instance discrimination: two crops of the same mixture form a positive "
-            "pair; the other songs of the minibatch are the negatives."
-        )
-    if objective == "s3t":
-        return "COLA with S3T-style augmentation, a baseline of the MSCL paper", (
-            "COLA with S3T-style spectrogram augmentation (masking, shifting, warping) "
-            "of the two mixture crops."
-        )
-    if objective == "mscl" or sources:
-        names = _fmt(list(sources)) if sources else "vocals, drums, bass, other"
-        if sources and len(sources) == 1:
-            name = f"single-source ({names}) multi-source contrastive learning (MSCL)"
-        else:
-            name = "multi-source contrastive learning (MSCL)"
-        text = (
-            f"MSCL: a crop of the mixture must pick a crop of one of its separated sources "
-            f"({names}) among the sources of the other songs in the minibatch."
-        )
-        if args.get("absent_sources"):
-            text += (
-                " Minibatches may include songs where that source is absent; their anchors "
-                "must pick a shared null column (the mean embedding of the all-zero inputs "
-                "that stand in for the absent sources)."
-            )
-        return name, text
+    if objective in objective_names():
+        return get_objective(objective).card(args)
+    if sources:
+        return get_objective("mscl").card(args)
     return "contrastive learning (MSCL or its COLA baseline)", ("not recorded with this model.")
 
 

@@ -30,8 +30,8 @@ from transformers import HfArgumentParser
 from ._files import atomic_write
 from .augment import SpecAugmentation
 from .configuration_mscl import MSCLConfig
+from .objectives import get_objective, objective_names
 from .optim import OPTIMIZERS
-from .pairs import OBJECTIVES
 from .stems import SOURCES
 
 __all__ = [
@@ -81,7 +81,7 @@ class DataArguments:
     validation_fraction: float = _help(
         "without a validation split: fraction of tracks held out (by a hash of track_id)", 0.05
     )
-    objective: str = _help("'cola', 'mscl' or 's3t'", "mscl")
+    objective: str = _help(" or ".join(map(repr, objective_names())), "mscl")
     sources: list[str] = _help("mscl sources (one = a source-targeted model)", list(SOURCES))
     absent_sources: bool = _help("mscl: random minibatches with a null class", True)
     random_batch_prob: float = _help("probability of a random minibatch (absent_sources)", 0.5)
@@ -340,8 +340,7 @@ class PretrainingArguments:
 
             # What the folder is (one split of a chunk set, other files) and what was expected.
             bad("data_dir", describe_non_chunk_set(data_dir, INFO_FILE, CHUNK_COLUMNS))
-        if d.objective not in OBJECTIVES:
-            bad("objective", f"expected one of {OBJECTIVES}")
+        get_objective(d.objective)  # an unknown one: the error that lists the registered
         if not d.sources or any(s not in SOURCES for s in d.sources):
             bad("sources", f"expected a non-empty subset of {SOURCES}")
         if len(set(d.sources)) != len(d.sources):
