@@ -14,12 +14,13 @@ from modeling_mscl.hub import render_model_card
 from modeling_mscl.objectives import Objective, PositiveDraw, get_objective, register_objective
 from modeling_mscl.pairs import SourceBatchSampler
 from modeling_mscl.stems import SOURCES
-from tests.test_training import (  # noqa: F401 (fixtures)
-    data_dir,
-    one_thread_and_fresh_accelerate,
-    pretrain,
-    tiny_argv,
-)
+from tests import test_training
+from tests.test_training import pretrain, tiny_argv
+
+# The training tests' fixtures, reused: the tiny chunk set and the one-thread,
+# fresh-Accelerate setup around each in-process run.
+data_dir = test_training.data_dir
+one_thread_and_fresh_accelerate = test_training.one_thread_and_fresh_accelerate
 
 BASS = SOURCES.index("bass")
 
