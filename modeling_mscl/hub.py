@@ -39,6 +39,7 @@ from .modeling_mscl import (
 )
 from .objectives import get_objective, objective_names
 from .package_data import resource_dir
+from .similarity_mscl import get_similarity
 
 if TYPE_CHECKING:  # the probing package (torch, datasets) loads only when results are read
     from .probing.protocol import ProbeResult
@@ -433,7 +434,7 @@ def render_model_card(
         num_mel_bins=config.num_mel_bins,
         pooled_dim=config.encoder_hidden_size,
         projection_dim=config.projection_dim,
-        similarity=config.similarity,
+        similarity=get_similarity(config.similarity).describe(config),
         base_model=base_model,
         labels=", ".join(f"`{label}`" for label in labels),
         num_labels=len(labels),

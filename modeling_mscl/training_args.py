@@ -32,6 +32,7 @@ from .augment import SpecAugmentation
 from .configuration_mscl import MSCLConfig
 from .objectives import get_objective, objective_names
 from .optim import OPTIMIZERS
+from .similarity_mscl import similarity_names
 from .stems import SOURCES
 
 __all__ = [
@@ -62,7 +63,9 @@ class ModelArguments:
     width_coefficient: float = _help("EfficientNet width multiplier (1.0 = B0)", 1.0)
     depth_coefficient: float = _help("EfficientNet depth multiplier (1.0 = B0)", 1.0)
     projection_dim: int = _help("size of the contrastive embedding", 512)
-    similarity: str = _help("'bilinear' (the paper) or 'cosine'", "bilinear")
+    similarity: str = _help(
+        " or ".join(map(repr, similarity_names())) + " ('bilinear' is the paper's)", "bilinear"
+    )
     similarity_temperature: float = _help("temperature of the cosine similarity", 0.1)
     bilinear_logit_scale: float = _help(
         "factor on the bilinear logits (1.0: the paper; 1/projection_dim: small-run option)", 1.0
