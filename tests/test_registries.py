@@ -114,7 +114,7 @@ def test_toy_objective_and_similarity_train_one_step_through_the_normal_path(
     # The toy's parameter was initialised by its own reset and trained by the step.
     trained = MSCLForPreTraining.from_pretrained(result.pretraining_dir)
     assert trained.similarity.kind == "scaled-dot" and trained.similarity.weight is None
-    assert float(trained.similarity.log_scale) != 0.0
+    assert trained.similarity.log_scale.item() != 0.0
 
     # A fresh process has only the built-in similarities: it refuses the saved model with
     # the error that lists them, and loads it once the toy is registered there too.
@@ -129,7 +129,7 @@ def test_toy_objective_and_similarity_train_one_step_through_the_normal_path(
         from tests.test_registries import TOY_SIMILARITY
         register_similarity(TOY_SIMILARITY)
         model = MSCLForPreTraining.from_pretrained({str(result.pretraining_dir)!r})
-        print("loaded:", float(model.similarity.log_scale))
+        print("loaded:", model.similarity.log_scale.item())
         """
     )
     run = subprocess.run(
@@ -139,7 +139,7 @@ def test_toy_objective_and_similarity_train_one_step_through_the_normal_path(
     refused, loaded = run.stdout.strip().splitlines()[-2:]
     assert "similarity='scaled-dot' is invalid: must be one of ['bilinear', 'cosine']" in refused
     assert "register_similarity" in refused
-    assert loaded == f"loaded: {float(trained.similarity.log_scale)}"
+    assert loaded == f"loaded: {trained.similarity.log_scale.item()}"
 
 
 def test_an_unknown_similarity_gets_one_error_listing_the_registered():
