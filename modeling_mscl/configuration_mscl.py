@@ -55,7 +55,7 @@ def round_repeats(repeats: int, depth_coefficient: float) -> int:
 
 
 # The module the package's pipeline classes live in (see `_PipelineDeclarations`).
-_PACKAGE_MODELING_MODULE = "modeling_mscl.modeling_mscl"
+_PACKAGE_PIPELINE_MODULE = "modeling_mscl.pipeline_mscl"
 
 
 class _PipelineDeclarations(dict):
@@ -89,7 +89,7 @@ def _registered_by_package(task: Any, declaration: Any) -> bool:
     return (
         isinstance(impl, type)
         and impl.__name__ == name
-        and impl.__module__ == _PACKAGE_MODELING_MODULE
+        and impl.__module__ == _PACKAGE_PIPELINE_MODULE
     )
 
 
