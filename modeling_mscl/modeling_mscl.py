@@ -79,6 +79,7 @@ _TRUNCATED_NORMAL_STD = 0.87962566103423978
 BILINEAR_INIT_STD = 0.05
 
 
+@dataclass
 class MSCLModelOutput(ModelOutput):
     """Output of [`MSCLModel`].
 
