@@ -31,14 +31,10 @@ from transformers import (
 
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
-from .modeling_mscl import (
-    MSCLForAudioClassification,
-    MSCLForPreTraining,
-    MSCLModel,
-    custom_pipelines,
-)
+from .modeling_mscl import MSCLForAudioClassification, MSCLForPreTraining, MSCLModel
 from .objectives import get_objective, objective_names
 from .package_data import resource_dir
+from .pipeline_mscl import custom_pipelines
 from .similarity_mscl import get_similarity
 
 if TYPE_CHECKING:  # the probing package (torch, datasets) loads only when results are read
@@ -490,10 +486,19 @@ _AUTO_MAP = {
     "AutoModelForAudioClassification": _auto_ref(MSCLForAudioClassification),
 }
 _FE_AUTO_MAP = {"AutoFeatureExtractor": _auto_ref(MSCLFeatureExtractor)}
+# The code of a saved folder: the modules `auto_map` names and every file they import
+# relatively (transformers' remote-code loader collects those; tests/test_hub.py checks
+# this list against its scan).
 HUB_CODE_FILES = (
+    "audio_decoding_mscl.py",
     "configuration_mscl.py",
+    "contrastive_loss_mscl.py",
+    "encoder_mscl.py",
     "feature_extraction_mscl.py",
+    "long_audio_mscl.py",
     "modeling_mscl.py",
+    "pipeline_mscl.py",
+    "similarity_mscl.py",
 )
 
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from .long_audio_mscl import eval_mode
 from .losses import process_gather
-from .modeling_mscl import MSCLModel, eval_mode
+from .modeling_mscl import MSCLModel
 from .objectives import get_objective
 from .pairs import ChunkStore, PairDataset, apply_augmentation
 from .stems import SOURCES
