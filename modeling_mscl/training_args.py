@@ -50,6 +50,12 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
 AUGMENT_ON = ("auto", "loader", "device")
 
 
+def _one_of(names: tuple[str, ...]) -> str:
+    """The registered names as a help text reads them: 'a', 'b' or 'c'."""
+    quoted = [repr(n) for n in names]
+    return " or ".join([", ".join(quoted[:-1]), quoted[-1]]) if len(quoted) > 1 else quoted[0]
+
+
 def _help(text: str, default: Any = None, **kwargs: Any) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": text}, **kwargs)
@@ -64,7 +70,7 @@ class ModelArguments:
     depth_coefficient: float = _help("EfficientNet depth multiplier (1.0 = B0)", 1.0)
     projection_dim: int = _help("size of the contrastive embedding", 512)
     similarity: str = _help(
-        " or ".join(map(repr, similarity_names())) + " ('bilinear' is the paper's)", "bilinear"
+        _one_of(similarity_names()) + " ('bilinear' is the paper's)", "bilinear"
     )
     similarity_temperature: float = _help("temperature of the cosine similarity", 0.1)
     bilinear_logit_scale: float = _help(
@@ -84,7 +90,7 @@ class DataArguments:
     validation_fraction: float = _help(
         "without a validation split: fraction of tracks held out (by a hash of track_id)", 0.05
     )
-    objective: str = _help(" or ".join(map(repr, objective_names())), "mscl")
+    objective: str = _help(_one_of(objective_names()), "mscl")
     sources: list[str] = _help("mscl sources (one = a source-targeted model)", list(SOURCES))
     absent_sources: bool = _help("mscl: random minibatches with a null class", True)
     random_batch_prob: float = _help("probability of a random minibatch (absent_sources)", 0.5)
