@@ -52,7 +52,7 @@ def _scaled_dot_build(module, config):
 
 
 def _scaled_dot_reset(module):
-    nn.init.zeros_(module.log_scale)
+    nn.init.constant_(module.log_scale, 0.5)
 
 
 def _scaled_dot_forward(module, anchors, columns):
@@ -96,6 +96,8 @@ def test_an_unknown_objective_gets_one_error_listing_the_registered(data_dir, tm
 def test_toy_objective_and_similarity_train_one_step_through_the_normal_path(
     toys, data_dir, tmp_path
 ):
+    # The toy similarity's own initialisation runs when a model is built.
+    assert MSCLForPreTraining(tiny_config(similarity="scaled-dot")).similarity.log_scale == 0.5
     sampler = SourceBatchSampler(np.ones((8, len(SOURCES)), bool), 4, objective="toy-bass")
     plan = sampler.plan(0)
     assert plan.source == BASS and plan.column == "bass" and sampler.sources == ()
@@ -114,7 +116,7 @@ def test_toy_objective_and_similarity_train_one_step_through_the_normal_path(
     # The toy's parameter was initialised by its own reset and trained by the step.
     trained = MSCLForPreTraining.from_pretrained(result.pretraining_dir)
     assert trained.similarity.kind == "scaled-dot" and trained.similarity.weight is None
-    assert trained.similarity.log_scale.item() != 0.0
+    assert trained.similarity.log_scale.item() != 0.5
 
     # A fresh process has only the built-in similarities: it refuses the saved model with
     # the error that lists them, and loads it once the toy is registered there too.
