@@ -18,9 +18,9 @@ format and per round, interleaved:
 Each is reported in windows per second (the same windows for all three) and as a ratio to
 bare, the median over ``--repeats`` rounds. Before that, the work per file at one thread
 (decoding, resampling, log-mels, encoder) bounds what any overlap of the front end with
-the encoder can reach on this machine's cores: the printed ceiling. Then one file of ``--long-hours`` hours is
-embedded in a fresh process (no workers) and its peak resident memory is printed beside
-that of a process that only loads the model, and the size of the decoded audio.
+the encoder can reach on this machine's cores: the printed ceiling. Then one file of
+``--long-hours`` hours is embedded in a fresh process (no workers): the memory it adds
+to the process at its peak is printed beside the size of the decoded audio.
 
     python scripts/benchmark_embed.py [--num-files 200] [--seconds 30] [--repeats 3]
         [--encoder demo|b0|tiny] [--num-workers N] [--batch-size 256]
@@ -130,22 +130,31 @@ _MEMORY_PROBE = """
 import json, resource, sys, torch
 from modeling_mscl import MSCLModel
 from modeling_mscl.library import embed_library
-model_dir, listing, out, device, dtype, only_load = sys.argv[1:7]
-if only_load == "1":
-    MSCLModel.from_pretrained(model_dir).to(device)
-else:
-    embed_library(listing, out, model_dir, num_workers=0, device=device, dtype=dtype,
-                  progress=False)
-peak = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+model_dir, listing, out, device, dtype = sys.argv[1:6]
+
+def status(key):  # Linux: VmRSS (now) and VmHWM (the peak since the last reset), in MB
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+
+model = MSCLModel.from_pretrained(model_dir)
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:  # the peak counts from here
+    f.write("5")
+embed_library(listing, out, model, num_workers=0, device=device, dtype=dtype, progress=False)
+peak = {"before_mb": before, "peak_mb": status("VmHWM"),
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 if device.startswith("cuda"):
     peak["cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
 print(json.dumps(peak))
 """
 
 
-def _peak(model_dir: Path, listing: Path, out: Path, device: str, dtype: str, load: bool) -> dict:
+def _peak(model_dir: Path, listing: Path, out: Path, device: str, dtype: str) -> dict:
+    """The resident memory of a fresh process before and at its peak while it embeds
+    ``listing`` without workers (Linux: the peak is reset once the model is loaded)."""
     argv = [sys.executable, "-c", _MEMORY_PROBE, str(model_dir), str(listing), str(out)]
-    argv += [device, dtype, "1" if load else "0"]
+    argv += [device, dtype]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -302,19 +311,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             listing = root / "long.txt"
             listing.write_text(f"{long}\n")
             samples = sf.info(long).frames
-            loaded = _peak(
-                root / "model", listing, root / "lib-long", args.device, args.dtype, True
-            )
-            peak = _peak(root / "model", listing, root / "lib-long", args.device, args.dtype, False)
+            peak = _peak(root / "model", listing, root / "lib-long", args.device, args.dtype)
             decoded_mb = samples * 4 / 2**20
-            results.update(
-                long_peak_mb=peak["rss_mb"], long_base_mb=loaded["rss_mb"], decoded_mb=decoded_mb
-            )
+            added = peak["peak_mb"] - peak["before_mb"]
+            results.update(long=peak, decoded_mb=decoded_mb)
             print(
-                f"one {args.long_hours:g} h file (16 kHz mono wav): peak RSS {peak['rss_mb']:.0f} MB, "
-                f"a process that only loads the model {loaded['rss_mb']:.0f} MB, decoded audio "
-                f"(float32) {decoded_mb:.0f} MB: {(peak['rss_mb'] - loaded['rss_mb']) / decoded_mb:.2f}"
-                " x the decoded audio above the model"
+                f"one {args.long_hours:g} h file (16 kHz mono wav): peak RSS "
+                f"{peak['peak_mb']:.0f} MB, {peak['before_mb']:.0f} MB before embedding (model "
+                f"loaded): {added:.0f} MB added; decoded audio (float32) {decoded_mb:.0f} MB: "
+                f"{added / decoded_mb:.2f} x the decoded audio"
                 + (f"; GPU peak {peak['cuda_mb']:.0f} MB" if "cuda_mb" in peak else "")
             )
     return results
