@@ -287,10 +287,7 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
     # ------------------------------------------------------------------ spectrograms
 
     def log_mel(
-        self,
-        waveforms: torch.Tensor,
-        normalize: bool | None = None,
-        sum_of_squares: torch.Tensor | None = None,
+        self, waveforms: torch.Tensor, normalize: bool | None = None, sum_of_squares: Any = None
     ) -> torch.Tensor:
         """Batched torch log-mel spectrogram.
 
@@ -301,9 +298,8 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
                 L2-normalise each waveform (over its last axis) first; defaults to
                 `normalize_waveform`.
             sum_of_squares (`torch.Tensor`, *optional*):
-                One value per waveform: normalise by this sum of squares instead of the
-                waveform's own (a piece of a longer clip normalised as the whole clip is,
-                see `iter_clip_features`).
+                Per waveform, normalise by this sum of squares, not its own (a piece of a
+                longer clip normalised as the whole clip: `iter_clip_features`).
 
         Returns:
             `torch.Tensor` of shape `(..., frames, feature_size)`, float32, on the device of
@@ -519,13 +515,10 @@ class MSCLFeatureExtractor(SequenceFeatureExtractor):
     def iter_clip_features(
         self, clip: np.ndarray | torch.Tensor, max_frames: int = 8 * _CHUNK_FRAMES
     ) -> Iterator[torch.Tensor]:
-        """`clip_features(clip)` a piece at a time: blocks of frames whose concatenation
-        equals it exactly, so that a long clip never holds all its features at once.
-
-        Pieces are whole multiples of the blocks `log_mel` computes in (at least one, at
-        most `max_frames` frames when that allows), each normalised by the whole clip's
-        sum of squares: every frame goes through the same operations as in one call.
-        """
+        """`clip_features(clip)` in pieces that concatenate to it exactly (a long clip
+        never holds all its features): whole multiples of `log_mel`'s blocks, at most
+        `max_frames` frames where that allows, each normalised by the whole clip's sum of
+        squares, so every frame goes through the same operations as in one call."""
         clip = torch.as_tensor(clip)
         if clip.ndim != 1:
             raise ValueError(f"`clip` must be 1-D (samples,), got shape {tuple(clip.shape)}.")
