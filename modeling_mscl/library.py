@@ -19,11 +19,14 @@ The job behind ``mscl embed`` and ``mscl search``. A library folder ``OUT`` hold
 
 How the work is laid out (the one long-audio path of :mod:`modeling_mscl.long_audio_mscl`):
 files are decoded, resampled and cut into log-mel windows by the feature extractor in
-``num_workers`` DataLoader workers while the main process runs the encoder; the windows of
-consecutive files are packed into batches of ``batch_size`` windows (a batch spans files),
-and a file's window embeddings are averaged as ``embed_audio`` averages them. The encoder's
-eval forward gives a window the same output whatever else is in its batch, so packing
-changes nothing in the result.
+``num_workers`` DataLoader workers while the main process runs the encoder on the cores
+the workers leave it (torch's threads there = CPUs - workers). A worker hands over a file
+``PIECE_FRAMES`` log-mel frames at a time (exactly the whole clip's frames, see
+``MSCLFeatureExtractor.iter_clip_features``), so a long file holds its decoded audio, not
+its whole log-mel; windows of many pieces and files are packed into batches of
+``batch_size`` windows, and a file's window embeddings are averaged as ``embed_audio``
+averages them. The encoder's eval forward gives a window the same output whatever else is
+in its batch, so packing changes nothing in the result.
 
 Scale-out: under ``accelerate launch`` (or any ``torch.distributed`` launcher that sets
 ``WORLD_SIZE``) each process takes every ``world``-th file still to do, writes its own
@@ -700,7 +703,8 @@ def embed_library(
         windows: also keep each file's window embeddings and their start times.
         output: ``"pooler_output"`` (1280-d) or ``"audio_embeds"`` (512-d).
         batch_size: windows per encoder call; a batch holds the windows of several files.
-        num_workers: DataLoader workers decoding files (default: half the CPUs, at most 8).
+        num_workers: DataLoader workers decoding files (default: half the CPUs, at most 8);
+            on the CPU the encoder keeps the other cores' worth of threads.
         device, dtype: where and in which precision the encoder runs (``"bfloat16"``).
         shard_size: files per resumable shard.
         parquet: write ``embeddings.parquet`` instead of a ``datasets`` folder.
