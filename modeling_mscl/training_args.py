@@ -31,7 +31,6 @@ from ._files import atomic_write
 from .augment import SpecAugmentation
 from .configuration_mscl import MSCLConfig
 from .optim import OPTIMIZERS
-from .pairs import OBJECTIVES
 from .stems import SOURCES
 
 __all__ = [
@@ -340,6 +339,8 @@ class PretrainingArguments:
 
             # What the folder is (one split of a chunk set, other files) and what was expected.
             bad("data_dir", describe_non_chunk_set(data_dir, INFO_FILE, CHUNK_COLUMNS))
+        from .pairs import OBJECTIVES  # here: pairs loads datasets, which --help does not need
+
         if d.objective not in OBJECTIVES:
             bad("objective", f"expected one of {OBJECTIVES}")
         if not d.sources or any(s not in SOURCES for s in d.sources):

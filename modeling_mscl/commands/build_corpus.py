@@ -49,10 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus described by ``argv`` and print its sizes; returns the exit status."""
+    args = parse_args(argv)
     from modeling_mscl.corpora.midi_folder import build_midi_folder_corpus
     from modeling_mscl.corpora.synthetic import build_default_corpus
 
-    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     if args.midi_dir:
