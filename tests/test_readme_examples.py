@@ -27,6 +27,8 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +159,8 @@ class Run:
     shrunk: tuple[str, ...] = ()  # arguments appended; the page must name them beside it
     env: dict[str, str] = field(default_factory=dict)
     each: tuple[str, tuple[str, ...]] | None = None  # run once per value of this variable
+    makes: tuple[str, ...] = ()  # files it must write (a run's or a command's output)
+    replaces: str | None = None  # its output folder, staged for the others: removed first
     slow: bool = False
 
 
@@ -166,30 +170,52 @@ RUN: dict[str, Run] = {
     "README.md / Embed a music file / python 2": Run(),
     "README.md / Classify / python 1": Run(),
     "README.md / Embed and search your music / python 1": Run(),
-    "mscl separate path/to/musdb18hq/train data_cache/chunks --separator oracle": Run(),
+    "mscl separate path/to/musdb18hq/train data_cache/chunks --separator oracle": Run(
+        replaces="data_cache/chunks", makes=("data_cache/chunks/report.json",)
+    ),
     "mscl corpus --out data_cache/corpus": Run(
-        shrunk=("--num-songs", "3", "--seconds", "4"), slow=True
+        shrunk=("--num-songs", "3", "--seconds", "4"),
+        replaces="data_cache/corpus",
+        makes=("data_cache/corpus/songs/dataset_dict.json",),
+        slow=True,
     ),
     "mscl separate musdb18hq/ work/ --separator oracle --num-shards 4 --shard-index "
-    "$SLURM_ARRAY_TASK_ID": Run(each=("SLURM_ARRAY_TASK_ID", ("0", "1", "2", "3"))),
-    "mscl separate data_cache/chunks --merge work/shard-*-of-04": Run(),
+    "$SLURM_ARRAY_TASK_ID": Run(
+        each=("SLURM_ARRAY_TASK_ID", ("0", "1", "2", "3")), makes=("work/shard-03-of-04",)
+    ),
+    "mscl separate data_cache/chunks --merge work/shard-*-of-04": Run(
+        replaces="data_cache/chunks", makes=("data_cache/chunks/report.json",)
+    ),
     "mscl pretrain --config demo --data_dir data_cache/chunks --output_dir runs/mscl": Run(
-        shrunk=("--max_steps", "2"), slow=True
+        shrunk=("--max_steps", "2"),
+        replaces="runs/mscl",
+        makes=("runs/mscl/encoder/model.safetensors", "runs/mscl/history.jsonl"),
     ),
     "mscl probe --random-init --data data_cache/corpus/songs --task corpus_genre --output "
     "results/probes.json --markdown results/probes.md --export results/heads/genre": Run(
-        shrunk=("--task-arg", "max_epochs=2"), slow=True
+        shrunk=("--task-arg", "max_epochs=2"),
+        replaces="results/heads/genre",
+        makes=("results/probes.json", "results/probes.md", "results/heads/genre/config.json"),
     ),
-    "mscl plot COLA=runs/cola MSCL=runs/mscl --out convergence.png": Run(),
+    "mscl plot COLA=runs/cola MSCL=runs/mscl --out convergence.png": Run(
+        makes=("convergence.png",)
+    ),
     "mscl retrieval --help": Run(),
     "mscl push encoder runs/mscl/encoder --repo-id you/mscl-b0 --dry-run": Run(),
-    "mscl embed ~/Music library/ --model outputs/demo/runs/mscl/encoder": Run(),
+    "mscl embed ~/Music library/ --model outputs/demo/runs/mscl/encoder": Run(
+        makes=("library/library.json",)
+    ),
     "mscl search library/ query.mp3 -k 5": Run(),
     # docs pages
     "docs/model.md / The model / python 1": Run(),
     "docs/probes.md / Probes / python 1": Run(),
     "accelerate launch --cpu -m modeling_mscl.commands.pretrain --config demo --data_dir "
-    "data_cache/chunks --output_dir runs/mscl": Run(shrunk=("--max_steps", "2"), slow=True),
+    "data_cache/chunks --output_dir runs/mscl": Run(
+        shrunk=("--max_steps", "2"),
+        replaces="runs/mscl",
+        makes=("runs/mscl/encoder/model.safetensors", "runs/mscl/history.jsonl"),
+        slow=True,
+    ),
     "mscl push encoder runs/mscl/encoder --repo-id your-name/mscl-b0 --dry-run": Run(),
     "mscl push encoder runs/mscl/encoder --repo-id your-name/mscl-b0 --dry-run --results "
     "runs/probes/mtat/probe_results.json runs/probes/nsynth/probe_results.json": Run(),
@@ -409,13 +435,18 @@ def _run_command(command: str, run: Run, monkeypatch) -> None:
     from modeling_mscl import cli
 
     words = _argv(command)
+    if run.replaces:
+        shutil.rmtree(run.replaces)
     if words[:2] == ["accelerate", "launch"]:
-        # One process on the CPU: the module the launcher would start, in this process.
-        module = words.index("-m")
-        assert words[module + 1] == "modeling_mscl.commands.pretrain", command
-        words = ["mscl", "pretrain", *words[module + 2 :]]
-    assert words[0] == "mscl", f"only mscl commands run here: {command}"
-    values = run.each[1] if run.each else (None,)
+        # The launcher itself, in a process of its own (it starts the command's).
+        launch = [sys.executable, "-m", "accelerate.commands.launch", *words[2:], *run.shrunk]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+        values = ()
+    else:
+        assert words[0] == "mscl", f"only mscl commands run here: {command}"
+        values = run.each[1] if run.each else (None,)
     for value in values:
         if run.each:
             monkeypatch.setenv(run.each[0], value)
@@ -428,15 +459,17 @@ def _run_command(command: str, run: Run, monkeypatch) -> None:
         except SystemExit as done:  # --help
             status = done.code
         assert status in (0, None), f"{command} -> {status}\n{out.getvalue()[-2000:]}"
+    missing = [path for path in run.makes if not Path(path).exists()]
+    assert not missing, f"{command} did not write {missing}"
 
 
 def _params(slow: bool) -> list:
     seen, out = set(), []
     for key, block in _examples():
         run = RUN.get(key)
-        if run is None or run.slow != slow or (key, block.key) in seen:
-            continue
-        seen.add((key, block.key))
+        if run is None or run.slow != slow or key in seen:
+            continue  # a command on several pages runs once
+        seen.add(key)
         marks = [pytest.mark.slow] if slow else []
         out.append(pytest.param(key, block, id=key, marks=marks))
     return out
