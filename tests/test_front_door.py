@@ -182,6 +182,16 @@ def test_messages_name_no_file_a_user_does_not_have():
         if any(name in text for name in ("scripts/", "constraints-tf", "constraints.txt"))
     ]
     assert not offending, offending
+    # Nor does the help: `mscl --help` and every command's (descriptions are docstrings).
+    helps = {"mscl": cli.usage(), **{name: p.format_help() for name, p in _parsers()}}
+    offending = [
+        f"{name}: {line.strip()}"
+        for name, text in helps.items()
+        for line in text.splitlines()
+        if any(word in line for word in ("scripts/", "constraints-tf", "constraints.txt"))
+        and "(default: " not in line  # a shipped config's resolved path is the user's own
+    ]
+    assert not offending, offending
 
 
 def test_a_bare_array_in_a_pipeline_is_warned_not_silently_16k():
