@@ -498,3 +498,36 @@ def test_example_runs(key, block, workdir, monkeypatch):
 @pytest.mark.parametrize("key, block", _params(slow=True))
 def test_slow_example_runs(key, block, workdir, monkeypatch):
     _check(key, block, workdir, monkeypatch)
+
+
+# Imported by the folder's code files only for inputs soundfile cannot read (m4a, a
+# decoded datasets Audio item): the card need not ask every user for them.
+OPTIONAL_FOR_REMOTE_CODE = {"torchcodec"}
+
+
+def test_a_folder_card_names_what_its_code_needs_without_the_package():
+    # A `trust_remote_code=True` user runs the folder's code files without this package:
+    # each card's install line names every third-party module they import.
+    import ast
+    import sys
+
+    from modeling_mscl.hub import HUB_CODE_FILES
+
+    needed = set()
+    for name in HUB_CODE_FILES:
+        tree = ast.parse((REPO / "modeling_mscl" / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                needed |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                needed.add(node.module.split(".")[0])
+    needed -= set(sys.stdlib_module_names) | {"numpy"} | OPTIONAL_FOR_REMOTE_CODE
+    assert {"torch", "transformers", "soundfile", "julius"} <= needed
+    for card in sorted((REPO / "model_cards").glob("*.md")):
+        install = " ".join(
+            line for line in card.read_text(encoding="utf-8").splitlines() if "pip install" in line
+        )
+        missing = [
+            module for module in sorted(needed - {"torch", "transformers"}) if module not in install
+        ]
+        assert not missing, f"{card.name}: its install line does not name {missing}"
