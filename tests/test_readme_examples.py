@@ -29,7 +29,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +157,6 @@ class Run:
     """How the test runs one python block or one shell command."""
 
     shrunk: tuple[str, ...] = ()  # arguments appended; the page must name them beside it
-    env: dict[str, str] = field(default_factory=dict)
     each: tuple[str, tuple[str, ...]] | None = None  # run once per value of this variable
     makes: tuple[str, ...] = ()  # files it must write (a run's or a command's output)
     replaces: str | None = None  # its output folder, staged for the others: removed first
