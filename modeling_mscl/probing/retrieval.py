@@ -48,7 +48,8 @@ from torch import nn
 from .._choices import BN_REGIMES  # kept light for `mscl retrieval --help`
 from ..chunk_set import CROP_FRAMES, MIXTURE, ChunkStore
 from ..configuration_mscl import MSCLConfig
-from ..modeling_mscl import MSCLForPreTraining, eval_mode
+from ..long_audio_mscl import eval_mode
+from ..modeling_mscl import MSCLForPreTraining
 from ..stems import SOURCES
 from .retrieval_draws import (
     _evaluated_tracks,
