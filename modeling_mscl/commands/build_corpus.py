@@ -4,7 +4,8 @@
     mscl corpus --out data_cache/mine --midi-dir ~/midi      # your MIDI files
 
 Needs the ``corpus`` extra (pretty_midi, music21, pyfluidsynth) and the system packages
-libfluidsynth3 and mma (``make system-deps``). Re-running resumes an interrupted build.
+libfluidsynth3 and mma (``apt-get install libfluidsynth3 mma``; in a checkout, ``make
+system-deps``). Re-running resumes an interrupted build.
 """
 
 from __future__ import annotations
