@@ -66,6 +66,9 @@ class TransferSettings:
     held_out_soundfont: str | None = setting(
         "the SoundFont held out (default: the one the --corpus file names)"
     )
+    note_config: str | None = setting(
+        "the note set's settings (YAML like data/note_set.yaml; default: that file)"
+    )
     num_songs: int = setting("songs of the offline corpus", 200)
     seconds: float = setting("length of each song in seconds", 30.0)
     corpus_seed: int = setting("seed of the corpus", 0)
@@ -76,6 +79,7 @@ class TransferSettings:
     probe_every: int = setting("steps between the cheap convergence probes", 300)
     probe_windows: int = setting("windows per clip for the probe heads (evenly spaced)", 8)
     probe_seeds: int = setting("head seeds per encoder and task (embeddings cached)", 3)
+    max_clips: int | None = setting("clips per split of each probe (unset: all)")
     num_workers: int = setting("processes rendering the corpus", 2)
     report_only: bool = setting("only rebuild the report from results.json", False)
     objectives: dict[str, dict[str, Any]] = setting(
@@ -155,6 +159,7 @@ def prepare_transfer_data(work: Path, s: TransferSettings) -> tuple[Any, Any, Pa
         seed=s.corpus_seed,
         num_workers=s.num_workers,
         diversity=diversity,
+        note_config=s.note_config,
     )
     songs = load_from_disk(str(work / "corpus" / "songs"))
     notes = load_from_disk(str(work / "corpus" / "notes"))
@@ -222,7 +227,7 @@ def run_transfer(settings: TransferSettings | None = None) -> dict[str, Any]:
             print(f"  -- {regime}", flush=True)
             tasks = offline_tasks(split_songs[regime], split_notes[regime])
             entry["probes"][regime] = probe_encoders(
-                encoders, tasks, work / "embeddings", s.probe_windows, head_seeds
+                encoders, tasks, work / "embeddings", s.probe_windows, head_seeds, s.max_clips
             )
         models = {"random init": random_init_model(runs["MSCL"] / "pretraining", seed=seed)}
         models.update({name: load_pretraining_model(out) for name, out in runs.items()})

@@ -352,3 +352,57 @@ def test_transfer_summary_and_table_by_hand():
     assert (
         "| stem retrieval R@1 drums | MSCL | 50.0 ± 0.0 (2) | 20.0 ± 10.0 (2) | 30 / 50 |" in table
     )
+
+
+@pytest.mark.slow
+def test_tiny_transfer_end_to_end(tmp_path, second):
+    from modeling_mscl.timbre_transfer import TransferSettings, run_transfer
+
+    corpus = tmp_path / "corpus.yaml"
+    corpus.write_text(
+        f"soundfonts: [{second}, TimGM6mb]\nheld_out_soundfont: TimGM6mb\n"
+        "held_out_share: 0.25\nsplit_fractions: [0.7, 0.1, 0.2]\neq_db: [-6, 6]\n"
+        "reverb_send: [0, 100]\ndetune_cents: [-15, 15]\n"
+    )
+    notes = tmp_path / "notes.yaml"
+    notes.write_text(
+        (REPO / "data" / "note_set.yaml")
+        .read_text()
+        .replace("pitches_per_program: 6", "pitches_per_program: 2")
+        .replace("velocities: [40, 80, 120]", "velocities: [80]")
+    )
+    settings = TransferSettings(
+        workdir=str(tmp_path / "transfer"),
+        config=str(REPO / "scripts" / "configs" / "tiny.yaml"),
+        corpus=str(corpus),
+        note_config=str(notes),
+        num_songs=70,
+        seconds=8.0,
+        max_steps=2,
+        seeds=[0],
+        probe_every=2,
+        probe_windows=2,
+        probe_seeds=1,
+        max_clips=24,
+    )
+    out = run_transfer(settings)
+    work = tmp_path / "transfer"
+    saved = json.loads((work / "results.json").read_text())
+    entry = saved["seeds"]["0"]
+    for regime in ("in-timbre", "out-of-timbre"):
+        assert set(entry["probes"][regime]) == {"log-mel statistics", "random init", "COLA", "MSCL"}
+        assert set(entry["retrieval"][regime]) == {"random init", "COLA", "MSCL"}
+    # The held-out SoundFont is in no split pre-training or the probe heads see.
+    songs = load_from_disk(str(work / "corpus" / "songs"))
+    assert set(songs["test_ood"]["soundfont"]) == {"TimGM6mb"}
+    assert "TimGM6mb" not in set(songs["train"]["soundfont"]) | set(
+        songs["validation"]["soundfont"]
+    )
+    assert "| stem retrieval R@1 drums | MSCL |" in out["table"]
+    assert "| notes_family accuracy | COLA |" in out["table"]
+    text = (work / "results.md").read_text()
+    assert "in-timbre | out-of-timbre" in text
+    # A second run reuses the scored seed; --report_only rebuilds the same table.
+    assert run_transfer(settings)["table"] == out["table"]
+    settings.report_only = True
+    assert run_transfer(settings)["table"] == out["table"]

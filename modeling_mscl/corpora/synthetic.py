@@ -288,6 +288,7 @@ def build_default_corpus(
     notes: bool = True,
     ext: str = "flac",
     diversity: CorpusDiversity | None = None,
+    note_config: str | os.PathLike | dict | None = None,
 ) -> dict[str, Any]:
     """The package's embedded default: the song corpus and the note set under ``out``.
 
@@ -297,6 +298,7 @@ def build_default_corpus(
     ``{"songs": DatasetDict, "notes": DatasetDict}`` (``notes`` absent when skipped).
     ``diversity``: see :func:`build_synthetic_corpus`; the note set is then rendered with
     every SoundFont of it, the held-out one's test programs forming ``test_ood``.
+    ``note_config``: the note set's settings (default ``data/note_set.yaml``).
     """
     out = Path(out).resolve()
     recipe = load_recipe()
@@ -322,7 +324,14 @@ def build_default_corpus(
         fonts = diversity.soundfonts if diversity is not None else ()
         held = diversity.held_out_soundfont if diversity is not None else None
         result["notes"] = build_note_set(
-            out, soundfont, seed, num_workers, ext=ext, soundfonts=fonts or None, held_out=held
+            out,
+            soundfont,
+            seed,
+            num_workers,
+            config=note_config,
+            ext=ext,
+            soundfonts=fonts or None,
+            held_out=held,
         )
         report["notes_seconds"] = round(time.perf_counter() - t0, 1)
     report["sizes"] = {k: {s: len(d) for s, d in v.items()} for k, v in result.items()}
