@@ -406,3 +406,34 @@ def test_tiny_transfer_end_to_end(tmp_path, second):
     assert run_transfer(settings)["table"] == out["table"]
     settings.report_only = True
     assert run_transfer(settings)["table"] == out["table"]
+
+
+def test_shared_programs_draw_instruments_from_every_style():
+    from modeling_mscl.corpora.arrangement import arrange_song
+    from modeling_mscl.corpora.chorales import extract_chorale
+    from modeling_mscl.corpora.general_midi import BASS_PROGRAMS
+
+    recipe = load_recipe()
+    shared = CorpusDiversity(shared_programs=True)
+    assert shared.active
+    plans = diversify_plans(plan_songs(recipe, 70, 20.0, seed=0), recipe, shared, seed=0)
+    styles = {s.name: s for s in recipe.styles}
+    union = {a: {p for s in recipe.styles for p in getattr(s, a)} for a in ("bass", "harmony")}
+    outside = 0
+    for plan in plans:
+        assert plan.bass_program in union["bass"]
+        assert set(plan.harmony_programs) <= union["harmony"] and plan.harmony_programs
+        outside += plan.bass_program not in styles[plan.style].bass
+        outside += not set(plan.harmony_programs) <= set(styles[plan.style].harmony)
+    assert outside > 0  # instruments no longer follow the style
+    midi = arrange_song(plans[0], extract_chorale(plans[0].chorale))
+    harmony = [i for i in midi.instruments if i.name.startswith("Harmony")]
+    assert harmony and all(i.program in plans[0].harmony_programs for i in harmony)
+    assert (
+        all(
+            i.program == plans[0].bass_program
+            for i in midi.instruments
+            if i.program in BASS_PROGRAMS
+        )
+        or plans[0].chorale_bass
+    )

@@ -10,7 +10,8 @@ single-SoundFont corpus of earlier versions, bit for bit). With them, every song
   FluidSynth reverb (room size, send) and chorus (send, depth) of that stem's synthesiser,
   a gain, and a detune of the melodic channels (a pitch bend held for the whole song);
 * a wider tempo range (each style's range stretched by ``tempo_stretch``) and a wider
-  transposition range.
+  transposition range;
+* optionally, instruments drawn from one pool shared by all styles (``shared_programs``).
 
 Effects are applied to each stem before mixing, so the mixture stays the sum of the stems.
 """
@@ -46,7 +47,9 @@ class CorpusDiversity:
     song; ``held_out_soundfont``: one of them, whose songs (a ``held_out_share`` of all
     songs, seeded) form the ``test_ood`` split; ``split_fractions``: train/validation/test
     shares of the other songs within each style. Ranges are ``(low, high)``, drawn
-    uniformly per stem.
+    uniformly per stem. ``shared_programs``: every song draws its drum kit and its bass,
+    harmony, vocal and inner programs from the union of all styles' lists, so that a
+    style (the genre label) is its grooves and tempo, not its instruments.
     """
 
     soundfonts: tuple[str, ...] = ()
@@ -62,6 +65,7 @@ class CorpusDiversity:
     detune_cents: tuple[float, float] = (0.0, 0.0)
     tempo_stretch: float = 0.0
     transpose: tuple[int, int] | None = None
+    shared_programs: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "soundfonts", tuple(str(s) for s in self.soundfonts))

@@ -176,6 +176,9 @@ class SongPlan:
     # corpus's one SoundFont) and each stem's production (empty: none).
     soundfont: str | None = None
     production: dict = field(default_factory=dict)
+    # Shared instruments (CorpusDiversity.shared_programs): the programs of the groove's
+    # harmony tracks, in turn (empty: the groove's own, as the recipe says).
+    harmony_programs: list = field(default_factory=list)
 
 
 def plan_songs(recipe: Recipe, num_songs: int, seconds: float, seed: int) -> list[SongPlan]:
@@ -275,12 +278,31 @@ def diversify_plans(
             else:
                 plan.soundfont = str(rng.choice(seen))
         plan.production = draw_production(diversity, seed, i)
+        if diversity.shared_programs:
+            _share_programs(plan, recipe, np.random.default_rng([seed, 14, i]))
     inside = [p for p in plans if held is None or p.soundfont != held]
     _split_by_style_and_chorale(inside, seed, diversity.split_fractions)
     for plan in plans:
         if held is not None and plan.soundfont == held:
             plan.split = "test_ood"
     return plans
+
+
+def _share_programs(plan: SongPlan, recipe: Recipe, rng: np.random.Generator) -> None:
+    """Redraw a plan's instruments from the union of every style's lists (sorted, so the
+    draw does not depend on the order of the styles)."""
+
+    def pool(attr: str) -> list[int]:
+        return sorted({p for s in recipe.styles for p in getattr(s, attr)})
+
+    plan.drum_kit = int(rng.choice(pool("drum_kits")))
+    plan.bass_program = int(rng.choice(pool("bass")))
+    plan.harmony_program = int(rng.choice(pool("harmony")))
+    plan.harmony_programs = [int(p) for p in rng.choice(pool("harmony"), size=3)]
+    plan.vocal_program = int(rng.choice(pool("vocals")))
+    inner = int(rng.choice(pool("inner")))
+    if plan.inner_program is not None:  # whether an inner part plays stays the style's
+        plan.inner_program = inner
 
 
 def _split_by_style_and_chorale(
