@@ -402,8 +402,20 @@ def test_tiny_transfer_end_to_end(tmp_path, second):
     assert "| notes_family accuracy | COLA |" in out["table"]
     text = (work / "results.md").read_text()
     assert "in-timbre | out-of-timbre" in text
+    # Out of timbre, retrieval ranks among as many tracks as the in-timbre test split has.
+    pool = len(songs["test"])
+    for regime, n in (("in-timbre", pool), ("out-of-timbre", min(pool, len(songs["test_ood"])))):
+        for row in entry["retrieval"][regime]["MSCL"]["sources"].values():
+            assert row["num_candidates"] + row["skipped_tracks"] == n
     # A second run reuses the scored seed; --report_only rebuilds the same table.
     assert run_transfer(settings)["table"] == out["table"]
+    # Scores of an earlier pool size are scored again (retrieval only).
+    saved["seeds"]["0"]["retrieval_pool"] = 999
+    (work / "results.json").write_text(json.dumps(saved))
+    assert run_transfer(settings)["table"] == out["table"]
+    assert json.loads((work / "results.json").read_text())["seeds"]["0"]["retrieval_pool"] == len(
+        songs["test"]
+    )
     settings.report_only = True
     assert run_transfer(settings)["table"] == out["table"]
 
