@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._files import atomic_path
-from .feature_extraction_mscl import AudioDecodeError, audio_name, decode_audio
+from .audio_decoding_mscl import AudioDecodeError, audio_name, decode_audio
 
 __all__ = [
     "AudioDecodeError",

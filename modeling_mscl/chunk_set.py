@@ -222,7 +222,7 @@ def _check_front_end(fe: MSCLFeatureExtractor, num_bins: int, where: str) -> Non
 _STAGING = f"{TEMP_FOLDER_PREFIX}save"
 REPORT_FILE = "report.json"
 # What save_pretrained writes beside preprocessor_config.json (the Hub code of the front end).
-_FRONT_END_CODE = ("feature_extraction_mscl.py",)
+_FRONT_END_CODE = ("feature_extraction_mscl.py", "audio_decoding_mscl.py", "long_audio_mscl.py")
 _ADD_MANIFEST = "mscl verify {folder} --add-manifest"
 
 

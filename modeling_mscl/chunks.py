@@ -30,6 +30,7 @@ from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_d
 from datasets.fingerprint import Hasher
 
 from ._files import naming_full_disk, write_json_atomic
+from .audio_decoding_mscl import decode_audio, resample_audio
 from .audio_io import AudioDecodeError, audio_name, in_threads
 from .chunk_set import (
     CHUNK_COLUMNS,
@@ -41,12 +42,7 @@ from .chunk_set import (
     save_chunk_set,
 )
 from .chunk_shards import check_sharding, shard_tracks
-from .feature_extraction_mscl import (
-    MSCLFeatureExtractor,
-    decode_audio,
-    load_feature_extractor,
-    resample_audio,
-)
+from .feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
 from .run_lock import RunLock
 from .stems import DEFAULT_THRESHOLD, SAMPLING_RATE, SOURCES, Separator, check_separator
 

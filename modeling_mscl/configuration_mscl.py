@@ -55,7 +55,7 @@ def round_repeats(repeats: int, depth_coefficient: float) -> int:
 
 
 # The module the package's pipeline classes live in (see `_PipelineDeclarations`).
-_PACKAGE_MODELING_MODULE = "modeling_mscl.modeling_mscl"
+_PACKAGE_PIPELINE_MODULE = "modeling_mscl.pipeline_mscl"
 
 
 class _PipelineDeclarations(dict):
@@ -89,7 +89,7 @@ def _registered_by_package(task: Any, declaration: Any) -> bool:
     return (
         isinstance(impl, type)
         and impl.__name__ == name
-        and impl.__module__ == _PACKAGE_MODELING_MODULE
+        and impl.__module__ == _PACKAGE_PIPELINE_MODULE
     )
 
 
@@ -161,7 +161,8 @@ class MSCLConfig(PretrainedConfig):
             Epsilon of the projection's LayerNorm (Keras' default).
         similarity (`str`, *optional*, defaults to `"bilinear"`):
             Pre-training similarity: `"bilinear"` (u^T W v with a trainable W, no
-            temperature; the paper) or `"cosine"` (cosine divided by `similarity_temperature`).
+            temperature; the paper) or `"cosine"` (cosine divided by `similarity_temperature`),
+            or one registered with `similarity_mscl.register_similarity`.
         similarity_temperature (`float`, *optional*, defaults to 0.1):
             Temperature of the cosine similarity (unused for `"bilinear"`).
         bilinear_logit_scale (`float`, *optional*, defaults to 1.0):
@@ -353,11 +354,20 @@ class MSCLConfig(PretrainedConfig):
             )
         check_real("batch_norm_momentum", 0.0, 0.5, True, False)
         check_real("input_rescale", 0.0, 1e6, True, False)
-        check_real("similarity_temperature", 0.0, 1e4, True, False)
-        check_real("bilinear_logit_scale", 0.0, 1e6, True, False)
         check_choice("hidden_act", _ACTIVATIONS)
         check_choice("pooling", ("max", "mean"), " ('max' is the paper's)")
-        check_choice("similarity", ("bilinear", "cosine"), " ('bilinear' is the paper's)")
+        # The similarity and its options: its registered definition's (imported here, so
+        # that importing this file stays free of torch).
+        from .similarity_mscl import get_similarity, similarity_names
+
+        try:
+            get_similarity(self.similarity)
+        except ValueError as err:
+            raise ValueError(f"MSCLConfig: {err}") from None
+        for kind in similarity_names():
+            for option, low, high in get_similarity(kind).options:
+                if hasattr(self, option):
+                    check_real(option, low, high, True, False)
         check_choice("classifier_head", ("linear", "mlp"))
         if not isinstance(self.freeze_encoder, bool):
             fail("freeze_encoder", "must be true or false")

@@ -31,13 +31,11 @@ from transformers import (
 
 from .configuration_mscl import MSCLConfig
 from .feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
-from .modeling_mscl import (
-    MSCLForAudioClassification,
-    MSCLForPreTraining,
-    MSCLModel,
-    custom_pipelines,
-)
+from .modeling_mscl import MSCLForAudioClassification, MSCLForPreTraining, MSCLModel
+from .objectives import get_objective, objective_names
 from .package_data import resource_dir
+from .pipeline_mscl import custom_pipelines
+from .similarity_mscl import get_similarity
 
 if TYPE_CHECKING:  # the probing package (torch, datasets) loads only when results are read
     from .probing.protocol import ProbeResult
@@ -222,35 +220,14 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str
 
 
 def _objective(args: Mapping[str, Any]) -> tuple[str, str]:
-    """A short name for the card's first line and a sentence for its training section."""
+    """A short name for the card's first line and a sentence for its training section:
+    the registered objective's own; arguments with sources but no known objective are
+    MSCL's."""
     objective, sources = args.get("objective"), args.get("sources")
-    if objective == "cola":
-        return "COLA, the baseline of the MSCL paper", (
-            "COLA instance discrimination: two crops of the same mixture form a positive "
-            "pair; the other songs of the minibatch are the negatives."
-        )
-    if objective == "s3t":
-        return "COLA with S3T-style augmentation, a baseline of the MSCL paper", (
-            "COLA with S3T-style spectrogram augmentation (masking, shifting, warping) "
-            "of the two mixture crops."
-        )
-    if objective == "mscl" or sources:
-        names = _fmt(list(sources)) if sources else "vocals, drums, bass, other"
-        if sources and len(sources) == 1:
-            name = f"single-source ({names}) multi-source contrastive learning (MSCL)"
-        else:
-            name = "multi-source contrastive learning (MSCL)"
-        text = (
-            f"MSCL: a crop of the mixture must pick a crop of one of its separated sources "
-            f"({names}) among the sources of the other songs in the minibatch."
-        )
-        if args.get("absent_sources"):
-            text += (
-                " Minibatches may include songs where that source is absent; their anchors "
-                "must pick a shared null column (the mean embedding of the all-zero inputs "
-                "that stand in for the absent sources)."
-            )
-        return name, text
+    if objective in objective_names():
+        return get_objective(objective).card(args)
+    if sources:
+        return get_objective("mscl").card(args)
     return "contrastive learning (MSCL or its COLA baseline)", ("not recorded with this model.")
 
 
@@ -453,7 +430,7 @@ def render_model_card(
         num_mel_bins=config.num_mel_bins,
         pooled_dim=config.encoder_hidden_size,
         projection_dim=config.projection_dim,
-        similarity=config.similarity,
+        similarity=get_similarity(config.similarity).describe(config),
         base_model=base_model,
         labels=", ".join(f"`{label}`" for label in labels),
         num_labels=len(labels),
@@ -509,10 +486,19 @@ _AUTO_MAP = {
     "AutoModelForAudioClassification": _auto_ref(MSCLForAudioClassification),
 }
 _FE_AUTO_MAP = {"AutoFeatureExtractor": _auto_ref(MSCLFeatureExtractor)}
+# The code of a saved folder: the modules `auto_map` names and every file they import
+# relatively (transformers' remote-code loader collects those; tests/test_hub.py checks
+# this list against its scan).
 HUB_CODE_FILES = (
+    "audio_decoding_mscl.py",
     "configuration_mscl.py",
+    "contrastive_loss_mscl.py",
+    "encoder_mscl.py",
     "feature_extraction_mscl.py",
+    "long_audio_mscl.py",
     "modeling_mscl.py",
+    "pipeline_mscl.py",
+    "similarity_mscl.py",
 )
 
 

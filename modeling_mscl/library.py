@@ -17,7 +17,7 @@ The job behind ``mscl embed`` and ``mscl search``. A library folder ``OUT`` hold
   gained files embeds only the new ones. ``shards/job.json`` pins the model: a run with
   another model (other weights, config, front end, output or dtype) is refused.
 
-How the work is laid out (the one long-audio path of :mod:`modeling_mscl.modeling_mscl`):
+How the work is laid out (the one long-audio path of :mod:`modeling_mscl.long_audio_mscl`):
 files are decoded, resampled and cut into log-mel windows by the feature extractor in
 ``num_workers`` DataLoader workers while the main process runs the encoder; the windows of
 consecutive files are packed into batches of ``batch_size`` windows (a batch spans files),
@@ -48,15 +48,11 @@ import numpy as np
 import torch
 
 from ._files import TEMP_FOLDER_PREFIX, atomic_path, write_json_atomic
+from .audio_decoding_mscl import AudioDecodeError, audio_name, decode_audio, resample_audio
 from .chunk_shards import check_sharding, shard_dir
-from .feature_extraction_mscl import (
-    AudioDecodeError,
-    MSCLFeatureExtractor,
-    audio_name,
-    decode_audio,
-    resample_audio,
-)
-from .modeling_mscl import MSCLModel, encode_windows, eval_mode, pool_windows
+from .feature_extraction_mscl import MSCLFeatureExtractor
+from .long_audio_mscl import encode_windows, eval_mode, pool_windows
+from .modeling_mscl import MSCLModel
 
 __all__ = [
     "AUDIO_EXTENSIONS",

@@ -1,7 +1,7 @@
 """The contrastive losses of COLA and MSCL on the trainer's side: gathering across processes.
 
 The losses themselves (:func:`info_nce_loss`, :func:`null_source_contrastive_loss`,
-re-exported here) live in the Hub file ``modeling_mscl.py``, because the model computes
+re-exported here) live in the Hub file ``contrastive_loss_mscl.py``, because the model computes
 its loss; alone they compute one process's loss. Given the :class:`ProcessGather` of
 :func:`process_gather`, the positives of every process become columns (more negatives
 per anchor) and gradients flow back to each process's own slice. Each process returns the mean cross-entropy over
@@ -17,7 +17,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from .modeling_mscl import (
+from .contrastive_loss_mscl import (
     ContrastiveLossOutput,
     ProcessGather,
     info_nce_loss,

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ._files import atomic_path
-from .modeling_mscl import MSCLModel, eval_mode
+from .long_audio_mscl import eval_mode
+from .modeling_mscl import MSCLModel
 
 __all__ = ["ONNX_INPUTS", "ONNX_OUTPUTS", "export_onnx"]
 

@@ -12,11 +12,12 @@ in place from the chunk set's memory-mapped Arrow files). Two pieces, each usabl
 - :class:`PairDataset` is a ``torch.utils.data.Dataset`` indexed by step that returns a
   process's whole minibatch, for a ``DataLoader(batch_size=None, sampler=range(k, n))``.
 
-Objectives: ``cola`` pairs two crops of the mixture of the same 4-second chunk; ``mscl``
-pairs a mixture crop with a crop of one source of the same chunk; ``s3t`` is ``cola``
-with :class:`~modeling_mscl.augment.SpecAugmentation` on both crops. Both crops of a pair
-come from the same chunk (not merely the same track) in every objective, so the three
-objectives differ only in the positive.
+Objectives (:mod:`modeling_mscl.objectives`): ``cola`` pairs two crops of the mixture of
+the same 4-second chunk; ``mscl`` pairs a mixture crop with a crop of one source of the
+same chunk; ``s3t`` is ``cola`` with :class:`~modeling_mscl.augment.SpecAugmentation` on
+both crops. Both crops of a pair come from the same chunk (not merely the same track) in
+every objective, so the objectives differ only in the positive: the sampler asks the
+objective for the positives' source and rows, and draws the rest the same way for all.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ import torch
 
 from .augment import AugmentParams, SpecAugmentation
 from .chunk_set import CROP_FRAMES, MIXTURE, ChunkStore, chunk_features
+from .objectives import get_objective
 from .stems import SOURCES
 
 __all__ = [
     "CROP_FRAMES",
     "MIXTURE",
-    "OBJECTIVES",
     "PairDataset",
     "PairPlan",
     "SourceBatchSampler",
@@ -48,7 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ("cola", "mscl", "s3t")
 # Random streams of the sampler: training batches and validation batches never share draws.
 TRAIN_STREAM = 0
 VALIDATION_STREAM = 1
@@ -146,13 +146,16 @@ class SourceBatchSampler:
     Args:
         present: `(rows, 4)` presence flags of the store's rows.
         batch_size: pairs per minibatch, over all processes.
-        objective: ``"cola"``, ``"mscl"`` or ``"s3t"``.
-        sources: sources of ``mscl`` (any non-empty subset of SOURCES).
-        absent_sources: use random minibatches with a null class (``mscl`` only).
+        objective: a registered objective's name (``"cola"``, ``"mscl"``, ``"s3t"``).
+        sources: sources of ``mscl`` (any non-empty subset of SOURCES; kept only by an
+            objective that ``uses_sources``).
+        absent_sources: use random minibatches with a null class (only an objective with
+            a ``presence_mask``, ``mscl``).
         random_batch_prob: probability of a random minibatch when ``absent_sources``.
         seed: the run's seed.
         chunk_frames: frames per chunk (392).
-        augmentation: the S3T augmentation (``s3t``; defaults to ``SpecAugmentation()``).
+        augmentation: the S3T augmentation (an ``augmented`` objective, ``s3t``; defaults
+            to ``SpecAugmentation()``).
         stream: 0 for training, 1 for validation (independent draws from the same seed).
         num_bins: mel bins (for the augmentation's shape checks).
     """
@@ -174,8 +177,7 @@ class SourceBatchSampler:
         present = np.asarray(present, dtype=bool)
         if present.ndim != 2 or present.shape[1] != len(SOURCES):
             raise ValueError(f"present must have shape (rows, {len(SOURCES)}), got {present.shape}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        spec = get_objective(objective)  # an unknown name: the error listing them
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(present) == 0:
@@ -189,17 +191,18 @@ class SourceBatchSampler:
         if chunk_frames < CROP_FRAMES:
             raise ValueError(f"chunk_frames must be >= {CROP_FRAMES}, got {chunk_frames}")
         self.objective = objective
+        self.spec = spec
         self.batch_size = int(batch_size)
-        self.sources = sources if objective == "mscl" else ()
+        self.sources = sources if spec.uses_sources else ()
         self.source_index = np.array([SOURCES.index(s) for s in self.sources], dtype=np.int64)
-        self.absent_sources = bool(absent_sources) and objective == "mscl"
+        self.absent_sources = bool(absent_sources) and spec.presence_mask
         self.random_batch_prob = float(random_batch_prob) if self.absent_sources else 0.0
         self.seed = int(seed)
         self.stream = int(stream)
         self.chunk_frames = int(chunk_frames)
         self.present = present
         self.augmentation = None
-        if objective == "s3t":
+        if spec.augmented:
             self.augmentation = augmentation or SpecAugmentation()
             self.augmentation.check_shape(CROP_FRAMES, num_bins)
         self.num_bins = num_bins
@@ -226,7 +229,9 @@ class SourceBatchSampler:
                     small, self.batch_size,
                 )  # fmt: skip
 
-    def _choose(self, rng: np.random.Generator, pool_size: int) -> np.ndarray:
+    def choose_rows(self, rng: np.random.Generator, pool_size: int) -> np.ndarray:
+        """``batch_size`` indices into a pool of ``pool_size`` rows, without replacement
+        when the pool is large enough."""
         replace_rows = pool_size < self.batch_size
         return rng.choice(pool_size, size=self.batch_size, replace=replace_rows)
 
@@ -236,19 +241,12 @@ class SourceBatchSampler:
             raise ValueError(f"step must be >= 0, got {step}")
         rng = np.random.default_rng([self.seed, self.stream, int(step)])
         n = self.batch_size
-        if self.objective == "mscl":
-            source = int(self.source_index[rng.integers(len(self.source_index))])
-            active = not bool(rng.random() < self.random_batch_prob)
-            if active:
-                pool = self.pools[source]
-                rows = pool[self._choose(rng, len(pool))]
-            else:
-                rows = self._choose(rng, len(self.present))
-            present = self.present[rows, source]
-        else:
-            source, active = -1, True
-            rows = self._choose(rng, len(self.present))
-            present = np.ones(n, dtype=bool)
+        source, active, rows, present = self.spec.draw(self, rng)
+        if len(rows) != n or len(present) != n:
+            raise ValueError(
+                f"objective {self.objective!r} drew {len(rows)} rows and {len(present)} "
+                f"presence flags for a minibatch of {n}"
+            )
         high = self.chunk_frames - CROP_FRAMES + 1
         anchor_offsets = rng.integers(0, high, size=n)
         positive_offsets = rng.integers(0, high, size=n)

@@ -20,8 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .audio_decoding_mscl import audio_name, channel_axis, resample_audio, resampled_length
 from .audio_io import AudioDecodeError, in_threads, load_audio
-from .feature_extraction_mscl import audio_name, channel_axis, resample_audio, resampled_length
 
 __all__ = [
     "SAMPLING_RATE",

@@ -68,6 +68,7 @@ from .feature_extraction_mscl import MSCLFeatureExtractor
 from .losses import process_gather
 from .memory import keep_freed_memory
 from .modeling_mscl import MSCLForPreTraining
+from .objectives import get_objective
 from .optim import LearningRateSchedule, make_optimizer
 from .pairs import (
     CROP_FRAMES,
@@ -187,7 +188,7 @@ def build_sampler(
         random_batch_prob=d.random_batch_prob,
         seed=args.training.seed,
         chunk_frames=store.chunk_frames,
-        augmentation=args.spec_augmentation() if d.objective == "s3t" else None,
+        augmentation=args.spec_augmentation() if get_objective(d.objective).augmented else None,
         stream=stream,
         num_bins=store.num_bins,
     )

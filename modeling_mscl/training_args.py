@@ -30,8 +30,9 @@ from transformers import HfArgumentParser
 from ._files import atomic_write
 from .augment import SpecAugmentation
 from .configuration_mscl import MSCLConfig
+from .objectives import get_objective, objective_names
 from .optim import OPTIMIZERS
-from .pairs import OBJECTIVES
+from .similarity_mscl import similarity_names
 from .stems import SOURCES
 
 __all__ = [
@@ -49,6 +50,12 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
 AUGMENT_ON = ("auto", "loader", "device")
 
 
+def _one_of(names: tuple[str, ...]) -> str:
+    """The registered names as a help text reads them: 'a', 'b' or 'c'."""
+    quoted = [repr(n) for n in names]
+    return " or ".join([", ".join(quoted[:-1]), quoted[-1]]) if len(quoted) > 1 else quoted[0]
+
+
 def _help(text: str, default: Any = None, **kwargs: Any) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": text}, **kwargs)
@@ -62,7 +69,9 @@ class ModelArguments:
     width_coefficient: float = _help("EfficientNet width multiplier (1.0 = B0)", 1.0)
     depth_coefficient: float = _help("EfficientNet depth multiplier (1.0 = B0)", 1.0)
     projection_dim: int = _help("size of the contrastive embedding", 512)
-    similarity: str = _help("'bilinear' (the paper) or 'cosine'", "bilinear")
+    similarity: str = _help(
+        _one_of(similarity_names()) + " ('bilinear' is the paper's)", "bilinear"
+    )
     similarity_temperature: float = _help("temperature of the cosine similarity", 0.1)
     bilinear_logit_scale: float = _help(
         "factor on the bilinear logits (1.0: the paper; 1/projection_dim: small-run option)", 1.0
@@ -81,7 +90,7 @@ class DataArguments:
     validation_fraction: float = _help(
         "without a validation split: fraction of tracks held out (by a hash of track_id)", 0.05
     )
-    objective: str = _help("'cola', 'mscl' or 's3t'", "mscl")
+    objective: str = _help(_one_of(objective_names()), "mscl")
     sources: list[str] = _help("mscl sources (one = a source-targeted model)", list(SOURCES))
     absent_sources: bool = _help("mscl: random minibatches with a null class", True)
     random_batch_prob: float = _help("probability of a random minibatch (absent_sources)", 0.5)
@@ -340,8 +349,7 @@ class PretrainingArguments:
 
             # What the folder is (one split of a chunk set, other files) and what was expected.
             bad("data_dir", describe_non_chunk_set(data_dir, INFO_FILE, CHUNK_COLUMNS))
-        if d.objective not in OBJECTIVES:
-            bad("objective", f"expected one of {OBJECTIVES}")
+        get_objective(d.objective)  # an unknown one: the error that lists the registered
         if not d.sources or any(s not in SOURCES for s in d.sources):
             bad("sources", f"expected a non-empty subset of {SOURCES}")
         if len(set(d.sources)) != len(d.sources):

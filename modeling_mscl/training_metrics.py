@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
+from .long_audio_mscl import eval_mode
 from .losses import process_gather
-from .modeling_mscl import MSCLModel, eval_mode
+from .modeling_mscl import MSCLModel
+from .objectives import get_objective
 from .pairs import ChunkStore, PairDataset, apply_augmentation
 from .stems import SOURCES
 from .training_args import PretrainingArguments
@@ -25,13 +27,16 @@ ProbeHook = Callable[[MSCLModel, int], dict[str, float]]
 def batch_inputs(
     batch: dict[str, Any], device: torch.device, objective: str, augmentation: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(anchor, positive, source_present or None) on ``device`` as float32."""
+    """(anchor, positive, source_present or None) on ``device`` as float32: the presence
+    flags go to the model only for an objective with a presence mask (``mscl``)."""
     moved = dict(batch)
     moved["anchor"] = batch["anchor"].to(device, non_blocking=True).float()
     moved["positive"] = batch["positive"].to(device, non_blocking=True).float()
     moved = apply_augmentation(moved, augmentation)  # s3t parameters still in the batch
-    # Asynchronous from pinned memory (a blocking copy would make the host wait).
-    present = batch["present"].to(device, non_blocking=True) if objective == "mscl" else None
+    present = None
+    if get_objective(objective).presence_mask:
+        # Asynchronous from pinned memory (a blocking copy would make the host wait).
+        present = batch["present"].to(device, non_blocking=True)
     return moved["anchor"], moved["positive"], present
 
 

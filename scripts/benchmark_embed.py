@@ -41,9 +41,9 @@ import soundfile as sf
 import torch
 
 from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLModel
-from modeling_mscl.feature_extraction_mscl import decode_audio
+from modeling_mscl.audio_decoding_mscl import decode_audio
 from modeling_mscl.library import embed_library
-from modeling_mscl.modeling_mscl import encode_windows
+from modeling_mscl.long_audio_mscl import encode_windows
 
 ENCODERS = {
     "demo": dict(width_coefficient=0.5, depth_coefficient=0.5),

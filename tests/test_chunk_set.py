@@ -49,9 +49,11 @@ def test_version_is_written_and_checked(tmp_path):
     written = json.loads(info.read_text())
     assert written["format_version"] == FORMAT_VERSION
     assert sorted(written["files"]) == [
+        "audio_decoding_mscl.py",
         "data-00000-of-00001.arrow",
         "dataset_info.json",
         "feature_extraction_mscl.py",
+        "long_audio_mscl.py",
         "preprocessor_config.json",
         "state.json",
     ]

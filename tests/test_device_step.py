@@ -176,7 +176,7 @@ def test_the_gather_checks_shapes_once_per_kind(monkeypatch):
 
 
 def test_the_eval_chunk_follows_the_device():
-    from modeling_mscl.modeling_mscl import _inference_chunk_rows
+    from modeling_mscl.encoder_mscl import _inference_chunk_rows
 
     window = CROP_FRAMES * 64
     assert _inference_chunk_rows(torch.device("cpu"), window) == 128  # tuned on 2 cores

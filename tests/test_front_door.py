@@ -167,7 +167,7 @@ def test_messages_name_no_file_a_user_does_not_have():
 
 def test_a_bare_array_in_a_pipeline_is_warned_not_silently_16k():
     from modeling_mscl import MSCLFeatureExtractor
-    from modeling_mscl.modeling_mscl import _waveform
+    from modeling_mscl.pipeline_mscl import _waveform
 
     fe = MSCLFeatureExtractor()
     with pytest.warns(UserWarning, match="no sampling rate"):

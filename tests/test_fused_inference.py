@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from modeling_mscl import MSCLModel
-from modeling_mscl import modeling_mscl as mm
+from modeling_mscl import encoder_mscl as mm
 
 from .conftest import tiny_config
 

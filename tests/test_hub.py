@@ -284,7 +284,10 @@ def test_dry_run_lists_files_and_prints_card(tmp_path, capsys, fake_hub):
     )
     assert fake_hub.clients == [] and fake_hub.calls == []
     out = capsys.readouterr().out
-    assert "Dry run, nothing sent. 7 files would go to someone/mscl-tiny (revision main)" in out
+    files = 4 + len(HUB_CODE_FILES)  # README, config, preprocessor config, weights, code
+    assert (
+        f"Dry run, nothing sent. {files} files would go to someone/mscl-tiny (revision main)" in out
+    )
     for name in ("README.md", "config.json", "model.safetensors", "modeling_mscl.py"):
         assert f" {name} " in out
     assert "----- README.md -----\n---\n" in out
@@ -315,7 +318,9 @@ def test_push_sends_one_commit_of_the_repo_files(tmp_path, capsys, fake_hub):
     argv = ["probe-head", str(head_dir), "--repo-id", head_repo, "--base-model", encoder_repo]
     assert push(argv) == 0
     printed = capsys.readouterr()
-    assert f"Pushed 7 files to {encoder_repo} (revision main)" in printed.out
+    assert (
+        f"Pushed {4 + len(HUB_CODE_FILES)} files to {encoder_repo} (revision main)" in printed.out
+    )
     assert [(name, call["repo_id"], call.get("private")) for name, call in fake_hub.calls] == [
         ("create_repo", "mscl-tiny", True),
         ("create_commit", encoder_repo, None),
@@ -427,7 +432,7 @@ def test_pushed_files_load_without_the_package(tmp_path, fake_hub):
     result = run_without_package(LOAD_SCRIPT, *repos, cwd=tmp_path, env=env)
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["module"].startswith("transformers_modules")
-    # The remote code that ran is the three files of the repo.
+    # The remote code that ran is the Hub code files of the repo.
     ran = {p.name for p in modules.rglob("*.py") if p.name != "__init__.py"}
     assert ran == set(HUB_CODE_FILES)
 

@@ -346,7 +346,7 @@ sys.modules["modeling_mscl"] = package
 from tests.test_losses import _worker_main
 _worker_main(int(sys.argv[2]), sys.argv[3], sys.argv[4])
 """
-# Each worker imports transformers (the losses live in the Hub file modeling_mscl.py).
+# Each worker imports transformers (the losses are imported through the Hub files).
 DIST_TIMEOUT_S = 240
 SHUTDOWN_GRACE_S = 20
 

@@ -25,6 +25,7 @@ from modeling_mscl import (
     MSCLForPreTraining,
     MSCLModel,
 )
+from modeling_mscl.hub import HUB_CODE_FILES
 from modeling_mscl.modeling_mscl import (
     count_keras_weights,
     encode_windows,
@@ -353,10 +354,9 @@ def test_auto_classes_round_trip(tmp_path):
     fe.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= files
-    hub_files = {"configuration_mscl.py", "modeling_mscl.py", "feature_extraction_mscl.py"}
-    # Exactly the three Hub files: the loss travels inside modeling_mscl.py, and the
+    # Exactly the Hub files: the loss travels (contrastive_loss_mscl.py), and the
     # collectives (losses.py, torch.distributed) stay with the trainer.
-    assert {f for f in files if f.endswith(".py")} == hub_files
+    assert {f for f in files if f.endswith(".py")} == set(HUB_CODE_FILES)
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForPreTraining"] == "modeling_mscl.MSCLForPreTraining"
 
@@ -406,7 +406,7 @@ def test_trust_remote_code_without_the_package(tmp_path):
     result = run_without_package(script, cwd=tmp_path, env=env)
     assert result.stdout.strip().startswith("transformers_modules")
     copied = {p.name for p in (tmp_path / "modules").rglob("*.py") if p.name != "__init__.py"}
-    assert copied == {"configuration_mscl.py", "modeling_mscl.py", "feature_extraction_mscl.py"}
+    assert copied == set(HUB_CODE_FILES)
     got = torch.from_numpy(np.load(tmp_path / "out.npy"))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..audio_io import audio_column, load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
-from ..modeling_mscl import eval_mode
+from ..long_audio_mscl import eval_mode
 from .embeddings import (
     WindowEmbeddings,
     _encode,

@@ -35,7 +35,7 @@ from torch import nn
 from .._files import atomic_path
 from ..audio_io import load_audio
 from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
-from ..modeling_mscl import eval_mode
+from ..long_audio_mscl import eval_mode
 from .embeddings import (
     WindowEmbeddings,
     _audio_fingerprint,

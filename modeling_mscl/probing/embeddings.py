@@ -18,8 +18,9 @@ from torch import nn
 
 from .._files import atomic_write
 from ..audio_io import load_audio
-from ..feature_extraction_mscl import MSCLFeatureExtractor, frame_windows, load_feature_extractor
-from ..modeling_mscl import MSCLModel, encode_windows, eval_mode
+from ..feature_extraction_mscl import MSCLFeatureExtractor, load_feature_extractor
+from ..long_audio_mscl import encode_windows, eval_mode, frame_windows
+from ..modeling_mscl import MSCLModel
 
 logger = logging.getLogger("modeling_mscl.probing")
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..modeling_mscl import aggregate_window_logits, build_classifier_head
+from ..long_audio_mscl import aggregate_window_logits
+from ..modeling_mscl import build_classifier_head
 from .crops import CropSource, WindowCrops
 from .embeddings import WindowEmbeddings
 from .metrics import classification_metrics
@@ -298,7 +299,7 @@ def aggregate_clip_scores(
     """Clip scores `(clips, classes)` from window logits `(windows, classes)`, in float64.
 
     The aggregation of the exported classifier
-    (:func:`~modeling_mscl.modeling_mscl.aggregate_window_logits`): the mean of the
+    (:func:`~modeling_mscl.long_audio_mscl.aggregate_window_logits`): the mean of the
     windows' sigmoids for multi-label tasks, the sum of their logits otherwise.
     """
     logits = torch.from_numpy(np.array(window_logits, dtype=np.float64))

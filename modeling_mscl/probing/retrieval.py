@@ -47,7 +47,8 @@ from torch import nn
 
 from ..chunk_set import CROP_FRAMES, MIXTURE, ChunkStore
 from ..configuration_mscl import MSCLConfig
-from ..modeling_mscl import MSCLForPreTraining, eval_mode
+from ..long_audio_mscl import eval_mode
+from ..modeling_mscl import MSCLForPreTraining
 from ..stems import SOURCES
 from .retrieval_draws import (
     _evaluated_tracks,
