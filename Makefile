@@ -9,10 +9,14 @@ export HF_DATASETS_OFFLINE ?= 1
 
 # System libraries: FluidSynth renders the offline corpus; FFmpeg is what torchcodec decodes
 # datasets' Audio columns and the formats soundfile cannot read with (needs root for apt-get).
+# The General MIDI SoundFonts of the diverse corpus (modeling_mscl.corpora.soundfonts; the
+# default corpus needs none of them: it uses the TimGM6mb copy inside the pretty_midi wheel).
+SOUNDFONT_PACKAGES = fluid-soundfont-gm musescore-general-soundfont-small timgm6mb-soundfont
 system-deps:
-	@if ! ldconfig -p | grep -q libfluidsynth || ! command -v mma >/dev/null || ! ldconfig -p | grep -q libavcodec; then \
-		echo "installing fluidsynth, mma and ffmpeg with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfluidsynth3 mma ffmpeg >/dev/null; \
+	@if ! ldconfig -p | grep -q libfluidsynth || ! command -v mma >/dev/null || ! ldconfig -p | grep -q libavcodec \
+		|| ! dpkg -s $(SOUNDFONT_PACKAGES) >/dev/null 2>&1; then \
+		echo "installing fluidsynth, mma, ffmpeg and the GM SoundFonts with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfluidsynth3 mma ffmpeg $(SOUNDFONT_PACKAGES) >/dev/null; \
 	fi
 
 # torch goes in first from the pinned CPU wheel: left to itself pip picks a multi-GB CUDA build.

@@ -40,6 +40,7 @@ COMMANDS = {
     "demo": "demo",
     "study": "study",
     "budget-curve": "budget_curve",
+    "transfer": "transfer",
 }
 
 

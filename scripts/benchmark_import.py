@@ -1,10 +1,11 @@
-"""How long the front door takes: `import modeling_mscl` and `mscl --help` against
-`import torch, transformers`, the floor any transformers model package pays.
+"""How long the front door takes: `import modeling_mscl`, `mscl --help` and every
+`mscl COMMAND --help` against `import torch, transformers`, the floor any transformers
+model package pays.
 
 Each variant runs in a fresh interpreter; the variants are interleaved round by round and
 each figure is the median over the rounds (timings on shared machines drift).
 
-    python scripts/benchmark_import.py [--rounds 7]
+    python scripts/benchmark_import.py [--rounds 7] [--no-commands]
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from modeling_mscl.cli import COMMANDS
 
 VARIANTS = {
     "import torch, transformers": [sys.executable, "-c", "import torch, transformers"],
@@ -37,11 +40,22 @@ def main(argv: list[str] | None = None) -> None:
     """Print the median wall time of each variant and its ratio to the torch+transformers floor."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument(
+        "--no-commands", action="store_true", help="skip the `mscl COMMAND --help` variants"
+    )
     args = parser.parse_args(argv)
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    _seconds(VARIANTS["import modeling_mscl"])  # warm the file cache once
+    variants = dict(VARIANTS)
+    if not args.no_commands:
+        for name in COMMANDS:
+            variants[f"mscl {name} --help"] = [
+                *VARIANTS["mscl --help"][:-1],
+                name,
+                "--help",
+            ]
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    _seconds(variants["import modeling_mscl"])  # warm the file cache once
     for _ in range(args.rounds):
-        for name, command in VARIANTS.items():
+        for name, command in variants.items():
             times[name].append(_seconds(command))
     floor = statistics.median(times["import torch, transformers"])
     for name, values in times.items():

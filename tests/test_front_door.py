@@ -8,6 +8,7 @@ import ast
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -53,23 +54,42 @@ def test_a_bare_import_still_registers_the_models():
     assert done.stdout.split() == ["MSCLModel", "MSCLForAudioClassification", "MSCLModel"]
 
 
-# Commands whose `--help` must not wait for the heavy libraries. Not yet: probe and
-# retrieval (their choices come from the probing presets), pretrain, plot, push, convert
-# (their modules still import datasets or accelerate on the way).
-LIGHT_HELP = ("separate", "verify", "embed", "search", "export-onnx")
+# What building a command's parser must not import: the heavy libraries, the model classes
+# and the probing stack (scikit-learn with it).
+NOT_FOR_HELP = (*HEAVY, "modeling_mscl.modeling_mscl", "modeling_mscl.probing", "sklearn")
 
 
-def test_the_help_of_the_light_commands_leaves_the_heavy_dependencies_unloaded():
+def test_no_command_help_imports_the_heavy_dependencies():
+    # One interpreter for every command (each start costs the torch import); what a
+    # command's help newly loads is charged to it.
     done = _python(
-        "import contextlib, io, sys\n"
+        "import contextlib, io, json, sys\n"
         "from modeling_mscl import cli\n"
-        f"for name in {LIGHT_HELP!r}:\n"
-        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "loaded = {}\n"
+        "for name in cli.COMMANDS:\n"
+        "    before = set(sys.modules)\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
         "        cli.main([name, '--help'])\n"
-        f"print([m for m in {HEAVY!r} + ('modeling_mscl.modeling_mscl',) if m in sys.modules])"
+        "    assert 'usage:' in out.getvalue(), name\n"
+        f"    heavy = sorted(m for m in set(sys.modules) - before if m.split('.')[0] in {HEAVY + ('sklearn',)!r}\n"
+        f"                   or m.startswith({NOT_FOR_HELP[-3:-1]!r}))\n"
+        "    loaded[name] = sorted({m if m.startswith('modeling_mscl') else m.split('.')[0] for m in heavy})\n"
+        "print(json.dumps(loaded))"
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "[]", done.stdout
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(loaded) == sorted(cli.COMMANDS)
+    assert {name: mods for name, mods in loaded.items() if mods} == {}
+
+
+def test_the_light_choice_lists_equal_their_sources():
+    from modeling_mscl import _choices
+    from modeling_mscl.probing.retrieval import BN_REGIMES
+    from modeling_mscl.probing.tasks import PRESETS
+
+    assert _choices.PROBE_PRESETS == tuple(sorted(PRESETS))
+    assert _choices.BN_REGIMES is BN_REGIMES
 
 
 def _parsers():
@@ -161,6 +181,19 @@ def test_messages_name_no_file_a_user_does_not_have():
         for path in sorted(PACKAGE.rglob("*.py"))
         for text in _message_strings(path)
         if any(name in text for name in ("scripts/", "constraints-tf", "constraints.txt"))
+    ]
+    assert not offending, offending
+    # Nor does the help: `mscl --help` and every command's (descriptions are docstrings).
+    helps = {"mscl": cli.usage(), **{name: p.format_help() for name, p in _parsers()}}
+    # A shipped config's resolved default path is the user's own, wherever argparse wraps it.
+    unwrapped = {
+        name: re.sub(r"\(default:[^)]*\)", "", " ".join(text.split()))
+        for name, text in helps.items()
+    }
+    offending = [
+        f"{name}: {text}"
+        for name, text in unwrapped.items()
+        if any(word in text for word in ("scripts/", "constraints-tf", "constraints.txt"))
     ]
     assert not offending, offending
 

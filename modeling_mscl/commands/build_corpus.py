@@ -4,7 +4,8 @@
     mscl corpus --out data_cache/mine --midi-dir ~/midi      # your MIDI files
 
 Needs the ``corpus`` extra (pretty_midi, music21, pyfluidsynth) and the system packages
-libfluidsynth3 and mma (``make system-deps``). Re-running resumes an interrupted build.
+libfluidsynth3 and mma (``apt-get install libfluidsynth3 mma``; in a checkout, ``make
+system-deps``). Re-running resumes an interrupted build.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus described by ``argv`` and print its sizes; returns the exit status."""
+    args = parse_args(argv)
     from modeling_mscl.corpora.midi_folder import build_midi_folder_corpus
     from modeling_mscl.corpora.synthetic import build_default_corpus
 
-    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     if args.midi_dir:

@@ -43,9 +43,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Convert the checkpoint named in ``argv``; returns the exit status."""
+    args = parse_args(argv)
     from modeling_mscl.convert import convert_reference_checkpoint
 
-    args = parse_args(argv)
     out = convert_reference_checkpoint(args.checkpoint, args.output_dir, sources=args.sources)
     print(f"Converted {args.checkpoint} -> {out}")
     return 0

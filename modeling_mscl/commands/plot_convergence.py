@@ -104,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, read the runs' logs, write the PNG; returns the exit status."""
+    args = build_parser().parse_args(argv)
     from modeling_mscl.probing.plot import plot_convergence
 
-    args = build_parser().parse_args(argv)
     runs = {}
     for spec in args.runs:
         label, path = parse_run(spec)

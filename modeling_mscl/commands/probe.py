@@ -36,30 +36,29 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from modeling_mscl import MSCLConfig, MSCLFeatureExtractor, MSCLModel
+from modeling_mscl._choices import PROBE_PRESETS
 from modeling_mscl._files import write_json_atomic
 from modeling_mscl._help import HelpFormatter, first_paragraph, quiet_libraries
-from modeling_mscl.feature_extraction_mscl import load_feature_extractor
-from modeling_mscl.probing import (
-    PRESETS,
-    ProbeTask,
-    export_probe,
-    get_task,
-    load_probe_dataset,
-    markdown_row,
-    results_table,
-)
-from modeling_mscl.probing import run_probe as run_task
+
+if TYPE_CHECKING:
+    from modeling_mscl import MSCLFeatureExtractor, MSCLModel
+    from modeling_mscl.probing import ProbeTask
+
+# The probing stack (datasets, scikit-learn, the model classes) is imported where it is
+# used, so that `mscl probe --help` does not wait for it.
 
 LOADERS = ("mtat", "nsynth", "fma", "audio_folder", "stems_folder")
 
 
 def load_encoder(args: argparse.Namespace) -> tuple[MSCLModel, MSCLFeatureExtractor, str]:
     """The encoder, its feature extractor and its display name."""
+    from modeling_mscl import MSCLConfig, MSCLModel
+    from modeling_mscl.feature_extraction_mscl import load_feature_extractor
+
     if args.random_init:
         config = MSCLConfig.from_pretrained(args.config) if args.config else MSCLConfig()
         torch.manual_seed(args.seed)
@@ -74,6 +73,8 @@ def load_encoder(args: argparse.Namespace) -> tuple[MSCLModel, MSCLFeatureExtrac
 
 def load_data(args: argparse.Namespace, tasks: Sequence[ProbeTask]) -> Any:
     """The ``DatasetDict`` of ``--data``, ``--dataset`` or ``--loader`` + ``--root``."""
+    from modeling_mscl.probing import load_probe_dataset
+
     audio = {task.audio_column for task in tasks} or {"audio"}
     if len(audio) > 1:
         raise SystemExit(f"the tasks read different audio columns {sorted(audio)}")
@@ -117,6 +118,8 @@ def task_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
     String fields take the text as it is; the others are read as JSON (numbers, true/false).
     """
+    from modeling_mscl.probing import ProbeTask
+
     fields = {f.name for f in dataclasses.fields(ProbeTask)}
     text_fields = {"name", "label_column", "head", "audio_column", "train_sampling", "monitor"}
     out: dict[str, Any] = {}
@@ -171,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--random-init", action="store_true", help="probe a fresh encoder")
     parser.add_argument("--config", help="config JSON/folder for --random-init (default B0)")
     parser.add_argument(
-        "--task", action="append", required=True, choices=sorted(PRESETS),
+        "--task", action="append", required=True, choices=PROBE_PRESETS,
         help="a probe task (repeatable)",
     )  # fmt: skip
     parser.add_argument("--task-arg", action="append", default=[], help="FIELD=VALUE override")
@@ -239,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.no_progress:
         quiet_libraries()
+    from modeling_mscl.probing import export_probe, get_task, markdown_row, results_table
+    from modeling_mscl.probing import run_probe as run_task
+
     model, fe, name = load_encoder(args)
     name = args.name or name
     model.to(args.device).eval()

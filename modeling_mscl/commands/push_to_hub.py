@@ -93,9 +93,9 @@ def report(result: PushResult) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Push the folder named in ``argv`` (or list it with --dry-run); returns the exit status."""
+    args = parse_args(argv)
     from modeling_mscl.hub import push_encoder, push_probe_head
 
-    args = parse_args(argv)
     training_args = None
     if args.training_args is not None:
         from modeling_mscl.hub import read_training_args

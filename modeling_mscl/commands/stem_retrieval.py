@@ -27,17 +27,12 @@ from typing import Any
 
 import torch
 
-from modeling_mscl import MSCLConfig
+from modeling_mscl._choices import BN_REGIMES
 from modeling_mscl._help import HelpFormatter, plain_text
-from modeling_mscl.chunk_set import verify_chunk_set
-from modeling_mscl.probing.retrieval import (
-    BN_REGIMES,
-    load_pretraining_model,
-    random_init_model,
-    stem_retrieval,
-)
-from modeling_mscl.probing.retrieval_scores import retrieval_table
 from modeling_mscl.stems import SOURCES
+
+# The model classes, the chunk set (datasets) and the retrieval are imported in `main`, so
+# that `mscl retrieval --help` does not wait for them.
 
 logger = logging.getLogger("stem_retrieval")
 
@@ -116,6 +111,15 @@ def named_paths(specs: Sequence[str]) -> list[tuple[str, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate every model, print the table and write the files asked; returns the exit status."""
     args = parse_args(argv)
+    from modeling_mscl import MSCLConfig
+    from modeling_mscl.chunk_set import verify_chunk_set
+    from modeling_mscl.probing.retrieval import (
+        load_pretraining_model,
+        random_init_model,
+        stem_retrieval,
+    )
+    from modeling_mscl.probing.retrieval_scores import retrieval_table
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     models = named_paths(args.model)
     if not models and not args.random_init:

@@ -140,7 +140,11 @@ def arrange_song(plan: SongPlan, chorale: Chorale) -> Any:
                 or inst.program in VOICE_PROGRAMS
                 or table[inst.program].family is None
             )
-            if invalid or (harmony_seen == 1 and plan.replace_main_harmony):
+            if plan.harmony_programs:  # shared instruments: every groove track replaced
+                inst.program = plan.harmony_programs[
+                    (harmony_seen - 1) % len(plan.harmony_programs)
+                ]
+            elif invalid or (harmony_seen == 1 and plan.replace_main_harmony):
                 inst.program = plan.harmony_program
             inst.name = f"Harmony {harmony_seen}"
         kept.append(inst)

@@ -64,6 +64,9 @@ def render_instruments(
     sampling_rate: int = 16000,
     num_samples: int | None = None,
     effects: bool = True,
+    settings: dict[str, Any] | None = None,
+    controllers: dict[int, int] | None = None,
+    detune_cents: float = 0.0,
 ) -> np.ndarray:
     """Render ``pretty_midi.Instrument`` objects together into one mono float32 waveform.
 
@@ -71,6 +74,11 @@ def render_instruments(
     reverb and chorus hold state), so renders are deterministic in any order.
     ``num_samples`` defaults to the last note-off plus one second of release.
     ``effects=False`` turns FluidSynth's reverb and chorus off (dry notes).
+    ``settings``: extra FluidSynth settings of the synthesiser (e.g. the reverb's room
+    size); ``controllers``: controller values set on every channel before any event of
+    the MIDI (its own controllers then override them); ``detune_cents``: a pitch bend
+    of the melodic channels for the whole render, added to the MIDI's own bends (the
+    default bend range is ±200 cents). The defaults leave the render as before.
     Returns shape (num_samples,), the average of FluidSynth's two channels.
     """
     fluidsynth = _import_fluidsynth()
@@ -83,13 +91,14 @@ def render_instruments(
         return left
     flag = 1 if effects else 0
     synth = fluidsynth.Synth(
-        samplerate=sampling_rate, **{"synth.reverb.active": flag, "synth.chorus.active": flag}
+        samplerate=sampling_rate,
+        **{"synth.reverb.active": flag, "synth.chorus.active": flag, **(settings or {})},
     )
     try:
         sfid = synth.sfload(str(soundfont))
         if sfid < 0:
             raise ValueError(f"FluidSynth could not load the SoundFont {soundfont}")
-        events = _schedule(synth, sfid, instruments, sampling_rate)
+        events = _schedule(synth, sfid, instruments, sampling_rate, controllers, detune_cents)
         write = _write_float()
         lptr = left.ctypes.data_as(ctypes.c_void_p)
         rptr = right.ctypes.data_as(ctypes.c_void_p)
@@ -115,6 +124,7 @@ def render_notes(
     sampling_rate: int = 16000,
     seconds: float = 4.0,
     hold: float = 3.0,
+    settings: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """Render single notes ``(pitch, velocity)`` of one GM program, dry, one after another.
 
@@ -122,11 +132,13 @@ def render_notes(
     the end of a window so nothing leaks into the next. One synthesiser serves the
     whole list (loading the SoundFont dominates the cost of a note); the output for a
     given list is deterministic. Returns one float32 array (seconds * rate,) per note.
+    ``settings``: extra FluidSynth settings (e.g. ``synth.dynamic-sample-loading``).
     """
     fluidsynth = _import_fluidsynth()
     n, held = int(round(seconds * sampling_rate)), int(round(hold * sampling_rate))
     synth = fluidsynth.Synth(
-        samplerate=sampling_rate, **{"synth.reverb.active": 0, "synth.chorus.active": 0}
+        samplerate=sampling_rate,
+        **{"synth.reverb.active": 0, "synth.chorus.active": 0, **(settings or {})},
     )
     write, out = _write_float(), []
     try:
@@ -150,7 +162,14 @@ def render_notes(
     return out
 
 
-def _schedule(synth: Any, sfid: int, instruments: Sequence[Any], sr: int) -> list[tuple]:
+def _schedule(
+    synth: Any,
+    sfid: int,
+    instruments: Sequence[Any],
+    sr: int,
+    controllers: dict[int, int] | None = None,
+    detune_cents: float = 0.0,
+) -> list[tuple]:
     """Give each instrument its own channel and list its events in sample order."""
     # 256 channels exist; FluidSynth treats channel 10 of each group of 16 as percussion,
     # so melodic instruments avoid those and kits use them.
@@ -168,13 +187,20 @@ def _schedule(synth: Any, sfid: int, instruments: Sequence[Any], sr: int) -> lis
             logger.debug("no preset bank %d program %d; using program 0", bank, program)
             program = 0
         synth.program_select(chan, sfid, bank, program)
+        # Priority -1: the production's start values, before anything of the MIDI.
+        for number, value in (controllers or {}).items():
+            events.append((0, -1, synth.cc, (chan, number, value)))
+        bend = 0 if inst.is_drum else int(round(detune_cents / 200 * 8192))
+        if bend:
+            events.append((0, -1, synth.pitch_bend, (chan, bend)))
         # Priority at equal times: note-offs, then controllers, then note-ons, so a
         # repeated pitch is retriggered and a volume change precedes the next note.
         for cc in inst.control_changes:
             if cc.number not in _IGNORED_CONTROLLERS:
                 events.append((round(cc.time * sr), 1, synth.cc, (chan, cc.number, cc.value)))
-        for bend in inst.pitch_bends:
-            events.append((round(bend.time * sr), 1, synth.pitch_bend, (chan, bend.pitch)))
+        for pb in inst.pitch_bends:
+            value = int(np.clip(pb.pitch + bend, -8192, 8191))
+            events.append((round(pb.time * sr), 1, synth.pitch_bend, (chan, value)))
         for note in inst.notes:
             events.append(
                 (round(note.start * sr), 2, synth.noteon, (chan, note.pitch, note.velocity))

@@ -13,6 +13,7 @@ from .general_midi import DATA_DIR, gm_programs, resolve_soundfont
 from .midi_render import render_notes
 from .nsynth import NSYNTH_FAMILIES, NSYNTH_SOURCES
 from .rendered_tracks import run_jobs, save_dataset_dict, split_sizes
+from .soundfonts import resolve_soundfonts
 
 __all__ = ["NOTE_CARD", "build_note_set", "load_note_config"]
 
@@ -53,6 +54,7 @@ def _note_job(job: dict) -> list[dict]:
         sr,
         job["seconds"],
         job["hold"],
+        job.get("settings"),
     )
     rows = []
     for note, wav in zip(notes, waves, strict=True):
@@ -75,6 +77,8 @@ def build_note_set(
     config: str | os.PathLike | dict | None = None,
     ext: str = "flac",
     programs: list[int] | None = None,
+    soundfonts: list[str] | tuple[str, ...] | None = None,
+    held_out: str | None = None,
 ) -> Any:
     """Render single notes of the GM programs with an NSynth family into ``out/notes``.
 
@@ -82,12 +86,25 @@ def build_note_set(
     no program is in two splits; ``programs`` restricts the set (tests). Audio in
     ``out/note_audio/<program>/``; silent renders are left out. ``config``: the
     settings of ``data/note_set.yaml`` (a path or the parsed dict). Returns the ``DatasetDict``.
+
+    ``soundfonts`` (names or paths, :mod:`.soundfonts`): every program is rendered with
+    each of them (audio in ``out/note_audio/<soundfont>/<program>/``, a ``soundfont``
+    column; ``soundfont`` is then unused). ``held_out``, one of them: only its test
+    programs are rendered, and they form the ``test_ood`` split, so the in-timbre
+    ``test`` and ``test_ood`` hold the same programs in other SoundFonts.
     """
     from datasets import ClassLabel, Features, Value
 
     out = Path(out).resolve()
     cfg = config if isinstance(config, dict) else load_note_config(config)
-    sf = resolve_soundfont(soundfont)
+    if soundfonts:
+        fonts = {k: str(v) for k, v in resolve_soundfonts(list(soundfonts)).items()}
+        if held_out is not None and held_out not in fonts:
+            raise ValueError(f"held_out {held_out!r} is not one of the soundfonts {list(fonts)}")
+    elif held_out is not None:
+        raise ValueError("held_out needs soundfonts")
+    else:
+        fonts = {None: str(resolve_soundfont(soundfont))}
     sr = int(cfg["sampling_rate"])
     table = gm_programs()
     jobs, split_of = [], {}
@@ -103,40 +120,50 @@ def build_note_set(
             )
         lo, hi = cfg["range"][family]
         pitches = sorted({int(round(x)) for x in np.linspace(lo, hi, cfg["pitches_per_program"])})
-        for prog in members:
-            gm = table[prog]
-            notes = [
-                {
-                    "track_id": f"{family}_{prog:03d}-{pitch:03d}-{vel:03d}",
-                    "audio": str(
-                        out / "note_audio" / f"{prog:03d}" / f"{pitch:03d}-{vel:03d}.{ext}"
-                    ),
-                    "label": fam_id,
-                    "pitch": pitch,
-                    "velocity": vel,
-                    "program": prog,
-                    "instrument": gm.name,
-                    "instrument_source": NSYNTH_SOURCES.index(gm.source),
-                }
-                for pitch in pitches
-                for vel in cfg["velocities"]
-            ]
-            jobs.append(
-                dict(
-                    notes=notes,
-                    program=prog,
-                    soundfont=str(sf),
-                    sr=sr,
-                    hold=float(cfg["hold"]),
-                    seconds=float(cfg["seconds"]),
-                    gain=float(cfg["gain"]),
+        for name, sf_path in fonts.items():
+            folder = out / "note_audio" if name is None else out / "note_audio" / name
+            prefix = "" if name is None else f"{name}/"
+            for prog in members:
+                if name is not None and name == held_out and split_of[prog] != "test":
+                    continue  # the held-out SoundFont is only tested on
+                gm = table[prog]
+                notes = [
+                    {
+                        "track_id": f"{prefix}{family}_{prog:03d}-{pitch:03d}-{vel:03d}",
+                        "audio": str(folder / f"{prog:03d}" / f"{pitch:03d}-{vel:03d}.{ext}"),
+                        "label": fam_id,
+                        "pitch": pitch,
+                        "velocity": vel,
+                        "program": prog,
+                        "instrument": gm.name,
+                        "instrument_source": NSYNTH_SOURCES.index(gm.source),
+                        **({} if name is None else {"soundfont": name}),
+                    }
+                    for pitch in pitches
+                    for vel in cfg["velocities"]
+                ]
+                jobs.append(
+                    dict(
+                        notes=notes,
+                        program=prog,
+                        soundfont=sf_path,
+                        sr=sr,
+                        hold=float(cfg["hold"]),
+                        seconds=float(cfg["seconds"]),
+                        gain=float(cfg["gain"]),
+                        # Several (large, compressed) SoundFonts: load only the
+                        # samples of the program played, not the whole file per job.
+                        settings=None if name is None else {"synth.dynamic-sample-loading": 1},
+                    )
                 )
-            )
     results = run_jobs(_note_job, jobs, num_workers, "Rendering notes")
     by_split: dict[str, list[dict]] = {}
     for rows in results:
         for row in rows:
-            by_split.setdefault(split_of[row["program"]], []).append(row)
+            split = split_of[row["program"]]
+            if held_out is not None and row.get("soundfont") == held_out:
+                split = "test_ood"
+            by_split.setdefault(split, []).append(row)
     features = Features(
         {
             "track_id": Value("string"),
@@ -149,7 +176,11 @@ def build_note_set(
             "program": Value("int32"),
         }
     )
+    if None not in fonts:
+        features["soundfont"] = Value("string")
     sizes = "/".join(str(len(by_split.get(s, []))) for s in ("train", "validation", "test"))
+    if "test_ood" in by_split:
+        sizes += f" + {len(by_split['test_ood'])} test_ood"
     progs = {s: sorted(p for p, v in split_of.items() if v == s) for s in ("validation", "test")}
     card = NOTE_CARD.format(
         sizes=sizes,
@@ -157,11 +188,24 @@ def build_note_set(
         ext=ext.upper(),
         families=list(NSYNTH_FAMILIES),
         cfg=cfg,
-        soundfont=sf.name,
+        soundfont=_fonts_line(fonts, held_out),
         val=progs["validation"],
         test=progs["test"],
     )
     return save_dataset_dict(by_split, features, out / "notes", card)
+
+
+def _fonts_line(fonts: dict, held_out: str | None) -> str:
+    if None in fonts:
+        return Path(fonts[None]).name
+    names = ", ".join(f"`{k}` ({Path(v).name})" for k, v in fonts.items())
+    line = f"every program rendered with each of {names} (`soundfont` column)"
+    if held_out is not None:
+        line += (
+            f"; `{held_out}` is held out: only its test programs are rendered, as the "
+            "`test_ood` split (no train or validation note uses it)"
+        )
+    return line
 
 
 NOTE_CARD = """# MSCL synthetic note set (NSynth-like)

@@ -65,11 +65,13 @@ def assign_splits(keys: Sequence[str], seed: int, fractions=(0.8, 0.1, 0.1)) -> 
 def save_dataset_dict(
     rows_by_split: dict[str, list[dict]], features: Any, out: Path, card: str
 ) -> Any:
-    """Build the ``DatasetDict`` (all three splits, possibly empty), save it with a card."""
+    """Build the ``DatasetDict`` (all three splits, possibly empty, and any other split
+    that has rows, e.g. ``test_ood``), save it with a card."""
     from datasets import Dataset, DatasetDict
 
     dd = DatasetDict()
-    for split in ("train", "validation", "test"):
+    extra = sorted(set(rows_by_split) - {"train", "validation", "test"})
+    for split in ("train", "validation", "test", *extra):
         rows = sorted(rows_by_split.get(split, []), key=lambda r: r["track_id"])
         dd[split] = Dataset.from_dict(
             {k: [r[k] for r in rows] for k in features}, features=features

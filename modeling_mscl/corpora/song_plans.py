@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,7 @@ __all__ = [
     "Recipe",
     "SongPlan",
     "Style",
+    "diversify_plans",
     "load_recipe",
     "plan_songs",
     "tempo_band",
@@ -170,6 +172,13 @@ class SongPlan:
     gains_db: dict = field(default_factory=dict)
     seed: int = 0
     split: str = "train"
+    # Diverse corpora only (production.CorpusDiversity): the SoundFont's name (None: the
+    # corpus's one SoundFont) and each stem's production (empty: none).
+    soundfont: str | None = None
+    production: dict = field(default_factory=dict)
+    # Shared instruments (CorpusDiversity.shared_programs): the programs of the groove's
+    # harmony tracks, in turn (empty: the groove's own, as the recipe says).
+    harmony_programs: list = field(default_factory=list)
 
 
 def plan_songs(recipe: Recipe, num_songs: int, seconds: float, seed: int) -> list[SongPlan]:
@@ -236,14 +245,77 @@ def plan_songs(recipe: Recipe, num_songs: int, seconds: float, seed: int) -> lis
     return plans
 
 
-def _split_by_style_and_chorale(plans: list[SongPlan], seed: int) -> None:
-    """Set ``plan.split``: 80/10/10 within each style (every genre in every split once a
-    style has 3 songs), and a chorale used twice stays in the split it got first."""
+def diversify_plans(
+    plans: list[SongPlan], recipe: Recipe, diversity: Any, seed: int
+) -> list[SongPlan]:
+    """The plans of a diverse corpus (:class:`~.production.CorpusDiversity`), in place.
+
+    Each song's SoundFont, production, wider tempo and transposition come from its own
+    random streams, so the rest of its plan is the one :func:`plan_songs` drew. Songs of
+    the held-out SoundFont get the split ``test_ood``; the others are split within each
+    style by ``diversity.split_fractions``.
+    """
+    from .production import draw_production
+
+    styles = {s.name: s for s in recipe.styles}
+    names = list(diversity.soundfonts)
+    held = diversity.held_out_soundfont
+    seen = [n for n in names if n != held]
+    for i, plan in enumerate(plans):
+        rng = np.random.default_rng([seed, 12, i])
+        if diversity.tempo_stretch > 0:
+            lo, hi = styles[plan.style].tempo
+            lo, hi = lo * (1 - diversity.tempo_stretch), hi * (1 + diversity.tempo_stretch)
+            plan.tempo = float(np.round(rng.uniform(lo, hi)))
+            plan.bars = math.ceil(plan.seconds * plan.tempo / 60.0 / _BEATS_PER_BAR)
+            # Sections drawn for the old length must still fit: cut those past the end.
+            plan.tacet = [t for t in plan.tacet if t[0] < plan.bars]
+        if diversity.transpose is not None:
+            plan.transpose = int(rng.integers(diversity.transpose[0], diversity.transpose[1] + 1))
+        if names:
+            if held is not None and rng.random() < diversity.held_out_share:
+                plan.soundfont = held
+            else:
+                plan.soundfont = str(rng.choice(seen))
+        plan.production = draw_production(diversity, seed, i)
+        if diversity.shared_programs:
+            _share_programs(plan, recipe, np.random.default_rng([seed, 14, i]))
+    inside = [p for p in plans if held is None or p.soundfont != held]
+    _split_by_style_and_chorale(inside, seed, diversity.split_fractions)
+    for plan in plans:
+        if held is not None and plan.soundfont == held:
+            plan.split = "test_ood"
+    return plans
+
+
+def _share_programs(plan: SongPlan, recipe: Recipe, rng: np.random.Generator) -> None:
+    """Redraw a plan's instruments from the union of every style's lists (sorted, so the
+    draw does not depend on the order of the styles)."""
+
+    def pool(attr: str) -> list[int]:
+        return sorted({p for s in recipe.styles for p in getattr(s, attr)})
+
+    plan.drum_kit = int(rng.choice(pool("drum_kits")))
+    plan.bass_program = int(rng.choice(pool("bass")))
+    plan.harmony_program = int(rng.choice(pool("harmony")))
+    plan.harmony_programs = [int(p) for p in rng.choice(pool("harmony"), size=3)]
+    plan.vocal_program = int(rng.choice(pool("vocals")))
+    inner = int(rng.choice(pool("inner")))
+    if plan.inner_program is not None:  # whether an inner part plays stays the style's
+        plan.inner_program = inner
+
+
+def _split_by_style_and_chorale(
+    plans: list[SongPlan], seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> None:
+    """Set ``plan.split``: 80/10/10 (``fractions``) within each style (every genre in every
+    split once a style has 3 songs), and a chorale used twice stays in the split it got
+    first."""
     split_of_chorale: dict[str, str] = {}
     for genre in sorted({p.genre for p in plans}):
         songs = [i for i, p in enumerate(plans) if p.genre == genre]
         order = np.random.default_rng([seed, 7, genre]).permutation(songs)
-        n_train, n_val, _ = split_sizes(len(songs))
+        n_train, n_val, _ = split_sizes(len(songs), fractions)
         for rank, i in enumerate(order):
             wanted = (
                 "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"

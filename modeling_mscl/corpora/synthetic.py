@@ -38,6 +38,7 @@ from .chorales import available_chorales, extract_chorale
 from .general_midi import INSTRUMENT_CLASSES, assign_stems, instrument_labels, resolve_soundfont
 from .midi_render import mix_stems, render_instruments
 from .note_set import build_note_set
+from .production import CorpusDiversity, StemProduction, apply_eq
 from .rendered_tracks import (
     TRACK_CARD,
     run_jobs,
@@ -46,7 +47,16 @@ from .rendered_tracks import (
     track_files,
     write_track,
 )
-from .song_plans import TEMPO_BANDS, Recipe, SongPlan, load_recipe, plan_songs, tempo_band
+from .song_plans import (
+    TEMPO_BANDS,
+    Recipe,
+    SongPlan,
+    diversify_plans,
+    load_recipe,
+    plan_songs,
+    tempo_band,
+)
+from .soundfonts import SOUNDFONTS, resolve_soundfonts
 
 logger = logging.getLogger("modeling_mscl.corpora")
 
@@ -83,16 +93,33 @@ def _song_job(job: dict) -> dict:
     chorale = extract_chorale(plan.chorale)
     midi = arrange_song(plan, chorale)
     n = int(round(plan.seconds * sr))
-    rendered = {
-        stem: render_instruments(insts, job["soundfont"], sr, n)
-        for stem, insts in assign_stems(midi.instruments).items()
-    }
+    soundfont = job["soundfonts"][plan.soundfont] if plan.soundfont else job["soundfont"]
+    rendered = {}
+    for stem, insts in assign_stems(midi.instruments).items():
+        prod = plan.production.get(stem)
+        if not prod:  # the single-SoundFont corpus: renders as it always did
+            rendered[stem] = render_instruments(insts, soundfont, sr, n)
+            continue
+        prod = StemProduction(**prod)
+        wav = render_instruments(
+            insts,
+            soundfont,
+            sr,
+            n,
+            # Samples load when a preset is chosen: a large (or compressed .sf3)
+            # SoundFont costs what the song uses, not the whole file, per stem.
+            settings={**prod.synth_settings(), "synth.dynamic-sample-loading": 1},
+            controllers=prod.controllers(),
+            detune_cents=prod.detune_cents,
+        )
+        rendered[stem] = apply_eq(wav, prod.eq_low_db, prod.eq_high_db, sr)
     # Level each stem over the parts where it plays, so that a present source is
     # clearly audible; then one common gain for all (mix_stems).
     gains = {}
     for stem, wav in rendered.items():
         level = _active_level(wav, sr)
-        gains[stem] = _LEVEL * 10 ** (plan.gains_db[stem] / 20) / level if level > 0 else 1.0
+        db = plan.gains_db[stem] + plan.production.get(stem, {}).get("gain_db", 0.0)
+        gains[stem] = _LEVEL * 10 ** (db / 20) / level if level > 0 else 1.0
     mixture, stems = mix_stems(rendered, gains=gains)
     row = {
         "track_id": plan.track_id,
@@ -102,6 +129,8 @@ def _song_job(job: dict) -> dict:
         "source": f"music21:{plan.chorale}",
         "duration": n / sr,
     }
+    if plan.soundfont:
+        row["soundfont"] = plan.soundfont
     midi.write(str(track_dir / "arrangement.mid"))
     write_json_atomic(meta_path, {"row": row, "plan": asdict(plan)}, indent=1, sort_keys=True)
     return row
@@ -116,6 +145,7 @@ def build_synthetic_corpus(
     num_workers: int = 2,
     recipe: str | os.PathLike | Recipe | None = None,
     ext: str = "flac",
+    diversity: CorpusDiversity | None = None,
 ) -> Any:
     """Build the multitrack corpus: ``out/audio/song_XXXXX/`` and the ``DatasetDict`` ``out/songs``.
 
@@ -123,14 +153,31 @@ def build_synthetic_corpus(
     (16 kHz mono, 16-bit ``ext``), the arranged ``arrangement.mid`` and ``meta.json``
     (its row and full plan; written last, it marks the song as done, so an
     interrupted build resumes where it stopped). Returns the ``DatasetDict``.
+
+    ``diversity`` (:class:`~.production.CorpusDiversity`): SoundFonts drawn per song
+    (then ``soundfont`` is unused), per-stem production, wider tempo and key ranges, a
+    held-out SoundFont whose songs form the ``test_ood`` split, and a ``soundfont``
+    column. ``None`` (or all options off) builds the single-SoundFont corpus.
     """
     out = Path(out).resolve()
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     rec = replace(rec, chorales=available_chorales(rec.chorales))
+    diverse = diversity is not None and diversity.active
+    fonts = resolve_soundfonts(diversity.soundfonts) if diverse and diversity.soundfonts else {}
     sf = resolve_soundfont(soundfont)
     plans = plan_songs(rec, num_songs, seconds, seed)
+    if diverse:
+        diversify_plans(plans, rec, diversity, seed)
+    named = {k: str(v) for k, v in fonts.items()}
     jobs = [
-        dict(plan=asdict(p), out=str(out), soundfont=str(sf), sr=rec.sampling_rate, ext=ext)
+        dict(
+            plan=asdict(p),
+            out=str(out),
+            soundfont=str(sf),
+            soundfonts=named,
+            sr=rec.sampling_rate,
+            ext=ext,
+        )
         for p in plans
     ]
     started = time.perf_counter()
@@ -140,6 +187,8 @@ def build_synthetic_corpus(
         # From the plan, so that songs rendered before this label existed get it too.
         by_split.setdefault(plan.split, []).append({**row, "tempo": tempo_band(plan.tempo)})
     sizes = "/".join(str(len(by_split.get(s, []))) for s in ("train", "validation", "test"))
+    if "test_ood" in by_split:
+        sizes += f" + {len(by_split['test_ood'])} test_ood"
     card = TRACK_CARD.format(
         title="MSCL synthetic multitrack corpus",
         intro=(
@@ -157,15 +206,76 @@ def build_synthetic_corpus(
         genres=rec.genres,
         classes=list(INSTRUMENT_CLASSES),
         n_classes=len(INSTRUMENT_CLASSES),
-        soundfont=sf.name,
+        soundfont=sf.name if not fonts else "per song, see below",
     )
-    from datasets import ClassLabel
+    if diverse:
+        card += diversity_card(diversity, fonts, plans)
+    from datasets import ClassLabel, Value
 
     features = track_features(rec.genres)
     features["tempo"] = ClassLabel(names=[name for name, _ in TEMPO_BANDS])
+    if fonts:
+        features["soundfont"] = Value("string")
     dd = save_dataset_dict(by_split, features, out / "songs", card)
     logger.info("rendered %d songs in %.1f s", num_songs, time.perf_counter() - started)
     return dd
+
+
+def diversity_card(diversity: CorpusDiversity, fonts: dict[str, Path], plans: list) -> str:
+    """The corpus card's section on SoundFonts and production (a diverse corpus)."""
+    d = diversity
+    lines = ["", "## Timbre and production diversity", ""]
+    if fonts:
+        lines.append("SoundFonts (drawn per song, seeded; `soundfont` column):")
+        for name, path in fonts.items():
+            count = sum(p.soundfont == name for p in plans)
+            known = SOUNDFONTS.get(name)
+            pkg = f", Debian package `{known.package}`" if known else ""
+            role = (
+                " **held out: its songs are only in `test_ood`**"
+                if name == d.held_out_soundfont
+                else ""
+            )
+            lines.append(f"- `{name}` ({path.name}{pkg}): {count} songs{role}")
+        lines.append("")
+    if d.held_out_soundfont is not None:
+        lines.append(
+            f"Held out: {d.held_out_share:.0%} of the songs (seeded) use `{d.held_out_soundfont}` "
+            "and form the `test_ood` split; no train, validation or test song uses it. The "
+            f"other songs are split {'/'.join(f'{x:g}' for x in d.split_fractions)} within "
+            "each style."
+        )
+        lines.append("")
+    lines.append(
+        "Production, drawn per stem and song (uniform in each range), applied to each stem "
+        "before mixing (the mixture stays the sum of the stems):"
+    )
+    lines.append(
+        f"- shelving EQ: low shelf 250 Hz and high shelf 3 kHz, each {d.eq_db[0]:g} to "
+        f"{d.eq_db[1]:g} dB"
+    )
+    lines.append(
+        f"- reverb: send (controller 91) {d.reverb_send[0]}-{d.reverb_send[1]}, room size "
+        f"{d.reverb_room[0]:g}-{d.reverb_room[1]:g}; chorus: send (controller 93) "
+        f"{d.chorus_send[0]}-{d.chorus_send[1]}, depth {d.chorus_depth_ms[0]:g}-"
+        f"{d.chorus_depth_ms[1]:g} ms"
+    )
+    lines.append(
+        f"- gain {d.gain_db[0]:g} to {d.gain_db[1]:g} dB on top of the levelling; detune "
+        f"{d.detune_cents[0]:g} to {d.detune_cents[1]:g} cents (melodic stems)"
+    )
+    tempo = (
+        f"each style's tempo range stretched by ±{d.tempo_stretch:.0%}"
+        if d.tempo_stretch
+        else "the styles' tempo ranges"
+    )
+    key = (
+        f"transposition {d.transpose[0]} to {d.transpose[1]} semitones"
+        if d.transpose
+        else "the recipe's transposition range"
+    )
+    lines.append(f"- {tempo}; {key}")
+    return "\n".join(lines) + "\n"
 
 
 def build_default_corpus(
@@ -177,6 +287,8 @@ def build_default_corpus(
     num_workers: int = 2,
     notes: bool = True,
     ext: str = "flac",
+    diversity: CorpusDiversity | None = None,
+    note_config: str | os.PathLike | dict | None = None,
 ) -> dict[str, Any]:
     """The package's embedded default: the song corpus and the note set under ``out``.
 
@@ -184,6 +296,9 @@ def build_default_corpus(
     card), ``out/audio/<track_id>/``, ``out/note_audio/<program>/`` and
     ``out/build_report.json`` (settings, timings, sizes). Returns
     ``{"songs": DatasetDict, "notes": DatasetDict}`` (``notes`` absent when skipped).
+    ``diversity``: see :func:`build_synthetic_corpus`; the note set is then rendered with
+    every SoundFont of it, the held-out one's test programs forming ``test_ood``.
+    ``note_config``: the note set's settings (default ``data/note_set.yaml``).
     """
     out = Path(out).resolve()
     recipe = load_recipe()
@@ -195,16 +310,29 @@ def build_default_corpus(
         soundfont=str(resolve_soundfont(soundfont)),
         recipe=recipe.path,
     )
+    if diversity is not None and diversity.active:
+        report["diversity"] = diversity.to_dict()
     t0 = time.perf_counter()
     result = {
         "songs": build_synthetic_corpus(
-            out, num_songs, seconds, seed, soundfont, num_workers, recipe, ext
+            out, num_songs, seconds, seed, soundfont, num_workers, recipe, ext, diversity
         )
     }
     report["songs_seconds"] = round(time.perf_counter() - t0, 1)
     if notes:
         t0 = time.perf_counter()
-        result["notes"] = build_note_set(out, soundfont, seed, num_workers, ext=ext)
+        fonts = diversity.soundfonts if diversity is not None else ()
+        held = diversity.held_out_soundfont if diversity is not None else None
+        result["notes"] = build_note_set(
+            out,
+            soundfont,
+            seed,
+            num_workers,
+            config=note_config,
+            ext=ext,
+            soundfonts=fonts or None,
+            held_out=held,
+        )
         report["notes_seconds"] = round(time.perf_counter() - t0, 1)
     report["sizes"] = {k: {s: len(d) for s, d in v.items()} for k, v in result.items()}
     write_json_atomic(out / "build_report.json", report, indent=1, sort_keys=True)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._choices import BN_REGIMES  # kept light for `mscl retrieval --help`
 from ..chunk_set import CROP_FRAMES, MIXTURE, ChunkStore
 from ..configuration_mscl import MSCLConfig
 from ..long_audio_mscl import eval_mode
@@ -64,8 +65,6 @@ __all__ = [
     "random_init_model",
     "stem_retrieval",
 ]
-
-BN_REGIMES = ("running", "recalibrated")
 
 
 # ------------------------------------------------------------------------------- models
