@@ -144,7 +144,7 @@ def test_mscl_help_and_bad_commands(capsys):
 
 @pytest.mark.parametrize("module", sorted(cli.COMMANDS.values()))
 def test_scripts_shims_run_their_command_by_path(module, monkeypatch, capsys):
-    """`python scripts/X.py --help` (the README's and the Makefile's form) is the command's."""
+    """`python scripts/X.py --help` (the Makefile's form in a checkout) is the command's."""
     path = REPO / "scripts" / f"{module}.py"
     monkeypatch.setattr(sys, "argv", [str(path), "--help"])
     with pytest.raises(SystemExit) as done:
