@@ -47,7 +47,7 @@ __all__ = [
     "transfer_table",
 ]
 
-DIVERSITY_CONFIG = resource_dir("configs") / "transfer_corpus.yaml"
+DIVERSITY_CONFIG = resource_dir("data") / "transfer_corpus.yaml"
 OOD_SPLIT = "test_ood"
 REGIMES = ("in-timbre", "out-of-timbre")
 SOURCES = ("vocals", "drums", "bass", "other")
